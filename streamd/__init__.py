@@ -1,0 +1,3 @@
+"""streamd: message sources (SQS, Redis, an in-process broker) as live HTTP streams."""
+
+__version__ = "0.1.0"

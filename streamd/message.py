@@ -1,0 +1,87 @@
+"""The unit that flows from a source to a client: one message, encoded once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class Message:
+    """
+    One message from a source, on its way to one or more streams.
+
+    @ivar id: the source's id for the message (a string clients resume from).
+    @ivar stream: the name of the stream it belongs to.
+    @ivar data: the message body as JSON text (bytes, one line, no newline):
+        kept as the publisher's bytes so numbers and strings are not re-encoded.
+    @ivar attributes: source metadata (SQS attributes, Redis entry fields), or None.
+    @ivar handle: what the source needs to ack or give back this message (an SQS
+        receipt handle, a Redis list value); opaque to everything else.
+    @ivar frames: encoded forms of the message keyed by framing name, filled in by
+        L{streamd.framing} so that a message sent to 100 clients is encoded once.
+    """
+
+    __slots__ = ("id", "stream", "data", "attributes", "handle", "frames")
+
+    def __init__(
+        self,
+        id: str,
+        stream: str,
+        data: bytes,
+        attributes: dict[str, Any] | None = None,
+        handle: Any = None,
+    ) -> None:
+        self.id = id
+        self.stream = stream
+        self.data = data
+        self.attributes = attributes
+        self.handle = handle
+        self.frames: dict[str, bytes] = {}
+
+    def __repr__(self) -> str:
+        return f"<Message {self.stream}/{self.id} {len(self.data)}B>"
+
+
+class InvalidPayload(ValueError):
+    """A published payload is not valid JSON; C{line} is 1-based."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+def normalize_json(raw: bytes, line: int = 1) -> bytes:
+    """
+    Check that C{raw} is one JSON value and return it as one line of JSON text.
+
+    The publisher's bytes are kept when they already fit on one line (so "007" in a
+    string or 1.50 stays as sent); a pretty-printed value is re-encoded compactly,
+    since NDJSON and SSE framing need the value on one line.
+    """
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidPayload(line, f"not valid JSON ({e})") from None
+    raw = raw.strip()
+    if b"\n" in raw or b"\r" in raw:
+        raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return raw
+
+
+def decode_body(body: bytes, content_type: str) -> list[bytes]:
+    """
+    Split a publish request body into JSON payloads.
+
+    C{application/x-ndjson}: one value per non-blank line. Anything else
+    (C{application/json}): the whole body is one value.
+    """
+    if content_type == "application/x-ndjson":
+        out = []
+        for n, line in enumerate(body.split(b"\n"), 1):
+            if line.strip():
+                out.append(normalize_json(line, n))
+        return out
+    if not body.strip():
+        raise InvalidPayload(1, "empty body")
+    return [normalize_json(body)]

@@ -1,0 +1,130 @@
+"""
+The in-process broker: a memory stream fans each published message out to every
+subscriber and keeps the last C{buffer} messages (for C{buffer_ttl} seconds) so that a
+client can resume by id.
+
+Publishing never waits for a reader: a paused subscriber's messages queue in its
+L{streamd.stream.Stream}, bounded by C{max_pending} and its slow policy.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from zope.interface import implementer
+
+from streamd.errors import BadRequest
+from streamd.interfaces import ISource, ISubscription
+from streamd.message import Message
+
+
+@implementer(ISubscription)
+class MemorySubscription:
+    """A subscriber of a memory stream: pause and ack cost nothing here."""
+
+    __slots__ = ("source", "consumer")
+
+    def __init__(self, source: MemorySource, consumer) -> None:
+        self.source = source
+        self.consumer = consumer
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def ack(self, messages) -> None:
+        pass
+
+    def nack(self, messages) -> None:
+        pass
+
+    def cancel(self) -> None:
+        self.source.subscribers.discard(self)
+
+
+@implementer(ISource)
+class MemorySource:
+    """
+    One memory stream.
+
+    @ivar seq: the id of the last published message; ids are consecutive integers
+        (as strings) so a resume can tell exactly how many messages it missed.
+    @ivar recent: C{(seq, published_at, message)} for the last C{buffer} messages.
+    """
+
+    kind = "memory"
+    durable = False
+
+    def __init__(self, name: str, clock, buffer: int = 100, buffer_ttl: float = 300.0):
+        self.name = name
+        self.clock = clock
+        self.buffer = buffer
+        self.buffer_ttl = buffer_ttl
+        self.seq = 0
+        self.recent: deque[tuple[int, float, Message]] = deque(maxlen=buffer or None)
+        self.subscribers: set[MemorySubscription] = set()
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any], services) -> MemorySource:
+        return cls(settings["name"], services.reactor, settings["buffer"],
+                   settings["buffer_ttl"])
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        for sub in list(self.subscribers):
+            sub.consumer.source_ended("shutdown")
+
+    def status(self) -> tuple[str, str | None]:
+        return ("ok", None)
+
+    def _expire(self) -> None:
+        horizon = self.clock.seconds() - self.buffer_ttl
+        recent = self.recent
+        while recent and recent[0][1] < horizon:
+            recent.popleft()
+
+    def publish(self, payloads: list[bytes], params=None) -> list[str]:
+        now = self.clock.seconds()
+        batch = []
+        for data in payloads:
+            self.seq += 1
+            msg = Message(str(self.seq), self.name, data)
+            batch.append(msg)
+            if self.buffer:
+                self.recent.append((self.seq, now, msg))
+        self._expire()
+        # A consumer may end its stream (limit, slow policy) while we deliver.
+        for sub in list(self.subscribers):
+            sub.consumer.deliver(batch)
+        return [m.id for m in batch]
+
+    def subscribe(self, consumer, since: str | None = None) -> MemorySubscription:
+        sub = MemorySubscription(self, consumer)
+        if since is not None:
+            self._replay(consumer, since)
+        self.subscribers.add(sub)
+        return sub
+
+    def _replay(self, consumer, since: str) -> None:
+        try:
+            after = int(since)
+        except ValueError:
+            raise BadRequest(f"since: {since!r} is not a message id of this stream") from None
+        self._expire()
+        if after > self.seq:
+            # An id from before a restart (ids start again at 1): what followed it
+            # cannot be known, so say so rather than pretend nothing was missed.
+            consumer.gap({"since": since, "missed": None, "reason": "unknown id"})
+            return
+        first_kept = self.recent[0][0] if self.recent else self.seq + 1
+        if first_kept > after + 1:
+            consumer.gap({"since": since, "missed": first_kept - after - 1,
+                          "reason": "no longer buffered"})
+        replay = [m for seq, _, m in self.recent if seq > after]
+        if replay:
+            consumer.deliver(replay)
