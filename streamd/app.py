@@ -220,6 +220,10 @@ class StreamdApp:
         state, reason = source.status()
         if state != "ok":
             raise Unavailable(f"stream {name!r} is down: {reason}")
+        if request.method == b"HEAD":
+            # Headers only: a stream whose body nobody will read must not be opened.
+            request.setHeader(b"Content-Type", chosen.content_type)
+            return b""
         session = secrets.token_urlsafe(18) if ack == "client" else None
         stream = Stream(
             request,
