@@ -20,7 +20,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from streamd import config
-from streamd.app import StreamdApp
+from streamd.web import StreamdApp
 
 log = Logger()
 
