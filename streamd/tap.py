@@ -91,6 +91,8 @@ class StreamdService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        defer.maybeDeferred(self.app.events.start).addErrback(
+            lambda f: log.failure("event store failed to start", f))
         for source in self.app.sources.values():
             defer.maybeDeferred(source.start).addErrback(
                 lambda f, s=source: log.failure("source {name} failed to start", f,
@@ -130,6 +132,8 @@ class StreamdService(service.Service):
         for stream in list(self.app.open_streams):
             stream.source_ended("shutdown")
         yield defer.DeferredList(stops)
+        yield defer.maybeDeferred(self.app.events.stop).addErrback(
+            lambda f: log.failure("event store failed to stop", f))
         for t in transports:
             if t is not None:
                 t.loseConnection()
