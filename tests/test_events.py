@@ -399,3 +399,31 @@ async def test_tail_handover_under_concurrent_inserts(serve, store_config, monke
         assert got == sorted(expected + racing_ids, key=int), f"round {r}"
     if store_config.backend != "memory":  # the memory store answers at once: no race
         assert raced, "no insert raced a catch-up: this test proved nothing"
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_tail_sees_inserts_of_another_instance(stores, store_config):
+    if store_config.backend != "redis":
+        pytest.skip("only a Redis store is shared by several instances")
+    from conftest import wait_until
+
+    from streamd.framing import NDJSON
+    from streamd.store.tail import EventTail
+    from streamd.stream import Stream
+    from streamd.testing import FakeRequest
+
+    s = store_config()
+    here, there = await stores(s), await stores(s)
+    mine = await here.insert([new_event(b'{"kind":"k","n":0}', here.keys)])
+    request = FakeRequest()
+    stream = Stream(request, EventTail(here, make_filters({"kind": "k"}, here.keys)),
+                    NDJSON, reactor, heartbeat=0)
+    stream.start(mine[0].id - 1)  # from our own insert on: then the other instance's
+    theirs = await there.insert([new_event(b'{"kind":"k","n":%d}' % n, there.keys)
+                                 for n in (1, 2)])
+    await wait_until(lambda: len(request.lines()) >= 3)
+    more = await here.insert([new_event(b'{"kind":"k","n":3}', here.keys)])
+    await wait_until(lambda: len(request.lines()) >= 4)
+    got = [json.loads(line)["id"] for line in request.lines()]
+    assert got == [str(e.id) for e in mine + theirs + more]
+    stream.end("done")

@@ -190,8 +190,23 @@ def horizon(now: float, max_age: float) -> int:
     return int((now - max_age) * 1000) * SEQ
 
 
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """
+    Events C{first} to C{last} (ids) were inserted elsewhere (another instance sharing
+    a Redis store): a listener that wants them queries the store.
+    """
+
+    first: int
+    last: int
+
+
 class Listeners:
-    """The insert listeners of a store (the live tails)."""
+    """
+    The insert listeners of a store (the live tails): each is called with the list of
+    L{Event}s inserted through this store, or with a L{Notice} of inserts made
+    elsewhere.
+    """
 
     def __init__(self) -> None:
         self._callbacks: list[Callable[[list[Event]], None]] = []

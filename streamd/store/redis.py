@@ -16,7 +16,11 @@ the other keys with ZSCORE, stopping as soon as it has C{end} matches.
 
 One connection carries every command: Redis answers in order on a connection, so a
 live tail's catch-up query and the inserts racing it are seen in the order Redis
-ran them.
+ran them. A second connection subscribes to C{<prefix>inserted}, where every insert
+script publishes its first and last id: the live tails of every instance learn of
+inserts made elsewhere (a L{Notice}) and fetch them from the store. After that
+connection comes back from an outage, every tail checks the store once, since
+notices sent meanwhile are lost.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from streamd.store.base import (
     Filters,
     Listeners,
     NewEvent,
+    Notice,
     Query,
     StoreUnavailable,
     horizon,
@@ -58,6 +63,7 @@ for i = 5, #ARGV, 2 do
   id = id + 1
 end
 redis.call('SET', p .. 'last', string.format('%.0f', last))
+redis.call('PUBLISH', p .. 'inserted', out[2] .. ' ' .. out[#out])
 local function drop(ids)
   for _, sid in ipairs(ids) do
     local v = redis.call('HGET', p .. 'data', sid)
@@ -171,6 +177,20 @@ def index_name(key: str, value: str) -> str:
     return f"{key}={value}"
 
 
+class _NoticeProtocol(txredisapi.SubscriberProtocol):
+    """The subscriber connection: (re)subscribes on every connect."""
+
+    def connectionMade(self):
+        d = super().connectionMade()
+        d.addCallback(lambda _: self.subscribe(self.factory.channel))
+        d.addCallback(lambda _: self.factory.store._notices_connected())
+        return d
+
+    def messageReceived(self, pattern, channel, message):
+        first, _, last = message.partition(" ")
+        self.factory.store.listeners.notify(Notice(int(first), int(last)))
+
+
 @implementer(IStore)
 class RedisStore:
     """@ivar factory: txredisapi's factory of the store's one connection."""
@@ -189,6 +209,7 @@ class RedisStore:
         self.listen = self.listeners.listen
         self.factory = None
         self.redis = None
+        self.notices = None
 
     def start(self) -> None:
         host, port, db, password = parse_url(self.url)
@@ -203,14 +224,31 @@ class RedisStore:
         factory.startConnecting(HostnameEndpoint(self.reactor, host, port, timeout=5))
         self.factory = factory
         self.redis = factory.handler
+        notices = txredisapi.SubscriberFactory(isLazy=True)
+        notices.protocol = _NoticeProtocol
+        notices.password = password
+        notices.initialDelay, notices.maxDelay = 0.1, 1.0
+        notices.channel = self.prefix + "inserted"
+        notices.store = self
+        notices.startConnecting(HostnameEndpoint(self.reactor, host, port, timeout=5))
+        self.notices = notices
+        self._notices_seen = False
+
+    def _notices_connected(self) -> None:
+        if self._notices_seen:
+            # Notices published while we were disconnected are lost: let every tail
+            # look in the store (Notice(0, maxsize) is newer than anything delivered).
+            self.listeners.notify(Notice(0, 1 << 62))
+        self._notices_seen = True
 
     async def stop(self) -> None:
         if self.factory is not None:
             factory, self.factory = self.factory, None
             await factory.disconnect()
+            await self.notices.disconnect()
 
     def status(self):
-        if self.factory is not None and self.factory.size:
+        if self.factory is not None and self.factory.size and self.notices.size:
             return ("ok", None)
         return ("down", f"not connected to {self.url}")
 

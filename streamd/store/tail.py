@@ -13,6 +13,10 @@ announced after it (the store runs calls and announces inserts in order), so not
 falls between; ids only grow, so "newer than the last delivered" removes the
 duplicates.
 
+Inserts made by another instance (a shared Redis store) arrive as a L{Notice}: the
+tail then catches up from the store (the same hand-over), and queries once more if
+another notice came while a query ran.
+
 Flow control: the store is the buffer. While the stream is paused the subscription
 delivers nothing and forgets inserts; on resume it catches up from the store from
 its last delivered id, then goes live again (the same hand-over).
@@ -26,7 +30,7 @@ from zope.interface import implementer
 
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
-from streamd.store.base import Event, Filters, matches
+from streamd.store.base import Event, Filters, Notice, matches
 
 log = Logger()
 
@@ -60,6 +64,7 @@ class TailSubscription:
         self.buffer: list[Event] | None = None if self.live else []
         self.paused = False
         self.cancelled = False
+        self._again = False  # a notice came during a catch-up query: query once more
         self._fetch: Deferred | None = None
         self._unlisten = store.listen(self._inserted)
         if not self.live:
@@ -67,7 +72,10 @@ class TailSubscription:
 
     # -- inserts -------------------------------------------------------------------
 
-    def _inserted(self, events: list[Event]) -> None:
+    def _inserted(self, events: list[Event] | Notice) -> None:
+        if isinstance(events, Notice):
+            self._noticed(events)
+            return
         new = [e for e in events if matches(e.pairs, self.filters)]
         if not new:
             return
@@ -82,6 +90,21 @@ class TailSubscription:
             self.live = False
             if self.last is None:
                 self.last = new[0].id - 1
+
+    def _noticed(self, notice: Notice) -> None:
+        if self.cancelled or (self.last is not None and notice.last <= self.last):
+            return  # nothing we have not delivered (our own inserts, announced again)
+        if self.last is None:
+            if not notice.first:
+                # "Check the store" after a notice outage, but this tail delivered
+                # nothing yet, so it has no position to check from: only new notices.
+                return
+            self.last = notice.first - 1
+        if self.live:
+            self.live = False
+            self._catch_up()  # waits for resume() when paused
+        elif self._fetch is not None:
+            self._again = True
 
     def _deliver(self, events: list[Event]) -> None:
         if self.last is not None:
@@ -108,7 +131,8 @@ class TailSubscription:
         self._deliver(events)
         if self.cancelled:
             return
-        if len(events) >= PAGE or self.buffer is None:
+        if len(events) >= PAGE or self.buffer is None or self._again:
+            self._again = False
             if self.paused:
                 return  # resume() continues the catch-up
             self._catch_up()
