@@ -131,3 +131,16 @@ def test_pause_during_catch_up_waits_for_resume(monkeypatch):
     store.queries[1][1].callback([event(3)])
     store.listeners.notify([event(4)])
     assert ids_written(request) == [1, 2, 3, 4]
+
+
+def test_long_catch_up_from_a_store_that_answers_at_once(monkeypatch):
+    # Thousands of pages from the memory store: a loop, not one stack frame per page.
+    from streamd.store import tail
+
+    monkeypatch.setattr(tail, "PAGE", 5)
+    store = MemoryStore(KEYS, Clock())
+    for _ in range(30):
+        insert(store, *"a" * 1000)
+    stream, request = open_tail(store, since=0)
+    written = ids_written(request)
+    assert len(written) == 30_000 and written == sorted(written)

@@ -142,6 +142,9 @@ class SQLiteStore:
         # process (not necessarily of the machine), at a fraction of FULL's cost.
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        # Index inserts land all over the per-key tables: a 64 MiB page cache (the
+        # default is 2 MiB) keeps the hot inner pages in memory at a million events.
+        db.execute("PRAGMA cache_size=-65536")
         db.execute(
             "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, ts REAL NOT NULL,"
             " data BLOB NOT NULL, pairs TEXT NOT NULL)"

@@ -65,6 +65,8 @@ class TailSubscription:
         self.paused = False
         self.cancelled = False
         self._again = False  # a notice came during a catch-up query: query once more
+        self._looping = False
+        self._more = False
         self._fetch: Deferred | None = None
         self._unlisten = store.listen(self._inserted)
         if not self.live:
@@ -119,10 +121,24 @@ class TailSubscription:
     def _catch_up(self) -> None:
         if self._fetch is not None or self.cancelled or self.paused or self.live:
             return
-        if self.buffer is None:
-            self.buffer = []
-        self._fetch = ensureDeferred(self.store.after(self.filters, self.last, PAGE))
-        self._fetch.addCallbacks(self._page, self._failed)
+        if self._looping:
+            # Called back from a query that answered at once (the memory store): let
+            # the loop below send the next one, instead of recursing once per page.
+            self._more = True
+            return
+        self._looping = True
+        try:
+            self._more = True
+            while self._more and self._fetch is None and not self.cancelled:
+                self._more = False
+                if self.paused or self.live:
+                    break
+                if self.buffer is None:
+                    self.buffer = []
+                self._fetch = ensureDeferred(self.store.after(self.filters, self.last, PAGE))
+                self._fetch.addCallbacks(self._page, self._failed)
+        finally:
+            self._looping = False
 
     def _page(self, events: list[Event]) -> None:
         self._fetch = None
