@@ -427,3 +427,67 @@ async def test_redis_tail_sees_inserts_of_another_instance(stores, store_config)
     got = [json.loads(line)["id"] for line in request.lines()]
     assert got == [str(e.id) for e in mine + theirs + more]
     stream.end("done")
+
+
+# -- the store down ---------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_down_answers_503(serve, tmp_path):
+    from store_redis_server import free_port
+
+    (tmp_path / "not-a-dir").write_text("")
+    for table, top in [
+        ({"backend": "redis", "redis_url": f"redis://127.0.0.1:{free_port()}/0"}, {}),
+        ({"backend": "sqlite"}, {"data_dir": str(tmp_path / "not-a-dir")}),
+    ]:
+        server = await serve(settings(store=table, **top))
+        r = await within(treq.post(server.url + "/events", b'{"kind": "a"}',
+                                   headers={"Content-Type": "application/json"}))
+        assert r.code == 503, table
+        assert "event store unavailable" in (await treq.json_content(r))["error"]["message"]
+        code, body = await get(server)
+        assert code == 503
+        r = await within(treq.get(server.url + "/events/stream"))
+        assert r.code == 503
+        code, answer = await rpc(server, {"id": 1, "method": "items", "args": [],
+                                          "kwargs": {}})
+        assert answer["result"] is None and "unavailable" in answer["error"]
+        r = await within(treq.get(server.url + "/health"))
+        assert r.code == 503 and (await treq.json_content(r))["events"]["status"] == "down"
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_store_comes_back_after_a_server_restart(stores, tmp_path):
+    from conftest import wait_until
+    from store_redis_server import RedisServer
+
+    from streamd.framing import NDJSON
+    from streamd.store.tail import EventTail
+    from streamd.stream import Stream
+    from streamd.testing import FakeRequest
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        s = settings(store={"backend": "redis", "redis_url": server.url})
+        here, there = await stores(s), await stores(s)
+        first = await here.insert([new_event(b'{"kind":"k"}', here.keys)])
+        request = FakeRequest()
+        stream = Stream(request, EventTail(here, ()), NDJSON, reactor, heartbeat=0)
+        stream.start(first[0].id - 1)
+        await wait_until(lambda: len(request.lines()) == 1)
+        server.stop()
+        await wait_until(lambda: here.status()[0] == "down")
+        with pytest.raises(Exception, match="not connected"):
+            await there.insert([new_event(b'{"kind":"k"}', there.keys)])
+        server.start()  # same port, empty (no persistence in the test server)
+        await wait_until(lambda: here.status()[0] == "ok" and there.status()[0] == "ok")
+        # The notice connection subscribed again: another instance's insert reaches
+        # the tail.
+        theirs = await there.insert([new_event(b'{"kind":"k"}', there.keys)])
+        await wait_until(lambda: len(request.lines()) == 2)
+        assert json.loads(request.lines()[1])["id"] == str(theirs[0].id)
+        stream.end("done")
+    finally:
+        server.stop()

@@ -89,6 +89,7 @@ class SQLiteStore:
             return
         await self._run(self._close)
         if self._own_pool:
+            self.reactor.removeSystemEventTrigger(self._trigger)
             self.pool.stop()
 
     def status(self):
@@ -99,10 +100,14 @@ class SQLiteStore:
     def _run(self, f, *args):
         if not self.pool.started:
             self.pool.start()
+            if self._own_pool:
+                # Its thread would keep the process alive if nobody called stop().
+                self._trigger = self.reactor.addSystemEventTrigger(
+                    "during", "shutdown", self.pool.stop)
         return deferToThreadPool(self.reactor, self.pool, self._call, f, *args)
 
     def _call(self, f, *args):
-        if self._db is None and f is not self._close:
+        if self._db is None and f != self._close:
             try:
                 self._open()
             except (sqlite3.Error, OSError) as e:
