@@ -279,8 +279,9 @@ class RedisStore:
         return stored
 
     async def _select(self, filters: Filters, below, above: int, limit: int,
-                      newest_first: bool) -> list[Event]:
-        self._check()
+                      newest_first: bool, wait: bool = False) -> list[Event]:
+        if not wait:
+            self._check()
         if limit <= 0:
             return []
         args: list = ["+inf" if below is None else below, above, limit,
@@ -304,7 +305,10 @@ class RedisStore:
         return found[query.start : query.end]
 
     async def after(self, filters: Filters, since: int, limit: int) -> list[Event]:
-        return await self._select(filters, None, max(since, self._above()), limit, False)
+        # A live tail's catch-up waits out a reconnect (its notice may come first)
+        # rather than end the stream; new tails were refused while the store was down.
+        return await self._select(filters, None, max(since, self._above()), limit, False,
+                                  wait=True)
 
     def _above(self) -> int:
         # Expired events are hidden at once, whatever the pruning has reached.
