@@ -17,8 +17,9 @@ the other keys with ZSCORE, stopping as soon as it has C{end} matches.
 One connection carries every command: Redis answers in order on a connection, so a
 live tail's catch-up query and the inserts racing it are seen in the order Redis
 ran them. A second connection subscribes to C{<prefix>inserted}, where every insert
-script publishes its first and last id: the live tails of every instance learn of
-inserts made elsewhere (a L{Notice}) and fetch them from the store. After that
+script publishes the inserting store's token and its first and last id: the live
+tails of every instance learn of inserts made elsewhere (a L{Notice}) and fetch them
+from the store (their own instance's inserts reach them directly). After that
 connection comes back from an outage, every tail checks the store once, since
 notices sent meanwhile are lost.
 """
@@ -26,6 +27,7 @@ notices sent meanwhile are lost.
 from __future__ import annotations
 
 import json
+import secrets
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
@@ -51,7 +53,7 @@ local ms = tonumber(ARGV[4])
 local last = tonumber(redis.call('GET', p .. 'last') or '0')
 local id = math.max(ms * 1000, last + 1)
 local out = {ts}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local sid = string.format('%.0f', id)
   redis.call('HSET', p .. 'data', sid, ts .. '\n' .. ARGV[i + 1] .. '\n' .. ARGV[i])
   redis.call('ZADD', p .. 'all', sid, sid)
@@ -63,7 +65,7 @@ for i = 5, #ARGV, 2 do
   id = id + 1
 end
 redis.call('SET', p .. 'last', string.format('%.0f', last))
-redis.call('PUBLISH', p .. 'inserted', out[2] .. ' ' .. out[#out])
+redis.call('PUBLISH', p .. 'inserted', ARGV[5] .. ' ' .. out[2] .. ' ' .. out[#out])
 local function drop(ids)
   for _, sid in ipairs(ids) do
     local v = redis.call('HGET', p .. 'data', sid)
@@ -187,8 +189,10 @@ class _NoticeProtocol(txredisapi.SubscriberProtocol):
         return d
 
     def messageReceived(self, pattern, channel, message):
-        first, _, last = message.partition(" ")
-        self.factory.store.listeners.notify(Notice(int(first), int(last)))
+        token, first, last = message.split(" ")
+        store = self.factory.store
+        if token != store.token:  # our own inserts reached our tails already
+            store.listeners.notify(Notice(int(first), int(last)))
 
 
 @implementer(IStore)
@@ -210,6 +214,7 @@ class RedisStore:
         self.factory = None
         self.redis = None
         self.notices = None
+        self.token = secrets.token_hex(8)  # tells our own insert notices from others'
 
     def start(self) -> None:
         host, port, db, password = parse_url(self.url)
@@ -265,7 +270,7 @@ class RedisStore:
         # across instances comes from the script: ids only grow from "last".
         now = self.reactor.seconds()
         args: list = [self.max_events, horizon(now, self.max_age), repr(now),
-                      int(now * 1000)]
+                      int(now * 1000), self.token]
         for e in events:
             args.append(e.data)
             args.append(json.dumps(sorted(index_name(k, v) for k, v in e.pairs)))
