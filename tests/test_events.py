@@ -491,3 +491,58 @@ async def test_redis_store_comes_back_after_a_server_restart(stores, tmp_path):
         stream.end("done")
     finally:
         server.stop()
+
+
+# -- more of the tail: heartbeat, a client that stops reading -----------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_heartbeat(serve, store_config):
+    server = await serve_store(serve, store_config)
+    reader = await open_stream(server.url + "/events/stream?kind=quiet&heartbeat=0.05")
+    items = await reader.wait_for(1)
+    assert "heartbeat" in items[0]
+    reader.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tail_of_a_client_that_stops_reading_holds_no_more(serve, store_config):
+    """
+    A memory stream queues for a stuck client (then cuts it off as a slow consumer); a
+    tail stops taking events, and would catch up from the store on resume.
+    """
+    from conftest import non_reading_client
+
+    server = await serve_store(serve, store_config)
+    # Keep the client: a paused, idle transport is referenced by nothing else, and a
+    # garbage-collected one closes its socket.
+    client = await non_reading_client(server, "/events/stream?kind=big")
+    await server.wait_open_streams(1)
+    [stream] = server.app.open_streams
+    blob = "x" * 4000
+    for _ in range(300):  # up to 60 MB: loopback socket buffers can hold tens of MB
+        written = stream.written
+        await insert(server, *({"kind": "big", "blob": blob} for _ in range(50)))
+        if stream.written == written:  # nothing more got out: the buffers are full
+            break
+    assert stream.written == written, "the client's socket buffers never filled"
+    queued = stream.queued  # at most the batch whose write filled the buffers
+    await insert(server, *({"kind": "big", "blob": blob} for _ in range(500)))
+    # Paused: the 500 were neither written nor queued (the store keeps them), and the
+    # stream was not cut off as a slow consumer.
+    assert stream.subscription.paused and not stream.ended
+    assert (stream.written, stream.queued) == (written, queued)
+    client.transport.abortConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_reindexes_when_the_keys_change(stores, store_config):
+    if store_config.backend != "sqlite":
+        pytest.skip("SQLite re-indexes stored events on start; see the README for the others")
+    first = await stores(store_config(keys=["kind"]))
+    stored = await first.insert([new_event(json.dumps(e).encode(), first.keys)
+                                 for e in (E1, E2, E3)])
+    await first.stop()
+    second = await stores(store_config(keys=["kind", "repo"]))
+    found = await second.query(Query(make_filters({"repo": 17}, second.keys)))
+    assert [e.id for e in found] == [stored[1].id, stored[0].id]

@@ -12,7 +12,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from streamd.framing import NDJSON
-from streamd.store.base import Event, Listeners, make_filters, new_event
+from streamd.store.base import Event, make_filters, new_event
+from streamd.store.listeners import Listeners
 from streamd.store.memory import MemoryStore
 from streamd.store.tail import EventTail
 from streamd.stream import Stream

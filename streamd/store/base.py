@@ -1,6 +1,6 @@
 """
-What every event store backend shares: event records, ids, index values, queries,
-retention horizons and insert listeners. No I/O here.
+What every event store backend shares: event records, ids, index values, queries and
+retention horizons. No I/O, no Twisted (the config imports this module).
 
 An event id is an integer: the insertion time in milliseconds times 1000, plus a
 sequence number, so ids sort in insertion order, tell roughly when an event arrived,
@@ -11,7 +11,7 @@ inserts in one millisecond borrow from the next millisecond rather than collide.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,27 +199,3 @@ class Notice:
 
     first: int
     last: int
-
-
-class Listeners:
-    """
-    The insert listeners of a store (the live tails): each is called with the list of
-    L{Event}s inserted through this store, or with a L{Notice} of inserts made
-    elsewhere.
-    """
-
-    def __init__(self) -> None:
-        self._callbacks: list[Callable[[list[Event]], None]] = []
-
-    def listen(self, callback: Callable[[list[Event]], None]) -> Callable[[], None]:
-        self._callbacks.append(callback)
-
-        def stop() -> None:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
-
-        return stop
-
-    def notify(self, events: list[Event]) -> None:
-        for callback in list(self._callbacks):
-            callback(events)

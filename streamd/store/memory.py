@@ -19,12 +19,12 @@ from streamd.store.base import (
     Event,
     Filters,
     IdClock,
-    Listeners,
     NewEvent,
     Query,
     horizon,
     matches,
 )
+from streamd.store.listeners import Listeners
 
 
 class _Postings:

@@ -38,13 +38,13 @@ from streamd.interfaces import IStore
 from streamd.store.base import (
     Event,
     Filters,
-    Listeners,
     NewEvent,
     Notice,
     Query,
     StoreUnavailable,
     horizon,
 )
+from streamd.store.listeners import Listeners
 
 INSERT = r"""
 local p = KEYS[1]

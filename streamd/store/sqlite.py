@@ -30,13 +30,13 @@ from streamd.store.base import (
     SEQ,
     Event,
     Filters,
-    Listeners,
     NewEvent,
     Query,
     StoreUnavailable,
     horizon,
     index_pairs,
 )
+from streamd.store.listeners import Listeners
 
 log = Logger()
 

@@ -1,0 +1,40 @@
+"""The insert listeners of a store: how live tails hear of new events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from streamd.store.base import Event, Notice
+
+log = Logger()
+
+
+class Listeners:
+    """
+    The insert listeners of a store (the live tails): each is called with the list of
+    L{Event}s inserted through this store, or with a L{Notice} of inserts made
+    elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[list[Event]], None]] = []
+
+    def listen(self, callback: Callable[[list[Event]], None]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+
+        def stop() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return stop
+
+    def notify(self, events: list[Event] | Notice) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(events)
+            except Exception:
+                # A bug in one tail must not fail the insert or starve the other tails.
+                log.failure("event listener failed; detaching it")
+                self._callbacks.remove(callback)
