@@ -1,127 +1,36 @@
 """
-The event store, end to end over real HTTP, once per backend: memory, SQLite (in a
-temporary data directory) and Redis (a private redis-server on a free port).
+The event store over real HTTP and through its API, once per backend (memory, SQLite,
+Redis): AwesomeStream's walk-through, JSON-RPC, filters, slicing, cursors, retention,
+restarts, and a store that is down.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
 import pytest_twisted
 import treq
-from conftest import open_stream, settings, within
-from store_redis_server import redis_server  # noqa: F401  (a fixture)
-from twisted.internet import defer, reactor
+from conftest import settings, within
+from events_helpers import (
+    E1,
+    E2,
+    E3,
+    E4,
+    E5,
+    WALK_KEYS,
+    ShiftedClock,
+    call,
+    get,
+    insert,
+    rpc,
+    serve_store,
+)
 
-from streamd.store import make_store
-from streamd.store import tail as tail_module
 from streamd.store.base import Query, make_filters, new_event
 
-BACKENDS = ["memory", "sqlite", "redis"]
-WALK_KEYS = ["user", "kind", "repo"]
-
-E1 = {"kind": "create-repo", "repo": 17, "user": 291, "name": "frist",
-      "description": "This is my first repo ever!"}
-E2 = {"kind": "delete-repo", "repo": 17, "user": 291, "reason": "Made a typo :("}
-E3 = {"kind": "watch", "repo": 2842, "user": 291, "owner": 23}
-E4 = {"kind": "friend", "user": 291, "friend": 23}
-E5 = {"kind": "friend", "user": 23, "friend": 291}
-
-_prefixes = itertools.count()
-
-
-@pytest.fixture(params=BACKENDS)
-def store_config(request, tmp_path):
-    """C{make(**store_table)} -> validated settings for this backend."""
-    backend = request.param
-    top = {"data_dir": str(tmp_path / "data")}
-    extra = {}
-    if backend == "redis":
-        server = request.getfixturevalue("redis_server")
-        extra = {"redis_url": server.url,
-                 "redis_prefix": f"test{next(_prefixes)}:{request.node.name}:"}
-
-    def make(**table):
-        return settings(store={"backend": backend, **extra, **table}, **top)
-
-    make.backend = backend
-    return make
-
-
-class ShiftedClock:
-    """The real reactor, with C{seconds()} moved forward by C{offset} (for retention)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def seconds(self) -> float:
-        return reactor.seconds() + self.offset
-
-    def __getattr__(self, name):
-        return getattr(reactor, name)
-
-
-@pytest_twisted.async_yield_fixture
-async def stores():
-    """C{await open_store(settings)}: a started store, stopped after the test."""
-    opened = []
-
-    async def open_store(s, clock=reactor):
-        store = make_store(s, clock)
-        await defer.maybeDeferred(store.start)
-        opened.append(store)
-        await wait_up(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        await defer.maybeDeferred(store.stop)
-
-
-async def wait_up(store) -> None:
-    from conftest import wait_until
-
-    await wait_until(lambda: store.status()[0] == "ok")
-
-
-# -- helpers -------------------------------------------------------------------------
-
-
-async def rpc(server, body, path="/jsonrpc"):
-    r = await within(treq.post(server.url + path, json.dumps(body).encode(),
-                               headers={"Content-Type": "application/json"}))
-    content = await treq.content(r)
-    return r.code, (json.loads(content) if content else None)
-
-
-async def call(server, method, *args, **kwargs):
-    code, answer = await rpc(server, {"id": "x", "method": method, "args": list(args),
-                                      "kwargs": kwargs})
-    assert code == 200 and answer["error"] is None, answer
-    return answer["result"]
-
-
-async def insert(server, *events, ndjson=True):
-    body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
-    ctype = "application/x-ndjson" if ndjson else "application/json"
-    r = await within(treq.post(server.url + "/events", body,
-                               headers={"Content-Type": ctype}))
-    assert r.code == 201, await treq.content(r)
-    return (await treq.json_content(r))["ids"]
-
-
-async def get(server, query=""):
-    r = await within(treq.get(server.url + "/events" + query))
-    return r.code, await treq.json_content(r)
-
-
-async def serve_store(serve, store_config, **table):
-    server = await serve(store_config(**table))
-    await wait_up(server.app.events.store)
-    return server
-
+# The fixtures store_config, stores and redis_server.
+pytest_plugins = ["store_fixtures"]
 
 # -- AwesomeStream's walk-through ----------------------------------------------------
 
@@ -308,127 +217,6 @@ async def test_events_survive_a_restart(stores, store_config):
     assert after[0].id > before[-1].id  # ids keep growing across the restart
 
 
-# -- live tail --------------------------------------------------------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_tail_live_with_filter_and_limit(serve, store_config):
-    server = await serve_store(serve, store_config)
-    await insert(server, {"kind": "friend", "n": 0})  # before the tail: not sent
-    reader = await open_stream(server.url + "/events/stream?kind=friend&limit=2")
-    await server.wait_open_streams(1)
-    ids = await insert(server, {"kind": "watch", "n": 1}, {"kind": "friend", "n": 2},
-                       {"kind": "friend", "n": 3}, {"kind": "friend", "n": 4})
-    await within(reader.done)
-    assert [(m["id"], m["data"]) for m in reader.messages()] == [
-        (ids[1], {"kind": "friend", "n": 2}), (ids[2], {"kind": "friend", "n": 3})]
-    assert reader.messages()[0]["stream"] == "events"
-
-
-@pytest_twisted.ensureDeferred
-async def test_tail_since_and_last_event_id_sse(serve, store_config):
-    server = await serve_store(serve, store_config)
-    ids = await insert(server, *({"kind": "k", "n": n} for n in range(5)))
-    reader = await open_stream(server.url + f"/events/stream?since={ids[1]}&limit=4")
-    more = await insert(server, {"kind": "k", "n": 5})
-    await within(reader.done)
-    assert [m["id"] for m in reader.messages()] == ids[2:] + more
-    sse = await open_stream(server.url + "/events/stream?kind=k&format=sse&limit=2",
-                            headers={"Last-Event-ID": ids[2]}, sse=True)
-    await within(sse.done)
-    events = [i for i in sse.items if "data" in i]
-    assert [e["id"] for e in events] == ids[3:5]
-    assert json.loads(events[0]["data"]) == {"kind": "k", "n": 3}
-    r = await within(treq.get(server.url + "/events/stream?since=yesterday"))
-    assert r.code == 400
-    r = await within(treq.get(server.url + "/events/stream?colour=red"))
-    assert r.code == 400 and b"indexed keys: kind, user" in await treq.content(r)
-
-
-@pytest_twisted.ensureDeferred
-async def test_tail_handover_under_concurrent_inserts(serve, store_config, monkeypatch):
-    """
-    Many rounds: stored events after the client's id, while more are inserted as the
-    tail catches up (small pages, so the catch-up spans many queries and reactor
-    turns): every matching event exactly once, in id order.
-    """
-    monkeypatch.setattr(tail_module, "PAGE", 5)
-    raced = []
-    inserted = tail_module.TailSubscription._inserted
-
-    def spy(self, events):
-        if not self.live:
-            raced.append(len(events))
-        return inserted(self, events)
-
-    monkeypatch.setattr(tail_module.TailSubscription, "_inserted", spy)
-    server = await serve_store(serve, store_config)
-    racing = 30
-    for r in range(10):
-        stored = await insert(server, *({"kind": f"r{r}", "n": n} for n in range(150)),
-                              {"kind": "noise"})
-        since = stored[7 * r]
-        expected = [i for i in stored[:150] if int(i) > int(since)]
-        url = (f"{server.url}/events/stream?kind=r{r}&since={since}"
-               f"&limit={len(expected) + racing + 1}")
-
-        async def race(r=r):
-            # One insert after another, so that some land before the catch-up is
-            # over, some during its last query, some after the hand-over; the first
-            # few go out at once.
-            early = [defer.ensureDeferred(insert(server, {"kind": f"r{r}", "n": 1000 + n}))
-                     for n in range(5)]
-            ids = [i[0] for i in await defer.gatherResults(early)]
-            for n in range(5, racing):
-                mine, _noise = await insert(server, {"kind": f"r{r}", "n": 1000 + n},
-                                            {"kind": "noise"})
-                ids.append(mine)
-            return ids
-
-        stream_d = defer.ensureDeferred(open_stream(url))
-        racing_d = defer.ensureDeferred(race())
-        reader = await stream_d
-        racing_ids = await within(racing_d)
-        # A last event after the race ends the stream; a duplicate would come before it
-        # and push it past the limit.
-        racing_ids += await insert(server, {"kind": f"r{r}", "n": "last"})
-        await within(reader.done)
-        got = [m["id"] for m in reader.messages()]
-        assert len(got) == len(set(got)), f"round {r}: duplicates"
-        assert got == sorted(got, key=int), f"round {r}: out of order"
-        assert got == sorted(expected + racing_ids, key=int), f"round {r}"
-    if store_config.backend != "memory":  # the memory store answers at once: no race
-        assert raced, "no insert raced a catch-up: this test proved nothing"
-
-
-@pytest_twisted.ensureDeferred
-async def test_redis_tail_sees_inserts_of_another_instance(stores, store_config):
-    if store_config.backend != "redis":
-        pytest.skip("only a Redis store is shared by several instances")
-    from conftest import wait_until
-
-    from streamd.framing import NDJSON
-    from streamd.store.tail import EventTail
-    from streamd.stream import Stream
-    from streamd.testing import FakeRequest
-
-    s = store_config()
-    here, there = await stores(s), await stores(s)
-    mine = await here.insert([new_event(b'{"kind":"k","n":0}', here.keys)])
-    request = FakeRequest()
-    stream = Stream(request, EventTail(here, make_filters({"kind": "k"}, here.keys)),
-                    NDJSON, reactor, heartbeat=0)
-    stream.start(mine[0].id - 1)  # from our own insert on: then the other instance's
-    theirs = await there.insert([new_event(b'{"kind":"k","n":%d}' % n, there.keys)
-                                 for n in (1, 2)])
-    await wait_until(lambda: len(request.lines()) >= 3)
-    more = await here.insert([new_event(b'{"kind":"k","n":3}', here.keys)])
-    await wait_until(lambda: len(request.lines()) >= 4)
-    got = [json.loads(line)["id"] for line in request.lines()]
-    assert got == [str(e.id) for e in mine + theirs + more]
-    stream.end("done")
-
-
 # -- the store down ---------------------------------------------------------------------------
 
 
@@ -455,84 +243,6 @@ async def test_store_down_answers_503(serve, tmp_path):
         assert answer["result"] is None and "unavailable" in answer["error"]
         r = await within(treq.get(server.url + "/health"))
         assert r.code == 503 and (await treq.json_content(r))["events"]["status"] == "down"
-
-
-@pytest_twisted.ensureDeferred
-async def test_redis_store_comes_back_after_a_server_restart(stores, tmp_path):
-    from conftest import wait_until
-    from store_redis_server import RedisServer
-
-    from streamd.framing import NDJSON
-    from streamd.store.tail import EventTail
-    from streamd.stream import Stream
-    from streamd.testing import FakeRequest
-
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        s = settings(store={"backend": "redis", "redis_url": server.url})
-        here, there = await stores(s), await stores(s)
-        first = await here.insert([new_event(b'{"kind":"k"}', here.keys)])
-        request = FakeRequest()
-        stream = Stream(request, EventTail(here, ()), NDJSON, reactor, heartbeat=0)
-        stream.start(first[0].id - 1)
-        await wait_until(lambda: len(request.lines()) == 1)
-        server.stop()
-        await wait_until(lambda: here.status()[0] == "down")
-        with pytest.raises(Exception, match="not connected"):
-            await there.insert([new_event(b'{"kind":"k"}', there.keys)])
-        server.start()  # same port, empty (no persistence in the test server)
-        await wait_until(lambda: here.status()[0] == "ok" and there.status()[0] == "ok")
-        # The notice connection subscribed again: another instance's insert reaches
-        # the tail.
-        theirs = await there.insert([new_event(b'{"kind":"k"}', there.keys)])
-        await wait_until(lambda: len(request.lines()) == 2)
-        assert json.loads(request.lines()[1])["id"] == str(theirs[0].id)
-        stream.end("done")
-    finally:
-        server.stop()
-
-
-# -- more of the tail: heartbeat, a client that stops reading -----------------------------------
-
-
-@pytest_twisted.ensureDeferred
-async def test_tail_heartbeat(serve, store_config):
-    server = await serve_store(serve, store_config)
-    reader = await open_stream(server.url + "/events/stream?kind=quiet&heartbeat=0.05")
-    items = await reader.wait_for(1)
-    assert "heartbeat" in items[0]
-    reader.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_tail_of_a_client_that_stops_reading_holds_no_more(serve, store_config):
-    """
-    A memory stream queues for a stuck client (then cuts it off as a slow consumer); a
-    tail stops taking events, and would catch up from the store on resume.
-    """
-    from conftest import non_reading_client
-
-    server = await serve_store(serve, store_config)
-    # Keep the client: a paused, idle transport is referenced by nothing else, and a
-    # garbage-collected one closes its socket.
-    client = await non_reading_client(server, "/events/stream?kind=big")
-    await server.wait_open_streams(1)
-    [stream] = server.app.open_streams
-    blob = "x" * 4000
-    for _ in range(300):  # up to 60 MB: loopback socket buffers can hold tens of MB
-        written = stream.written
-        await insert(server, *({"kind": "big", "blob": blob} for _ in range(50)))
-        if stream.written == written:  # nothing more got out: the buffers are full
-            break
-    assert stream.written == written, "the client's socket buffers never filled"
-    queued = stream.queued  # at most the batch whose write filled the buffers
-    await insert(server, *({"kind": "big", "blob": blob} for _ in range(500)))
-    # Paused: the 500 were neither written nor queued (the store keeps them), and the
-    # stream was not cut off as a slow consumer.
-    assert stream.subscription.paused and not stream.ended
-    assert (stream.written, stream.queued) == (written, queued)
-    client.transport.abortConnection()
 
 
 @pytest_twisted.ensureDeferred
