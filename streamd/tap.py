@@ -36,7 +36,7 @@ class Options(usage.Options):
     optParameters = [["config", "c", None, "TOML configuration file"]] + [
         [k.name.replace("_", "-"), None, None, f"{k.help} (default: {k.default})"]
         for k in config.TOP_KEYS.values()
-        if k.name != "listen"
+        if k.name != "listen" and k.cli
     ]
 
     def __init__(self) -> None:
@@ -63,6 +63,8 @@ def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
     for key in config.TOP_KEYS.values():
         if key.name == "listen":
             cli["listen"] = options["listen"] or None
+            continue
+        if not key.cli:
             continue
         text = options.get(key.name.replace("_", "-"))
         if text is not None:

@@ -13,7 +13,7 @@ from typing import Any
 from klein import Klein
 from twisted.internet.defer import maybeDeferred
 
-from streamd import __version__, config, framing
+from streamd import __version__, config, filters, framing
 from streamd.errors import (
     BadRequest,
     NotFound,
@@ -29,10 +29,12 @@ from streamd.web.common import (
     JSON_TYPES,
     STREAM_NAME,
     arg,
+    bool_arg,
     install_error_handler,
     int_arg,
     json_response,
     number_arg,
+    query,
 )
 from streamd.web.common import content_type as request_content_type
 
@@ -143,7 +145,7 @@ class StreamdApp:
         state, reason = source.status()
         if state != "ok":
             raise Unavailable(f"stream {name!r} is down: {reason}")
-        params = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        params = {k: v[-1] for k, v in query(request).items()}
         ids = await maybeDeferred(source.publish, payloads, params)
         return json_response(request, 202, {"ids": ids})
 
@@ -151,26 +153,50 @@ class StreamdApp:
 
     @app.route("/streams/<name>", methods=["GET"])
     def stream(self, request, name):
+        return self._open_stream(request, name, query(request))
+
+    @app.route("/streams/<name>/sample", methods=["GET"])
+    def sample(self, request, name):
+        """The stream at its configured C{sample} rate (unless the request names one)."""
+        return self._open_stream(request, name, query(request), sample=True)
+
+    @app.route("/streams/<name>/filter", methods=["POST"])
+    def filtered(self, request, name):
+        """
+        Filters in the body (for lists too long for a URL): a form, or JSON such as
+        C{{"track": ["a b", "c"], "follow": ["12"], "locations": [-10, 35, 5, 45],
+        "where": {"kind": ["x", "y"]}}}. Query parameters still apply.
+        """
+        params = query(request)  # Twisted merges a form body into request.args
+        if request_content_type(request) == "application/json":
+            params.update(_json_params(request.content.read(self.settings["max_body_bytes"])))
+        return self._open_stream(request, name, params)
+
+    def _open_stream(self, request, name: str, params: dict[str, list[str]],
+                     sample: bool = False):
         source, settings = self._source(name)
-        fmt = arg(request, "format")
+        fmt = arg(params, "format")
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
         chosen = framing.choose(fmt, accept)
         if chosen is None:
             raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
-        limit = int_arg(request, "limit", 1)
-        heartbeat = number_arg(request, "heartbeat", 0)
+        limit = int_arg(params, "limit", 1)
+        heartbeat = number_arg(params, "heartbeat", 0)
         if heartbeat is None:
             heartbeat = settings["heartbeat"]
         elif 0 < heartbeat < 0.05:
             raise BadRequest("heartbeat: must be 0 (off) or at least 0.05 seconds")
-        since = arg(request, "since")
+        since = arg(params, "since")
         if since is None:
             last = request.getHeader(b"last-event-id")
             if last:
                 since = last.decode("latin-1").strip() or None
-        ack = arg(request, "ack") or settings.get("ack", "write")
+        ack = arg(params, "ack") or settings.get("ack", "write")
         if ack not in ("write", "client"):
             raise BadRequest(f"ack: expected write or client, got {ack!r}")
+        stream_filter = filters.parse(params, settings,
+                                      settings["sample"] if sample else None)
+        stall_warnings = bool_arg(params, "stall_warnings")
         state, reason = source.status()
         if state != "ok":
             raise Unavailable(f"stream {name!r} is down: {reason}")
@@ -189,12 +215,14 @@ class StreamdApp:
             max_pending=settings["max_pending"],
             slow_policy=settings["slow_policy"],
             ack=ack,
-            max_unacked=settings.get("max_unacked", 100),
+            max_unacked=settings["max_unacked"],
             retry=settings["retry"],
             session=session,
             on_end=self._stream_ended,
+            filter=stream_filter,
+            stall_warnings=stall_warnings,
+            name=name,
         )
-        stream.name = name
         done = stream.start(since)
         if not stream.ended:
             self.open_streams.add(stream)
@@ -231,3 +259,30 @@ class StreamdApp:
 
 
 install_error_handler(StreamdApp.app)
+
+
+def _json_params(body: bytes) -> dict[str, list[str]]:
+    """A JSON filter body as query parameters: lists join with commas, as in a URL."""
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        raise BadRequest("body: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("body: expected a JSON object of filters")
+    out: dict[str, list[str]] = {}
+
+    def text(v) -> str:
+        if isinstance(v, list):
+            return ",".join(text(i) for i in v)
+        return v if isinstance(v, str) else json.dumps(v)
+
+    for key, v in value.items():
+        if key == "where":
+            if not isinstance(v, dict):
+                raise BadRequest('where: expected {"FIELD": [values]}')
+            for f, vals in v.items():
+                vals = vals if isinstance(vals, list) else [vals]
+                out[f"where.{f}"] = [text(x) for x in vals]
+        else:
+            out[key] = [text(v)]
+    return out
