@@ -115,7 +115,7 @@ class Filter:
                 return False
         if not self.any_of:
             return True
-        return (
+        return bool(
             (self.phrases and self._track(message, value))
             or (self.follow and self._follow(value))
             or (self.boxes and self._located(value))
