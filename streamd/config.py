@@ -42,6 +42,7 @@ class Key:
     choices: tuple[str, ...] = ()
     check: Callable[[Any], str | None] | None = None
     cli: bool = True
+    secret: bool = False  # never echo the value in an error
 
     def parse_cli(self, text: str) -> Any:
         """Turn a command-line string into this key's type (then L{validate})."""
@@ -62,10 +63,20 @@ class Key:
             if low in ("0", "false", "no", "off"):
                 return False
             raise ConfigError(self.name, f"expected true or false, got {text!r}")
+        if self.type == "list":
+            return [part.strip() for part in text.split(",") if part.strip()]
         return text
 
     def validate(self, value: Any, where: str) -> Any:
         """Return C{value} checked (and normalised) or raise L{ConfigError}."""
+        try:
+            return self._validate(value, where)
+        except ConfigError as e:
+            if self.secret:
+                raise ConfigError(where, "invalid value (not shown: it is a secret)") from None
+            raise e
+
+    def _validate(self, value: Any, where: str) -> Any:
         t = self.type
         if t == "int":
             if isinstance(value, bool) or not isinstance(value, int):
@@ -133,6 +144,7 @@ STREAM_KEYS = [
 SERVICE_KEYS = [
     Key("listen", "list", ["tcp:8080"], "endpoint to listen on (repeatable)"),
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
+    Key("cors_origins", "list", [], "origins whose browsers may use the API ('*': any)"),
     Key("dynamic_streams", "bool", None,
         "serve undeclared stream names as memory streams (default: only when no "
         "[streams] are declared)"),
@@ -192,7 +204,13 @@ def build(file_values: dict[str, Any], cli_values: dict[str, Any]) -> dict[str, 
 
 
 #: Other top-level tables ([redis], [auth], ...): name -> validator(table, where).
-EXTRA_TABLES: dict[str, Callable[[Any, str], Any]] = {}
+def _auth_table(table: Any, where: str) -> Any:
+    from streamd.auth import validate_table  # auth builds on this module's Key
+
+    return validate_table(table, where)
+
+
+EXTRA_TABLES: dict[str, Callable[[Any, str], Any]] = {"auth": _auth_table}
 
 
 def _stream(name: str, table: Any, top: dict[str, Any]) -> dict[str, Any]:

@@ -83,6 +83,7 @@ class Stream:
         self.filter = filter if filter else None
         self.stall_warnings = stall_warnings
         self.name = name
+        self.identity = ""  # who reads it (set by the HTTP layer), for limits and logs
         self._warned = False
 
         self.pending: deque[Message | bytes] = deque()

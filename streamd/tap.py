@@ -17,10 +17,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from streamd import config
 from streamd.web import StreamdApp
+from streamd.web.site import make_site
 
 log = Logger()
 
@@ -87,8 +87,7 @@ class StreamdService(service.Service):
         self.settings = settings
         self.reactor = reactor
         self.app = StreamdApp(settings, reactor)
-        self.site = Site(self.app.resource())
-        self.site.displayTracebacks = False
+        self.site = make_site(self.app, reactor)
         self.ports: list[Any] = []
 
     def startService(self) -> None:

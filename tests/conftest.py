@@ -14,10 +14,10 @@ import pytest_twisted
 import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
-from twisted.web.server import Site
 
 from streamd import config
 from streamd.web import StreamdApp
+from streamd.web.site import make_site
 
 TIMEOUT = 10.0
 
@@ -72,8 +72,7 @@ async def serve():
         app = StreamdApp(s, reactor)
         for source in app.sources.values():
             await defer.maybeDeferred(source.start)
-        site = Site(app.resource())
-        site.displayTracebacks = False
+        site = make_site(app)
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         server = Server(app, port)
         servers.append(server)

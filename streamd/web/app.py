@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections import Counter
 from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import maybeDeferred
 
 from streamd import __version__, config, filters, framing
+from streamd.auth import Auth
 from streamd.errors import (
     BadRequest,
+    HTTPError,
     NotFound,
     PayloadTooLarge,
     Unavailable,
@@ -62,9 +65,18 @@ class StreamdApp:
         }
         self.open_streams: set[Stream] = set()
         self.sessions: dict[str, Stream] = {}
+        self.auth = Auth.from_settings(settings["auth"])
+        self.connections: Counter[str] = Counter()  # open streams per identity
 
     def resource(self):
         return self.app.resource()
+
+    def identify(self, request, action: str | None = None, name: str | None = None):
+        """Who is asking (401 if that cannot be told); with C{action}, 403 unless allowed."""
+        identity = self.auth.identify(request, self.reactor.seconds())
+        if action is not None:
+            identity.require(action, name)
+        return identity
 
     # -- sources ----------------------------------------------------------------
 
@@ -104,7 +116,14 @@ class StreamdApp:
 
     @app.route("/", methods=["GET"])
     def index(self, request):
-        return json_response(request, 200, self._info())
+        info = self._info()
+        try:
+            identity = self.identify(request)
+        except HTTPError:
+            identity = None
+        if identity is not None and identity.admin:
+            info["identities"] = {k: v for k, v in self.connections.items() if v}
+        return json_response(request, 200, info)
 
     @app.route("/health", methods=["GET"])
     def health(self, request):
@@ -116,6 +135,7 @@ class StreamdApp:
 
     @app.route("/streams/<name>/messages", methods=["POST"])
     async def publish(self, request, name):
+        self.identify(request, "publish", name)
         source, settings = self._source(name)
         ctype = request_content_type(request)
         if ctype not in BODY_TYPES:
@@ -174,6 +194,7 @@ class StreamdApp:
 
     def _open_stream(self, request, name: str, params: dict[str, list[str]],
                      sample: bool = False):
+        identity = self.identify(request, "read", name)
         source, settings = self._source(name)
         fmt = arg(params, "format")
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
@@ -204,6 +225,12 @@ class StreamdApp:
             # Headers only: a stream whose body nobody will read must not be opened.
             request.setHeader(b"Content-Type", chosen.content_type)
             return b""
+        limit_per_identity = self.auth.max_connections_per_identity
+        if limit_per_identity and self.connections[identity.name] >= limit_per_identity:
+            raise HTTPError(
+                f"{identity.name!r} already has {limit_per_identity} open streams",
+                429, {b"Retry-After": b"10"},
+            )
         session = secrets.token_urlsafe(18) if ack == "client" else None
         stream = Stream(
             request,
@@ -223,20 +250,27 @@ class StreamdApp:
             stall_warnings=stall_warnings,
             name=name,
         )
+        stream.identity = identity.name
         done = stream.start(since)
         if not stream.ended:
+            self.connections[identity.name] += 1
             self.open_streams.add(stream)
             if session is not None:
                 self.sessions[session] = stream
         return done
 
     def _stream_ended(self, stream: Stream) -> None:
-        self.open_streams.discard(stream)
+        if stream in self.open_streams:
+            self.open_streams.discard(stream)
+            self.connections[stream.identity] -= 1
+            if not self.connections[stream.identity]:
+                del self.connections[stream.identity]
         if stream.session is not None:
             self.sessions.pop(stream.session, None)
 
     @app.route("/streams/<name>/ack", methods=["POST"])
     def ack(self, request, name):
+        self.identify(request, "read", name)
         self._source(name)
         if request_content_type(request) not in JSON_TYPES:
             raise UnsupportedMediaType("send application/json")
