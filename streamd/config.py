@@ -210,7 +210,36 @@ def _auth_table(table: Any, where: str) -> Any:
     return validate_table(table, where)
 
 
-EXTRA_TABLES: dict[str, Callable[[Any, str], Any]] = {"auth": _auth_table}
+def flat_table(keys: list[Key]) -> Callable[[Any, str], dict[str, Any]]:
+    """A validator for a table of plain keys (defaults filled in)."""
+
+    def validate(table: Any, where: str) -> dict[str, Any]:
+        if not isinstance(table, dict):
+            raise ConfigError(where, "expected a table")
+        known = {k.name: k for k in keys}
+        out = {k.name: k.default for k in keys}
+        for name, value in table.items():
+            if name not in known:
+                raise ConfigError(f"{where}.{name}", "unknown key")
+            out[name] = known[name].validate(value, f"{where}.{name}")
+        return out
+
+    return validate
+
+
+CHANNEL_KEYS = [
+    Key("backend", "enum", "memory", "where channel values live", choices=("memory",)),
+    Key("idle", "number", 10.0, "seconds without a change before {\"Updates\": false}",
+        minimum=0.05),
+    Key("expire", "number", 3600.0, "seconds a subscription with no open stream is kept",
+        minimum=1),
+    Key("max_channels", "int", 1000, "channels one subscription may name", minimum=1),
+]
+
+EXTRA_TABLES: dict[str, Callable[[Any, str], Any]] = {
+    "auth": _auth_table,
+    "channels": flat_table(CHANNEL_KEYS),
+}
 
 
 def _stream(name: str, table: Any, top: dict[str, Any]) -> dict[str, Any]:

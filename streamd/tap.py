@@ -126,6 +126,7 @@ class StreamdService(service.Service):
         """
         super().stopService()
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        self.app.subscriptions.close()
         transports = [s.request.transport for s in self.app.open_streams]
         stops = [defer.maybeDeferred(s.stop) for s in self.app.sources.values()]
         for stream in list(self.app.open_streams):

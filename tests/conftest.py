@@ -80,6 +80,7 @@ async def serve():
 
     yield start
     for server in servers:
+        server.app.subscriptions.close()
         for stream in list(server.app.open_streams):
             stream.source_ended("shutdown")
         for source in server.app.sources.values():

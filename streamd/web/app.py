@@ -16,6 +16,7 @@ from twisted.internet.defer import maybeDeferred
 
 from streamd import __version__, config, filters, framing
 from streamd.auth import Auth
+from streamd.channels import MemoryChannels, Subscriptions
 from streamd.errors import (
     BadRequest,
     HTTPError,
@@ -27,6 +28,7 @@ from streamd.errors import (
 from streamd.message import InvalidPayload, decode_body
 from streamd.sources import Services, make_source
 from streamd.stream import Stream
+from streamd.web import channels as channels_routes
 from streamd.web.common import (
     BODY_TYPES,
     JSON_TYPES,
@@ -67,6 +69,10 @@ class StreamdApp:
         self.sessions: dict[str, Stream] = {}
         self.auth = Auth.from_settings(settings["auth"])
         self.connections: Counter[str] = Counter()  # open streams per identity
+        self.channels = MemoryChannels()
+        self.subscriptions = Subscriptions(self.channels, reactor,
+                                           settings["channels"]["expire"],
+                                           settings["channels"]["max_channels"])
 
     def resource(self):
         return self.app.resource()
@@ -225,12 +231,6 @@ class StreamdApp:
             # Headers only: a stream whose body nobody will read must not be opened.
             request.setHeader(b"Content-Type", chosen.content_type)
             return b""
-        limit_per_identity = self.auth.max_connections_per_identity
-        if limit_per_identity and self.connections[identity.name] >= limit_per_identity:
-            raise HTTPError(
-                f"{identity.name!r} already has {limit_per_identity} open streams",
-                429, {b"Retry-After": b"10"},
-            )
         session = secrets.token_urlsafe(18) if ack == "client" else None
         stream = Stream(
             request,
@@ -250,13 +250,21 @@ class StreamdApp:
             stall_warnings=stall_warnings,
             name=name,
         )
+        return self.start_stream(stream, identity, since)
+
+    def start_stream(self, stream: Stream, identity, since: str | None = None):
+        """Open C{stream} for C{identity} (429 past its limit); its Deferred for klein."""
+        limit = self.auth.max_connections_per_identity
+        if limit and self.connections[identity.name] >= limit:
+            raise HTTPError(f"{identity.name!r} already has {limit} open streams",
+                            429, {b"Retry-After": b"10"})
         stream.identity = identity.name
         done = stream.start(since)
         if not stream.ended:
             self.connections[identity.name] += 1
             self.open_streams.add(stream)
-            if session is not None:
-                self.sessions[session] = stream
+            if stream.session is not None:
+                self.sessions[stream.session] = stream
         return done
 
     def _stream_ended(self, stream: Stream) -> None:
@@ -292,6 +300,7 @@ class StreamdApp:
         return json_response(request, 200, {"acked": acked, "unknown": unknown})
 
 
+channels_routes.mount(StreamdApp.app)
 install_error_handler(StreamdApp.app)
 
 
