@@ -144,6 +144,10 @@ STREAM_KEYS = [
 SERVICE_KEYS = [
     Key("listen", "list", ["tcp:8080"], "endpoint to listen on (repeatable)"),
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
+    Key("log_format", "enum", "text", "text, or json (one object per line)",
+        choices=("text", "json")),
+    Key("shutdown_timeout", "number", 10.0, "seconds SIGTERM waits for streams to end",
+        minimum=0),
     Key("cors_origins", "list", [], "origins whose browsers may use the API ('*': any)"),
     Key("dynamic_streams", "bool", None,
         "serve undeclared stream names as memory streams (default: only when no "

@@ -24,6 +24,7 @@ class Services:
     reactor: Any
     settings: dict[str, Any]
     shared: dict[str, Any] = field(default_factory=dict)  # e.g. named Redis connections
+    metrics: Any = None  # streamd.metrics.Metrics: sources count errors, reconnects, requests
 
 
 def make_source(settings: dict[str, Any], services: Services):

@@ -13,8 +13,9 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
 
-from streamd import __version__, config, filters, framing
+from streamd import __version__, config, filters, framing, metrics
 from streamd.auth import Auth
 from streamd.channels import MemoryChannels, Subscriptions
 from streamd.errors import (
@@ -26,6 +27,7 @@ from streamd.errors import (
     UnsupportedMediaType,
 )
 from streamd.message import InvalidPayload, decode_body
+from streamd.metrics import Metrics
 from streamd.sources import Services, make_source
 from streamd.stream import Stream
 from streamd.web import channels as channels_routes
@@ -42,6 +44,8 @@ from streamd.web.common import (
     query,
 )
 from streamd.web.common import content_type as request_content_type
+
+log = Logger()
 
 
 class StreamdApp:
@@ -60,7 +64,8 @@ class StreamdApp:
         self.settings = settings
         self.reactor = reactor
         self.started_at = reactor.seconds()
-        self.services = Services(reactor=reactor, settings=settings)
+        self.metrics = Metrics()
+        self.services = Services(reactor=reactor, settings=settings, metrics=self.metrics)
         self.stream_settings: dict[str, dict[str, Any]] = dict(settings["streams"])
         self.sources: dict[str, Any] = {
             name: make_source(s, self.services) for name, s in self.stream_settings.items()
@@ -131,6 +136,15 @@ class StreamdApp:
             info["identities"] = {k: v for k, v in self.connections.items() if v}
         return json_response(request, 200, info)
 
+    @app.route("/metrics", methods=["GET"])
+    def metrics_page(self, request):
+        request.setHeader(b"Content-Type", metrics.CONTENT_TYPE.encode())
+        return self.metrics.render()
+
+    def metrics_label(self, name: str) -> str:
+        """A declared stream's name; one label for all dynamic ones (bounded cardinality)."""
+        return name if name in self.settings["streams"] else metrics.DYNAMIC
+
     @app.route("/health", methods=["GET"])
     def health(self, request):
         info = self._info()
@@ -172,7 +186,11 @@ class StreamdApp:
         if state != "ok":
             raise Unavailable(f"stream {name!r} is down: {reason}")
         params = {k: v[-1] for k, v in query(request).items()}
+        started = self.reactor.seconds()
         ids = await maybeDeferred(source.publish, payloads, params)
+        label = self.metrics_label(name)
+        self.metrics.messages_in.labels(label, source.kind).inc(len(payloads))
+        self.metrics.publish_seconds.labels(label).observe(self.reactor.seconds() - started)
         return json_response(request, 202, {"ids": ids})
 
     # -- stream -------------------------------------------------------------------------
@@ -249,6 +267,7 @@ class StreamdApp:
             filter=stream_filter,
             stall_warnings=stall_warnings,
             name=name,
+            metrics=self.metrics.for_stream(self.metrics_label(name), source.kind),
         )
         return self.start_stream(stream, identity, since)
 
@@ -261,6 +280,8 @@ class StreamdApp:
         stream.identity = identity.name
         done = stream.start(since)
         if not stream.ended:
+            if stream.metrics is not None:
+                stream.metrics.open.inc()
             self.connections[identity.name] += 1
             self.open_streams.add(stream)
             if stream.session is not None:
@@ -268,7 +289,16 @@ class StreamdApp:
         return done
 
     def _stream_ended(self, stream: Stream) -> None:
+        log.info(
+            "stream {stream} ended ({reason}): identity={identity} duration={duration:.3f}s "
+            "messages={messages} bytes={bytes}",
+            stream=stream.name, reason=stream.end_reason, identity=stream.identity,
+            duration=self.reactor.seconds() - stream.started_at, messages=stream.written,
+            bytes=stream.bytes_written,
+        )
         if stream in self.open_streams:
+            if stream.metrics is not None:
+                stream.metrics.open.dec()
             self.open_streams.discard(stream)
             self.connections[stream.identity] -= 1
             if not self.connections[stream.identity]:

@@ -177,5 +177,6 @@ def _stream(root, request, identity, sub):
         retry=root.settings["retry"],
         on_end=root._stream_ended,
         name=f"subscription:{sub.id}",
+        metrics=root.metrics.for_stream("_subscriptions", "channels"),
     )
     return root.start_stream(stream, identity)
