@@ -265,7 +265,9 @@ class SQSProtocol:
         body = prepared.body or b""
         if isinstance(body, str):
             body = body.encode()
-        return Request(prepared.method, prepared.url, dict(prepared.headers.items()), body)
+        # The HTTP client frames the body itself: a second Content-Length is a 400.
+        headers = {k: v for k, v in prepared.headers.items() if k.lower() != "content-length"}
+        return Request(prepared.method, prepared.url, headers, body)
 
     def parse(self, operation: str, status: int, headers: dict[str, str],
               body: bytes) -> dict[str, Any]:
