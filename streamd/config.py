@@ -116,6 +116,17 @@ STREAM_KEYS = [
         choices=("write", "client")),
     Key("max_unacked", "int", 100, "client-ack mode: messages outstanding per stream",
         minimum=1),
+    Key("text_fields", "list", [], "fields that track= matches (default: the whole payload)",
+        cli=False),
+    Key("id_fields", "list", [], "fields that follow= matches", cli=False),
+    Key("location_field", "str", "", "field with a point [lon, lat] or box that "
+        "locations= matches", cli=False),
+    Key("fields", "list", [], "fields where.FIELD= may name (empty: any)", cli=False),
+    Key("max_track", "int", 400, "phrases a track filter may hold", minimum=1),
+    Key("max_follow", "int", 5000, "ids a follow filter may hold", minimum=1),
+    Key("max_locations", "int", 25, "boxes a locations filter may hold", minimum=1),
+    Key("sample", "number", 0.01, "rate of GET /streams/NAME/sample", minimum=0,
+        maximum=1, check=lambda v: None if v > 0 else "must be more than 0"),
 ]
 
 #: Keys of the whole service only.

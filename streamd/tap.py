@@ -7,20 +7,26 @@ passed in.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
 from streamd import config
-from streamd.app import StreamdApp
+from streamd.web import StreamdApp
 
 log = Logger()
+
+#: At shutdown, how long clients get to receive their last lines before the
+#: reactor drops their connections.
+SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
 class Options(usage.Options):
@@ -30,7 +36,7 @@ class Options(usage.Options):
     optParameters = [["config", "c", None, "TOML configuration file"]] + [
         [k.name.replace("_", "-"), None, None, f"{k.help} (default: {k.default})"]
         for k in config.TOP_KEYS.values()
-        if k.name != "listen"
+        if k.name != "listen" and k.cli
     ]
 
     def __init__(self) -> None:
@@ -57,6 +63,8 @@ def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
     for key in config.TOP_KEYS.values():
         if key.name == "listen":
             cli["listen"] = options["listen"] or None
+            continue
+        if not key.cli:
             continue
         text = options.get(key.name.replace("_", "-"))
         if text is not None:
@@ -112,12 +120,30 @@ class StreamdService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
+        """
+        Stop accepting, tell every open stream (a C{shutdown} line, then the
+        terminating chunk), give durable messages back, and wait (bounded) until the
+        last bytes reached the clients: the reactor drops connections unflushed.
+        """
         super().stopService()
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        transports = [s.request.transport for s in self.app.open_streams]
         stops = [defer.maybeDeferred(s.stop) for s in self.app.sources.values()]
         for stream in list(self.app.open_streams):
             stream.source_ended("shutdown")
         yield defer.DeferredList(stops)
+        for t in transports:
+            if t is not None:
+                t.loseConnection()
+        deadline = self.reactor.seconds() + SHUTDOWN_FLUSH_SECONDS
+        while self.reactor.seconds() < deadline and any(
+            t is not None and not t.disconnected for t in transports
+        ):
+            yield deferLater(self.reactor, 0.02, lambda: None)
+        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+            # twistd re-raises the stopping signal on exit (status -15); a SIGTERM
+            # that shut us down cleanly is a normal stop for a service manager: 0.
+            self.reactor._exitSignal = None
 
 
 def makeService(options) -> service.IService:

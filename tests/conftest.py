@@ -17,7 +17,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.web.server import Site
 
 from streamd import config
-from streamd.app import StreamdApp
+from streamd.web import StreamdApp
 
 TIMEOUT = 10.0
 

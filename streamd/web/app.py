@@ -7,19 +7,15 @@ the settings, the sources), so nothing here reaches for a global.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import maybeDeferred
-from twisted.logger import Logger
-from werkzeug.exceptions import HTTPException
 
-from streamd import __version__, config, framing
+from streamd import __version__, config, filters, framing
 from streamd.errors import (
     BadRequest,
-    HTTPError,
     NotFound,
     PayloadTooLarge,
     Unavailable,
@@ -28,59 +24,19 @@ from streamd.errors import (
 from streamd.message import InvalidPayload, decode_body
 from streamd.sources import Services, make_source
 from streamd.stream import Stream
-
-log = Logger()
-
-STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
-JSON_TYPES = ("application/json", "")
-BODY_TYPES = JSON_TYPES + ("application/x-ndjson",)
-
-
-def _json(request, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(body).encode() + b"\n"
-
-
-def _arg(request, name: str) -> str | None:
-    values = request.args.get(name.encode())
-    if not values:
-        return None
-    try:
-        return values[-1].decode()
-    except UnicodeDecodeError:
-        raise BadRequest(f"{name}: not valid UTF-8") from None
-
-
-def _int_arg(request, name: str, minimum: int) -> int | None:
-    text = _arg(request, name)
-    if text is None:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadRequest(f"{name}: expected an integer, got {text!r}") from None
-    if value < minimum:
-        raise BadRequest(f"{name}: must be at least {minimum}, got {value}")
-    return value
-
-
-def _number_arg(request, name: str, minimum: float) -> float | None:
-    text = _arg(request, name)
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(f"{name}: expected a number, got {text!r}") from None
-    if not value >= minimum or value == float("inf"):
-        raise BadRequest(f"{name}: must be a number of at least {minimum:g}, got {text}")
-    return value
-
-
-def _content_type(request) -> str:
-    raw = request.getHeader(b"content-type") or b""
-    return raw.decode("latin-1").split(";")[0].strip().lower()
+from streamd.web.common import (
+    BODY_TYPES,
+    JSON_TYPES,
+    STREAM_NAME,
+    arg,
+    bool_arg,
+    install_error_handler,
+    int_arg,
+    json_response,
+    number_arg,
+    query,
+)
+from streamd.web.common import content_type as request_content_type
 
 
 class StreamdApp:
@@ -148,20 +104,20 @@ class StreamdApp:
 
     @app.route("/", methods=["GET"])
     def index(self, request):
-        return _json(request, 200, self._info())
+        return json_response(request, 200, self._info())
 
     @app.route("/health", methods=["GET"])
     def health(self, request):
         info = self._info()
         up = all(s["status"] == "ok" for s in info["sources"].values())
-        return _json(request, 200 if up else 503, info)
+        return json_response(request, 200 if up else 503, info)
 
     # -- publish ----------------------------------------------------------------------
 
     @app.route("/streams/<name>/messages", methods=["POST"])
     async def publish(self, request, name):
         source, settings = self._source(name)
-        ctype = _content_type(request)
+        ctype = request_content_type(request)
         if ctype not in BODY_TYPES:
             raise UnsupportedMediaType(
                 f"Content-Type {ctype!r}: send application/json (one value) or "
@@ -189,37 +145,65 @@ class StreamdApp:
         state, reason = source.status()
         if state != "ok":
             raise Unavailable(f"stream {name!r} is down: {reason}")
-        params = {k.decode(): v[-1].decode("utf-8", "replace") for k, v in request.args.items()}
+        params = {k: v[-1] for k, v in query(request).items()}
         ids = await maybeDeferred(source.publish, payloads, params)
-        return _json(request, 202, {"ids": ids})
+        return json_response(request, 202, {"ids": ids})
 
     # -- stream -------------------------------------------------------------------------
 
     @app.route("/streams/<name>", methods=["GET"])
     def stream(self, request, name):
+        return self._open_stream(request, name, query(request))
+
+    @app.route("/streams/<name>/sample", methods=["GET"])
+    def sample(self, request, name):
+        """The stream at its configured C{sample} rate (unless the request names one)."""
+        return self._open_stream(request, name, query(request), sample=True)
+
+    @app.route("/streams/<name>/filter", methods=["POST"])
+    def filtered(self, request, name):
+        """
+        Filters in the body (for lists too long for a URL): a form, or JSON such as
+        C{{"track": ["a b", "c"], "follow": ["12"], "locations": [-10, 35, 5, 45],
+        "where": {"kind": ["x", "y"]}}}. Query parameters still apply.
+        """
+        params = query(request)  # Twisted merges a form body into request.args
+        if request_content_type(request) == "application/json":
+            params.update(_json_params(request.content.read(self.settings["max_body_bytes"])))
+        return self._open_stream(request, name, params)
+
+    def _open_stream(self, request, name: str, params: dict[str, list[str]],
+                     sample: bool = False):
         source, settings = self._source(name)
-        fmt = _arg(request, "format")
+        fmt = arg(params, "format")
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
         chosen = framing.choose(fmt, accept)
         if chosen is None:
             raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
-        limit = _int_arg(request, "limit", 1)
-        heartbeat = _number_arg(request, "heartbeat", 0)
+        limit = int_arg(params, "limit", 1)
+        heartbeat = number_arg(params, "heartbeat", 0)
         if heartbeat is None:
             heartbeat = settings["heartbeat"]
         elif 0 < heartbeat < 0.05:
             raise BadRequest("heartbeat: must be 0 (off) or at least 0.05 seconds")
-        since = _arg(request, "since")
+        since = arg(params, "since")
         if since is None:
             last = request.getHeader(b"last-event-id")
             if last:
                 since = last.decode("latin-1").strip() or None
-        ack = _arg(request, "ack") or settings.get("ack", "write")
+        ack = arg(params, "ack") or settings.get("ack", "write")
         if ack not in ("write", "client"):
             raise BadRequest(f"ack: expected write or client, got {ack!r}")
+        stream_filter = filters.parse(params, settings,
+                                      settings["sample"] if sample else None)
+        stall_warnings = bool_arg(params, "stall_warnings")
         state, reason = source.status()
         if state != "ok":
             raise Unavailable(f"stream {name!r} is down: {reason}")
+        if request.method == b"HEAD":
+            # Headers only: a stream whose body nobody will read must not be opened.
+            request.setHeader(b"Content-Type", chosen.content_type)
+            return b""
         session = secrets.token_urlsafe(18) if ack == "client" else None
         stream = Stream(
             request,
@@ -231,12 +215,14 @@ class StreamdApp:
             max_pending=settings["max_pending"],
             slow_policy=settings["slow_policy"],
             ack=ack,
-            max_unacked=settings.get("max_unacked", 100),
+            max_unacked=settings["max_unacked"],
             retry=settings["retry"],
             session=session,
             on_end=self._stream_ended,
+            filter=stream_filter,
+            stall_warnings=stall_warnings,
+            name=name,
         )
-        stream.name = name
         done = stream.start(since)
         if not stream.ended:
             self.open_streams.add(stream)
@@ -252,7 +238,7 @@ class StreamdApp:
     @app.route("/streams/<name>/ack", methods=["POST"])
     def ack(self, request, name):
         self._source(name)
-        if _content_type(request) not in JSON_TYPES:
+        if request_content_type(request) not in JSON_TYPES:
             raise UnsupportedMediaType("send application/json")
         try:
             body = json.loads(request.content.read(self.settings["max_body_bytes"]))
@@ -269,28 +255,34 @@ class StreamdApp:
         if stream is None or stream.name != name:
             raise NotFound(f"no open client-ack session {session!r} on stream {name!r}")
         acked, unknown = stream.client_acked(ids)
-        return _json(request, 200, {"acked": acked, "unknown": unknown})
+        return json_response(request, 200, {"acked": acked, "unknown": unknown})
 
-    # -- errors ------------------------------------------------------------------------
 
-    @app.handle_errors
-    def errors(self, request, failure):
-        err = failure.value
-        if isinstance(err, HTTPError):
-            status, message = err.status, err.message
-            for k, v in err.headers.items():
-                request.setHeader(k, v)
-        elif isinstance(err, HTTPException):
-            status = err.code or 500
-            message = err.description or err.name
-            if status == 404:
-                message = "no such resource"
-            elif status == 405:
-                allowed = err.valid_methods or []
-                request.setHeader(b"Allow", ", ".join(allowed).encode())
-                message = f"method not allowed (allowed: {', '.join(allowed)})"
+install_error_handler(StreamdApp.app)
+
+
+def _json_params(body: bytes) -> dict[str, list[str]]:
+    """A JSON filter body as query parameters: lists join with commas, as in a URL."""
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        raise BadRequest("body: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("body: expected a JSON object of filters")
+    out: dict[str, list[str]] = {}
+
+    def text(v) -> str:
+        if isinstance(v, list):
+            return ",".join(text(i) for i in v)
+        return v if isinstance(v, str) else json.dumps(v)
+
+    for key, v in value.items():
+        if key == "where":
+            if not isinstance(v, dict):
+                raise BadRequest('where: expected {"FIELD": [values]}')
+            for f, vals in v.items():
+                vals = vals if isinstance(vals, list) else [vals]
+                out[f"where.{f}"] = [text(x) for x in vals]
         else:
-            log.failure("Unhandled error for {method} {uri}", failure,
-                        method=request.method, uri=request.uri)
-            status, message = 500, "internal error"
-        return _json(request, status, {"error": {"status": status, "message": message}})
+            out[key] = [text(v)]
+    return out
