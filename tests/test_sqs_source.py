@@ -16,7 +16,7 @@ from streamd import config
 from streamd.aws import SQSError
 from streamd.errors import BadRequest, Unavailable
 from streamd.framing import NDJSON
-from streamd.sources.sqs import EMPTY_PAUSE, PROBE_FIRST, SQSSource, body_json
+from streamd.sources.sqs import EMPTY_PAUSE, PROBE_FIRST, SKIP_DELAY, SQSSource, body_json
 from streamd.stream import Stream
 from streamd.testing import FakeRequest
 
@@ -266,3 +266,28 @@ def _result(d):
     if hasattr(out[0], "raiseException"):
         out[0].raiseException()
     return out[0]
+
+
+def test_filtered_out_in_queue_delivery_goes_to_another_client_then_waits():
+    source, fake, clock = make(max_messages=2)
+    a, b = attach(source, 2)
+    fake.put("1", "2")
+    first, second = (a, b) if a.delivered else (b, a)
+    first.sub.skip(first.delivered[:1])  # its filter does not want m1
+    assert second.ids() == ["m1"]
+    second.sub.skip(second.delivered)  # nobody connected wants it
+    clock.advance(0)
+    # Hidden for a while instead of bouncing between SQS and streamd in a loop.
+    assert fake.extended == [("m1", SKIP_DELAY)] and fake.released == []
+    assert "m1" not in {m.message.id for m in source.held.values()}
+
+
+def test_filtered_out_in_broadcast_counts_as_handled():
+    source, fake, clock = make(delivery="broadcast")
+    a, b = attach(source, 2)
+    fake.put("1", "2")
+    a.sub.skip(a.delivered)
+    b.sub.ack(b.delivered[:1])
+    b.sub.skip(b.delivered[1:])
+    clock.advance(0)
+    assert sorted(fake.deleted) == ["m1", "m2"] and fake.released == []

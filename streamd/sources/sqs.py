@@ -40,6 +40,10 @@ SYSTEM_ATTRIBUTES = ("ApproximateReceiveCount", "SentTimestamp", "MessageGroupId
                      "SequenceNumber")
 _INT_ATTRIBUTES = ("ApproximateReceiveCount", "SentTimestamp")
 
+#: Seconds a message that no connected client's filter wants stays hidden before SQS
+#: offers it again (visibility 0 would have streamd receive and return it in a loop).
+SKIP_DELAY = 5
+
 #: Seconds between empty receives when long polling is off (wait_time_seconds = 0).
 EMPTY_PAUSE = 1.0
 #: Seconds between "is the queue back?" probes while down: doubling up to the cap.
@@ -70,6 +74,9 @@ class SQSSubscription:
     def nack(self, messages) -> None:
         self.source._settle(self, messages, written=False)
 
+    def skip(self, messages) -> None:
+        self.source._skip(self, messages)
+
     def cancel(self) -> None:
         self.source._unsubscribe(self)
 
@@ -77,13 +84,14 @@ class SQSSubscription:
 class _Held:
     """A received message not yet deleted or given back."""
 
-    __slots__ = ("message", "owners", "written", "extended_at")
+    __slots__ = ("message", "owners", "written", "extended_at", "skipped_by")
 
     def __init__(self, message: Message, now: float) -> None:
         self.message = message
         self.owners: set[SQSSubscription] = set()
         self.written = False
         self.extended_at = now
+        self.skipped_by: set[SQSSubscription] | None = None  # queue delivery: filtered out
 
 
 @implementer(ISource)
@@ -293,6 +301,40 @@ class SQSSource:
                 del held_map[msg.handle]
                 (self._to_delete if held.written else self._to_release).append(msg.handle)
         self._schedule_flush()
+
+    def _skip(self, sub: SQSSubscription, messages: Iterable[Message]) -> None:
+        if self.broadcast:
+            # Filtered out counts as handled for this client, like written: a message
+            # every client filtered out is deleted rather than received again forever.
+            self._settle(sub, messages, written=True)
+            return
+        # Queue delivery: offer each to another ready client whose filter has not
+        # refused it yet; hide it for a while when none is left.
+        others = [s for s in self._ready() if s is not sub]
+        offers: dict[SQSSubscription, list[Message]] = {}
+        unwanted = []
+        for msg in messages:
+            held = self.held.get(msg.handle)
+            if held is None or sub not in held.owners:
+                continue
+            held.owners.discard(sub)
+            if held.skipped_by is None:
+                held.skipped_by = set()
+            held.skipped_by.add(sub)
+            target = next((s for s in others if s not in held.skipped_by), None)
+            if target is None:
+                del self.held[msg.handle]
+                unwanted.append(msg.handle)
+            else:
+                held.owners.add(target)
+                offers.setdefault(target, []).append(msg)
+        if unwanted:
+            self._track(self._change(unwanted, min(SKIP_DELAY, self.visibility)))
+        for target, msgs in offers.items():
+            if target in self.subscribers:
+                target.consumer.deliver(msgs)
+            else:
+                self._settle(target, msgs, written=False)
 
     def _unsubscribe(self, sub: SQSSubscription) -> None:
         if sub in self.subscribers:
