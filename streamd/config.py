@@ -154,9 +154,33 @@ SERVICE_KEYS = [
         "[streams] are declared)"),
 ]
 
+def _url(value: Any, required: bool = False) -> str | None:
+    if value is None:
+        return "required" if required else None
+    if not value.startswith(("http://", "https://")):
+        return f"expected an http:// or https:// URL, got {value!r}"
+    return None
+
+
 #: Keys each source kind accepts in its stream table (beyond C{source} and STREAM_KEYS).
 SOURCE_KEYS: dict[str, list[Key]] = {
     "memory": [],
+    "sqs": [
+        Key("queue_url", "str", None, "the queue's URL",
+            check=lambda v: _url(v, required=True)),
+        Key("region", "str", None, "AWS region (default: from the queue URL, else us-east-1)"),
+        Key("endpoint_url", "str", None, "SQS endpoint (moto, LocalStack, ElasticMQ)",
+            check=_url),
+        Key("profile", "str", None, "AWS profile of the shared config files"),
+        Key("max_messages", "int", 10, "messages per ReceiveMessage", minimum=1, maximum=10),
+        Key("wait_time_seconds", "int", 20, "long-poll seconds", minimum=0, maximum=20),
+        Key("visibility_timeout", "int", 30, "seconds a received message stays hidden",
+            minimum=1, maximum=43200),
+        Key("pollers", "int", 1, "concurrent ReceiveMessage calls", minimum=1, maximum=64),
+        Key("attributes", "list", ["All"], "message attribute names to request"),
+        Key("delivery", "enum", "queue", "queue: one client per message; broadcast: all",
+            choices=("queue", "broadcast")),
+    ],
 }
 
 TOP_KEYS = {k.name: k for k in SERVICE_KEYS + STREAM_KEYS}

@@ -14,6 +14,7 @@ from typing import Any
 
 KINDS = {
     "memory": "streamd.sources.memory:MemorySource.from_config",
+    "sqs": "streamd.sources.sqs:SQSSource.from_config",
 }
 
 
