@@ -8,5 +8,6 @@ from setuptools import find_packages, setup
 
 setup(
     packages=find_packages(include=["streamd", "streamd.*"]) + ["twisted.plugins"],
+    package_dir={"": "."},
     package_data={"twisted.plugins": ["streamd_plugin.py"]},
 )

@@ -11,8 +11,9 @@ top-level values for that stream.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,6 +112,10 @@ STREAM_KEYS = [
         choices=("disconnect", "drop-oldest")),
     Key("max_message_bytes", "int", 256 * 1024, "largest message accepted", minimum=1),
     Key("retry", "int", 3000, "SSE reconnection hint, milliseconds", minimum=0),
+    Key("ack", "enum", "write", "when a durable source's message counts as delivered",
+        choices=("write", "client")),
+    Key("max_unacked", "int", 100, "client-ack mode: messages outstanding per stream",
+        minimum=1),
 ]
 
 #: Keys of the whole service only.

@@ -1,0 +1,352 @@
+"""
+L{Stream}: the push producer of one streaming HTTP response.
+
+Demand flows up: when the client's socket buffer fills, Twisted pauses the producer and
+the stream pauses its subscription (a durable source then stops fetching); on resume
+it writes what queued and lets the source continue. Messages flow down, each written
+once; acknowledgements flow back up: after the write (C{ack = "write"}) or when the
+client acknowledges (C{ack = "client"}). A message the stream will not write is given
+back to its source (C{nack}), so a durable source loses nothing when a client goes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+from streamd.interfaces import IConsumer
+from streamd.message import Message
+
+#: Bytes written in one chunk at most: big enough to amortise the per-write cost,
+#: small enough that a pause (at 64 KiB of Twisted's buffer) is noticed promptly.
+WRITE_BATCH_BYTES = 64 * 1024
+
+#: After a slow-consumer disconnect, the seconds a client gets to read the final line
+#: before its connection is aborted (so a stuck client cannot pin the buffer).
+SLOW_CLOSE_GRACE = 5.0
+
+
+@implementer(IPushProducer, IConsumer)
+class Stream:
+    """
+    One client's stream.
+
+    @ivar pending: what was taken from the source but not yet written: messages,
+        and notices (bytes) in the order they happened. Only a paused stream queues;
+        its length is bounded by C{max_pending} and the slow policy.
+    @ivar accepted: messages taken for this client, which C{limit} bounds (surplus is
+        given back at once, so C{limit=N} delivers exactly N).
+    @ivar unacked: in client-ack mode, written messages awaiting the client's ack, by id.
+    @ivar source_paused: what we last told the subscription, so pause and resume are
+        each sent once per change of demand.
+    @ivar done: fires when the stream ends normally (klein then finishes the response);
+        cancelling it (klein does when the client disconnects) releases everything.
+    """
+
+    def __init__(
+        self,
+        request,
+        source,
+        framing,
+        clock,
+        *,
+        limit: int | None = None,
+        heartbeat: float = 15.0,
+        max_pending: int = 1000,
+        slow_policy: str = "disconnect",
+        ack: str = "write",
+        max_unacked: int = 100,
+        retry: int = 3000,
+        session: str | None = None,
+        on_end=None,
+    ) -> None:
+        self.request = request
+        self.source = source
+        self.framing = framing
+        self.clock = clock
+        self.limit = limit
+        self.heartbeat = heartbeat
+        self.max_pending = max_pending
+        self.slow_policy = slow_policy
+        self.client_ack = ack == "client"
+        self.max_unacked = max_unacked
+        self.retry = retry
+        self.session = session
+        self.on_end = on_end
+
+        self.pending: deque[Message | bytes] = deque()
+        self.queued = 0  # messages (not notices) in pending
+        self.unacked: dict[str, Message] = {}
+        self.accepted = 0
+        self.written = 0
+        self.bytes_written = 0
+        self.dropped = 0  # dropped since the last notice
+        self.dropped_total = 0
+        self.paused = False
+        self.source_paused = False
+        self.subscription = None
+        self.ended = False
+        self.end_reason: str | None = None
+        self.started_at = clock.seconds()
+        self._last_write = self.started_at
+        self._starting = False
+        self._flushing = False
+        self._surplus: list[Message] = []
+        self._beat = None
+        self.done: Deferred[None] = Deferred(self._cancelled)
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self, since: str | None = None) -> Deferred[None]:
+        """
+        Subscribe, then send the status line and headers at once (before any message,
+        so a client sees the stream established) and begin writing.
+
+        Subscribing comes first so that a bad C{since} or a source that is down can
+        still be answered with a JSON error and its status.
+        """
+        self._starting = True
+        try:
+            self.subscription = self.source.subscribe(self, since)
+        finally:
+            self._starting = False
+        request = self.request
+        request.setHeader(b"Content-Type", self.framing.content_type)
+        request.setHeader(b"Cache-Control", b"no-cache")
+        # nginx and similar proxies buffer responses unless told not to.
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        if self.session is not None:
+            request.setHeader(b"Streamd-Session", self.session.encode())
+        request.write(self.framing.preamble(self.retry))
+        request.registerProducer(self, True)
+        if self._surplus:
+            self.subscription.nack(self._surplus)
+            self._surplus = []
+        self._flush()
+        if not self.ended:
+            self._update_demand()
+            if self.heartbeat:
+                self._beat = self.clock.callLater(self.heartbeat, self._heartbeat)
+        return self.done
+
+    def _cancelled(self, _d: Deferred) -> None:
+        # The client went away (klein cancels the route's Deferred): nothing can be
+        # written or unregistered any more; give back what we hold.
+        self._release("client gone")
+
+    def stopProducing(self) -> None:
+        self._release("client gone")
+
+    def end(self, reason: str, notice: bytes | None = None) -> None:
+        """End the stream normally: optional last line, then the terminating chunk."""
+        if self.ended:
+            return
+        self._release(reason)
+        if notice:
+            self.request.write(notice)
+        self.request.unregisterProducer()
+        self.done.callback(None)
+
+    def _release(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.end_reason = reason
+        if self._beat is not None and self._beat.active():
+            self._beat.cancel()
+        self._beat = None
+        giveback = [m for m in self.pending if type(m) is Message]
+        giveback.extend(self.unacked.values())
+        self.pending.clear()
+        self.unacked.clear()
+        self.queued = 0
+        sub = self.subscription
+        if sub is not None:
+            if giveback:
+                sub.nack(giveback)
+            sub.cancel()
+        if self.on_end is not None:
+            self.on_end(self)
+
+    # -- IConsumer: what the source calls -------------------------------------------
+
+    def deliver(self, messages: list[Message]) -> None:
+        if self.ended:
+            if self.subscription is not None:
+                self.subscription.nack(messages)
+            return
+        if self.limit is not None:
+            room = self.limit - self.accepted
+            if len(messages) > room:
+                surplus = messages[room:]
+                messages = messages[:room]
+                if self.subscription is None:
+                    self._surplus.extend(surplus)
+                else:
+                    self.subscription.nack(surplus)
+        if not messages:
+            return
+        self.pending.extend(messages)
+        self.queued += len(messages)
+        self.accepted += len(messages)
+        if self._starting:
+            return
+        if self.paused:
+            self._overflow()
+        else:
+            self._flush()
+        if not self.ended:
+            self._update_demand()
+
+    def gap(self, info: dict[str, Any]) -> None:
+        if not self.ended:
+            self.pending.append(self.framing.control("gap", info))
+            if not self._starting and not self.paused:
+                self._flush()
+
+    def source_ended(self, reason: str) -> None:
+        if reason == "shutdown":
+            notice = self.framing.control("shutdown", True)
+        else:
+            notice = self.framing.control("end", {"reason": reason})
+        self._flush()
+        self.end(reason, notice)
+
+    # -- IPushProducer: what the transport calls -------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._update_demand()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._flush()
+        if not self.ended:
+            self._update_demand()
+
+    # -- client acknowledgement ------------------------------------------------------
+
+    def client_acked(self, ids: list[str]) -> tuple[int, int]:
+        """Acknowledge these ids; return (acknowledged, unknown)."""
+        acked = []
+        for mid in ids:
+            msg = self.unacked.pop(mid, None)
+            if msg is not None:
+                acked.append(msg)
+        if acked and self.subscription is not None:
+            self.subscription.ack(acked)
+        if not self.ended:
+            self._update_demand()
+            self._maybe_finish()
+        return len(acked), len(ids) - len(acked)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _wants_more(self) -> bool:
+        if self.paused or self.ended:
+            return False
+        if self.limit is not None and self.accepted >= self.limit:
+            return False
+        return not (self.client_ack and len(self.unacked) + self.queued >= self.max_unacked)
+
+    def _update_demand(self) -> None:
+        want = self._wants_more()
+        if want == self.source_paused:  # a change of demand
+            self.source_paused = not want
+            if want:
+                self.subscription.resume()
+            else:
+                self.subscription.pause()
+
+    def _flush(self) -> None:
+        if self._flushing or self.ended:
+            return
+        self._flushing = True
+        try:
+            pending = self.pending
+            framing = self.framing
+            while pending and not self.paused and not self.ended:
+                parts = []
+                batch = []
+                size = 0
+                if self.dropped:
+                    parts.append(framing.control("dropped", self.dropped))
+                    self.dropped = 0
+                while pending and size < WRITE_BATCH_BYTES:
+                    item = pending.popleft()
+                    if type(item) is bytes:
+                        frame = item
+                    else:
+                        frame = framing.message(item)
+                        batch.append(item)
+                    parts.append(frame)
+                    size += len(frame)
+                self.queued -= len(batch)
+                self.written += len(batch)
+                self.bytes_written += size
+                self._last_write = self.clock.seconds()
+                if self.client_ack:
+                    for m in batch:
+                        self.unacked[m.id] = m
+                # The write may pause us (Twisted's buffer passed 64 KiB): the loop
+                # then stops and the rest waits in pending.
+                self.request.write(b"".join(parts))
+                if batch and not self.client_ack:
+                    self.subscription.ack(batch)
+        finally:
+            self._flushing = False
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if (
+            self.limit is not None
+            and self.accepted >= self.limit
+            and not self.pending
+            and not self.unacked
+            and not self.ended
+            and not self._starting
+            and self.subscription is not None
+        ):
+            self.end("limit")
+
+    def _overflow(self) -> None:
+        excess = self.queued - self.max_pending
+        if excess <= 0:
+            return
+        if self.slow_policy == "drop-oldest":
+            dropped = []
+            while len(dropped) < excess:
+                item = self.pending.popleft()
+                if type(item) is Message:
+                    dropped.append(item)
+            self.queued -= excess
+            self.dropped += excess
+            self.dropped_total += excess
+            self.subscription.nack(dropped)
+            return
+        notice = self.framing.control(
+            "error", {"message": "slow consumer", "max_pending": self.max_pending}
+        )
+        self.end("slow consumer", notice)
+        transport = getattr(self.request.channel, "transport", None)
+        if transport is not None:
+            # Close once the final line is out; a client that never reads again is
+            # cut off after a grace period so its buffered bytes are freed.
+            transport.loseConnection()
+            self.clock.callLater(SLOW_CLOSE_GRACE, transport.abortConnection)
+
+    def _heartbeat(self) -> None:
+        if self.ended:
+            return
+        now = self.clock.seconds()
+        due = self._last_write + self.heartbeat
+        if now >= due:
+            if not self.paused:
+                self.request.write(self.framing.heartbeat(now))
+            self._last_write = now
+            due = now + self.heartbeat
+        self._beat = self.clock.callLater(due - now, self._heartbeat)

@@ -1,0 +1,126 @@
+"""
+The twistd wiring: C{twistd -n streamd [options]}. Options, then L{makeService}.
+
+This is the one place that touches the global reactor; everything below gets it
+passed in.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from streamd import config
+from streamd.app import StreamdApp
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """Every top-level config key is also an option (C{max_pending} is C{--max-pending})."""
+
+    synopsis = "[--listen ENDPOINT]... [--config FILE] [options]"
+    optParameters = [["config", "c", None, "TOML configuration file"]] + [
+        [k.name.replace("_", "-"), None, None, f"{k.help} (default: {k.default})"]
+        for k in config.TOP_KEYS.values()
+        if k.name != "listen"
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Twisted endpoint to serve on, e.g. tcp:8080 or unix:/run/streamd.sock
+        (repeatable; default tcp:8080)"""
+        self["listen"].append(endpoint)
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = settings_from_options(self)
+        except config.ConfigError as e:
+            # One line naming the key, not twistd's whole usage text.
+            sys.stderr.write(f"streamd: config error: {e}\n")
+            raise SystemExit(2) from None
+
+
+def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
+    file_values = config.load_toml(options["config"]) if options.get("config") else {}
+    cli: dict[str, Any] = {}
+    for key in config.TOP_KEYS.values():
+        if key.name == "listen":
+            cli["listen"] = options["listen"] or None
+            continue
+        text = options.get(key.name.replace("_", "-"))
+        if text is not None:
+            cli[key.name] = key.parse_cli(text)
+    settings = config.build(file_values, cli)
+    from twisted.internet import reactor
+
+    for desc in settings["listen"]:
+        try:
+            serverFromString(reactor, desc)
+        except (ValueError, TypeError, KeyError) as e:
+            raise config.ConfigError("listen", f"bad endpoint {desc!r}: {e}") from None
+    return settings
+
+
+class StreamdService(service.Service):
+    """Starts the sources, listens on every endpoint, and ends streams on stop."""
+
+    def __init__(self, settings: dict[str, Any], reactor) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.app = StreamdApp(settings, reactor)
+        self.site = Site(self.app.resource())
+        self.site.displayTracebacks = False
+        self.ports: list[Any] = []
+
+    def startService(self) -> None:
+        super().startService()
+        for source in self.app.sources.values():
+            defer.maybeDeferred(source.start).addErrback(
+                lambda f, s=source: log.failure("source {name} failed to start", f,
+                                                name=s.name))
+        for desc in self.settings["listen"]:
+            d = serverFromString(self.reactor, desc).listen(self.site)
+            d.addCallbacks(self._listening, self._listen_failed,
+                           callbackArgs=(desc,), errbackArgs=(desc,))
+
+    def _listening(self, port, desc: str) -> None:
+        self.ports.append(port)
+        host = port.getHost()
+        kind = desc.split(":", 1)[0]
+        where = getattr(host, "name", None)
+        if where is None:
+            where = f"{host.host}:{host.port}"
+        elif isinstance(where, bytes):
+            where = where.decode()
+        log.info("streamd listening on {address}", address=f"{kind}:{where}")
+
+    def _listen_failed(self, failure, desc: str) -> None:
+        log.critical("streamd cannot listen on {desc}: {error}", desc=desc,
+                     error=failure.getErrorMessage())
+        self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        stops = [defer.maybeDeferred(s.stop) for s in self.app.sources.values()]
+        for stream in list(self.app.open_streams):
+            stream.source_ended("shutdown")
+        yield defer.DeferredList(stops)
+
+
+def makeService(options) -> service.IService:
+    from twisted.internet import reactor
+
+    return StreamdService(options["settings"], reactor)

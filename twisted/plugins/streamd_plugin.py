@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+streamd = ServiceMaker("streamd", "streamd.tap", "Stream sources to HTTP clients", "streamd")
