@@ -201,6 +201,11 @@ def as_json(raw: bytes) -> bytes:
         return json.dumps(raw.decode("utf-8", "replace"), ensure_ascii=False).encode()
 
 
+def json_object(value: dict[str, Any]) -> bytes:
+    """A dict as one line of JSON text."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def param(params: Any, name: str) -> str | None:
     """One query parameter of a publish request (a list of values or a value)."""
     value = (params or {}).get(name)

@@ -299,4 +299,4 @@ class RedisListSource:
         if not self.conn.up:
             raise Unavailable(self.conn.status()[1] or "redis is down")
         d = self.conn.command("RPUSH", self.key, *payloads)
-        return d.addCallback(lambda _: ["" for _ in payloads])
+        return d.addCallback(lambda _: [None for _ in payloads])

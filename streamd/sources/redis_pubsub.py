@@ -269,4 +269,4 @@ class RedisPubSubSource:
         # Pipelined on one pooled connection; pub/sub messages have no ids to return.
         d = gatherResults([self.conn.command("PUBLISH", channel, p) for p in payloads],
                           consumeErrors=True)
-        return d.addCallback(lambda _: ["" for _ in payloads])
+        return d.addCallback(lambda _: [None for _ in payloads])
