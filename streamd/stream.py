@@ -195,10 +195,10 @@ class Stream:
         self.accepted += len(messages)
         if self._starting:
             return
-        if self.paused:
-            self._overflow()
-        else:
+        if not self.paused:
             self._flush()
+        if self.paused:  # before, or by the write just made
+            self._overflow()
         if not self.ended:
             self._update_demand()
 
@@ -331,8 +331,8 @@ class Stream:
         notice = self.framing.control(
             "error", {"message": "slow consumer", "max_pending": self.max_pending}
         )
+        transport = getattr(self.request, "transport", None)
         self.end("slow consumer", notice)
-        transport = getattr(self.request.channel, "transport", None)
         if transport is not None:
             # Close once the final line is out; a client that never reads again is
             # cut off after a grace period so its buffered bytes are freed.

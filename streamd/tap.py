@@ -7,12 +7,14 @@ passed in.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -21,6 +23,10 @@ from streamd import config
 from streamd.app import StreamdApp
 
 log = Logger()
+
+#: At shutdown, how long clients get to receive their last lines before the
+#: reactor drops their connections.
+SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
 class Options(usage.Options):
@@ -112,12 +118,30 @@ class StreamdService(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
+        """
+        Stop accepting, tell every open stream (a C{shutdown} line, then the
+        terminating chunk), give durable messages back, and wait (bounded) until the
+        last bytes reached the clients: the reactor drops connections unflushed.
+        """
         super().stopService()
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        transports = [s.request.transport for s in self.app.open_streams]
         stops = [defer.maybeDeferred(s.stop) for s in self.app.sources.values()]
         for stream in list(self.app.open_streams):
             stream.source_ended("shutdown")
         yield defer.DeferredList(stops)
+        for t in transports:
+            if t is not None:
+                t.loseConnection()
+        deadline = self.reactor.seconds() + SHUTDOWN_FLUSH_SECONDS
+        while self.reactor.seconds() < deadline and any(
+            t is not None and not t.disconnected for t in transports
+        ):
+            yield deferLater(self.reactor, 0.02, lambda: None)
+        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
+            # twistd re-raises the stopping signal on exit (status -15); a SIGTERM
+            # that shut us down cleanly is a normal stop for a service manager: 0.
+            self.reactor._exitSignal = None
 
 
 def makeService(options) -> service.IService:

@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from streamd.errors import BadRequest
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
+
+log = Logger()
 
 
 @implementer(ISubscription)
@@ -100,7 +103,12 @@ class MemorySource:
         self._expire()
         # A consumer may end its stream (limit, slow policy) while we deliver.
         for sub in list(self.subscribers):
-            sub.consumer.deliver(batch)
+            try:
+                sub.consumer.deliver(batch)
+            except Exception:
+                # A bug in one stream must not cost the publisher or other readers.
+                log.failure("stream of {name} failed; detaching it", name=self.name)
+                self.subscribers.discard(sub)
         return [m.id for m in batch]
 
     def subscribe(self, consumer, since: str | None = None) -> MemorySubscription:

@@ -1,0 +1,136 @@
+"""
+Fakes that streamd's tests use and that users may use for their own: a request that
+records what a stream writes, and a durable source that records acks and pauses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from streamd.interfaces import ISource, ISubscription
+from streamd.message import Message
+
+
+class _Channel:
+    def __init__(self) -> None:
+        self.transport = StringTransport()
+
+
+class FakeRequest:
+    """
+    Enough of L{twisted.web.server.Request} for a L{streamd.stream.Stream}: headers,
+    writes (kept in C{written}), and the registered producer.
+    """
+
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.writes: list[bytes] = []
+        self.producer = None
+        self.streaming = None
+        self.channel = _Channel()
+        self.transport = self.channel.transport
+        self.finished = False
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self.headers[name] = value
+
+    def write(self, data: bytes) -> None:
+        if self.finished:
+            raise RuntimeError("write after finish")
+        self.writes.append(data)
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self.producer = producer
+        self.streaming = streaming
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    @property
+    def written(self) -> bytes:
+        return b"".join(self.writes)
+
+    def lines(self) -> list[bytes]:
+        return [line for line in self.written.split(b"\n") if line]
+
+
+@implementer(ISubscription)
+class FakeSubscription:
+    """Records what a stream asked of its source."""
+
+    def __init__(self, source: FakeSource, consumer) -> None:
+        self.source = source
+        self.consumer = consumer
+        self.paused = False
+        self.pauses = 0
+        self.acked: list[Message] = []
+        self.nacked: list[Message] = []
+        self.cancelled = False
+
+    def pause(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def ack(self, messages) -> None:
+        self.acked.extend(messages)
+
+    def nack(self, messages) -> None:
+        self.nacked.extend(messages)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@implementer(ISource)
+class FakeSource:
+    """A durable source whose messages a test hands out with L{push}."""
+
+    kind = "fake"
+    durable = True
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.subscriptions: list[FakeSubscription] = []
+        self.state: tuple[str, str | None] = ("ok", None)
+        self.seq = 0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def status(self):
+        return self.state
+
+    def subscribe(self, consumer, since=None) -> FakeSubscription:
+        sub = FakeSubscription(self, consumer)
+        self.subscriptions.append(sub)
+        return sub
+
+    def make(self, n: int, data: bytes = b"{}") -> list[Message]:
+        out = []
+        for _ in range(n):
+            self.seq += 1
+            out.append(Message(str(self.seq), self.name, data))
+        return out
+
+    def push(self, n: int = 1, data: bytes = b"{}", sub: int = -1) -> list[Message]:
+        msgs = self.make(n, data)
+        self.subscriptions[sub].consumer.deliver(msgs)
+        return msgs
+
+    def publish(self, payloads, params=None) -> list[Any]:
+        msgs = []
+        for data in payloads:
+            self.seq += 1
+            msgs.append(Message(str(self.seq), self.name, data))
+        for sub in self.subscriptions:
+            sub.consumer.deliver(msgs)
+        return [m.id for m in msgs]

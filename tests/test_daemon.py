@@ -1,0 +1,121 @@
+"""The twistd plugin, run as an operator runs it: a subprocess, real TCP, real signals."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+# twistd as installed beside this Python (what `twistd` on PATH runs).
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+LISTENING = re.compile(rb"streamd listening on tcp:127\.0\.0\.1:(\d+)")
+
+
+def start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    log = tmp_path / "streamd.log"
+    proc = subprocess.Popen(
+        [*TWISTD, "--pidfile=", "-n", "--logfile", str(log), "streamd",
+         "--listen", "tcp:0:interface=127.0.0.1", *args],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    port = wait_for_line(proc, log, LISTENING)
+    return proc, int(port)
+
+
+def wait_for_line(proc: subprocess.Popen, log: Path, pattern: re.Pattern, seconds=20.0):
+    """Wait (bounded) for the daemon to log C{pattern}; return its first group."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if log.exists():
+            m = pattern.search(log.read_bytes())
+            if m:
+                return m.group(1)
+        if proc.poll() is not None:
+            raise AssertionError(f"streamd exited {proc.returncode}: {proc.stdout.read()!r}")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(0.05)  # a bounded wait on the process, not a sleep
+    proc.kill()
+    raise AssertionError(f"no {pattern.pattern!r} in {log.read_bytes()[-2000:]!r}")
+
+
+def test_serves_and_exits_cleanly_on_sigterm(tmp_path):
+    proc, port = start(tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        stream = urllib.request.urlopen(base + "/streams/demo?limit=1", timeout=10)
+        req = urllib.request.Request(base + "/streams/demo/messages", data=b'{"hello": 1}',
+                                     headers={"Content-Type": "application/json"})
+        assert json.load(urllib.request.urlopen(req, timeout=10)) == {"ids": ["1"]}
+        assert json.loads(stream.readline()) == {"id": "1", "stream": "demo",
+                                                 "data": {"hello": 1}}
+        # An open stream at shutdown is told, then ended with the terminating chunk.
+        open_stream = urllib.request.urlopen(base + "/streams/demo", timeout=10)
+        info = json.load(urllib.request.urlopen(base + "/", timeout=10))
+        assert info["open_streams"] == 1
+        proc.send_signal(signal.SIGTERM)
+        assert json.loads(open_stream.readline()) == {"shutdown": True}
+        assert open_stream.read() == b""  # a clean end, not a reset
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("toml", "args", "named"),
+    [
+        ('heartbeat = "soon"\n', [], "heartbeat"),
+        ("colour = 3\n", [], "colour"),
+        ('[streams.orders]\nsource = "kafka"\n', [], "streams.orders.source"),
+        ('[streams.orders]\nmax_pending = 0\n', [], "streams.orders.max_pending"),
+        ("", ["--listen", "tcp:notaport"], "listen"),
+        ("", ["--slow-policy", "wait"], "slow_policy"),
+    ],
+)
+def test_bad_config_exits_nonzero_with_one_line_naming_the_key(tmp_path, toml, args, named):
+    cfg = tmp_path / "streamd.toml"
+    cfg.write_text(toml)
+    proc = subprocess.run(
+        [*TWISTD, "-n", "streamd", "--config", str(cfg), *args],
+        cwd=tmp_path, capture_output=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    err = proc.stderr.decode().strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"streamd: config error: {named}:"), err
+
+
+def test_twistd_lists_the_plugin(tmp_path):
+    out = subprocess.run([*TWISTD, "--help"], capture_output=True, timeout=60, cwd=tmp_path)
+    assert re.search(rb"^\s+streamd\s", out.stdout, re.M)
+
+
+def test_config_file_declares_streams_and_command_line_wins(tmp_path):
+    cfg = tmp_path / "streamd.toml"
+    cfg.write_text('heartbeat = 30\n[streams.alerts]\nsource = "memory"\nbuffer = 5\n')
+    proc, port = start(tmp_path, "--config", str(cfg), "--heartbeat", "0.05")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        info = json.load(urllib.request.urlopen(base + "/", timeout=10))
+        assert list(info["sources"]) == ["alerts"]
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/streams/other", timeout=10)
+        assert e.value.code == 404
+        stream = urllib.request.urlopen(base + "/streams/alerts", timeout=10)
+        assert "heartbeat" in json.loads(stream.readline())  # 0.05 s from the CLI, not 30
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
+if os.environ.get("STREAMD_SKIP_DAEMON"):  # pragma: no cover
+    pytest.skip("daemon tests disabled", allow_module_level=True)

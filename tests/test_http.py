@@ -1,0 +1,265 @@
+"""End to end over real TCP: streamd's HTTP API read by a real HTTP client (treq)."""
+
+import json
+
+import pytest_twisted
+import treq
+from conftest import (
+    non_reading_client,
+    open_stream,
+    publish,
+    settings,
+    wait_until,
+    within,
+)
+
+ensure = pytest_twisted.ensureDeferred
+
+
+@ensure
+async def test_ndjson_round_trip_with_headers_before_first_message(serve):
+    server = await serve()
+    reader = await open_stream(server.url + "/streams/news")
+    # The status line and headers arrived although nothing was published yet.
+    assert reader.response.headers.getRawHeaders("content-type") == ["application/x-ndjson"]
+    await server.wait_open_streams(1)
+    ids = await publish(server.url + "/streams/news/messages", {"n": 1}, {"s": "007"})
+    await reader.wait_for(2)
+    assert reader.items == [
+        {"id": ids[0], "stream": "news", "data": {"n": 1}},
+        {"id": ids[1], "stream": "news", "data": {"s": "007"}},
+    ]
+    reader.close()
+
+
+@ensure
+async def test_publish_single_json_value(serve):
+    server = await serve()
+    resp = await within(treq.post(server.url + "/streams/a/messages", data=b'[1, 2]',
+                                  headers={"Content-Type": "application/json"}))
+    assert resp.code == 202
+    assert (await treq.json_content(resp)) == {"ids": ["1"]}
+
+
+@ensure
+async def test_sse_by_accept_header_and_by_format(serve):
+    server = await serve()
+    r1 = await open_stream(server.url + "/streams/s", {"Accept": "text/event-stream"}, sse=True)
+    r2 = await open_stream(server.url + "/streams/s?format=sse", sse=True)
+    assert r1.response.headers.getRawHeaders("content-type")[0].startswith("text/event-stream")
+    await server.wait_open_streams(2)
+    await publish(server.url + "/streams/s/messages", {"a": 1})
+    for r in (r1, r2):
+        items = await r.wait_for(2)
+        assert items[0]["retry"] == "3000"
+        assert items[1] == {"id": "1", "data": '{"a": 1}'}
+        r.close()
+
+
+@ensure
+async def test_limit_ends_response_cleanly_after_exactly_n(serve):
+    server = await serve()
+    reader = await open_stream(server.url + "/streams/l?limit=3")
+    await server.wait_open_streams(1)
+    await publish(server.url + "/streams/l/messages", *range(10))
+    await within(reader.done)  # the terminating chunk arrived: the response ended
+    assert [m["data"] for m in reader.items] == [0, 1, 2]
+    await server.wait_open_streams(0)
+
+
+@ensure
+async def test_heartbeat_when_idle(serve):
+    server = await serve()
+    reader = await open_stream(server.url + "/streams/h?heartbeat=0.1")
+    items = await reader.wait_for(1)
+    assert set(items[0]) == {"heartbeat"}
+    sse = await open_stream(server.url + "/streams/h?heartbeat=0.1&format=sse", sse=True)
+    items = await sse.wait_for(2)
+    assert items[1]["comment"][0].startswith("heartbeat")
+    reader.close()
+    sse.close()
+
+
+@ensure
+async def test_heartbeat_configured_per_stream(serve):
+    server = await serve(settings({"quiet": {"heartbeat": 0.1}}))
+    reader = await open_stream(server.url + "/streams/quiet")
+    assert "heartbeat" in (await reader.wait_for(1))[0]
+    reader.close()
+
+
+@ensure
+async def test_resume_by_since_and_last_event_id(serve):
+    server = await serve()
+    await publish(server.url + "/streams/r/messages", "a", "b", "c")
+    reader = await open_stream(server.url + "/streams/r?since=1")
+    await server.wait_open_streams(1)
+    await publish(server.url + "/streams/r/messages", "d")
+    await reader.wait_for(3)
+    assert [(m["id"], m["data"]) for m in reader.items] == [("2", "b"), ("3", "c"), ("4", "d")]
+    sse = await open_stream(server.url + "/streams/r?format=sse", {"Last-Event-ID": "3"},
+                            sse=True)
+    items = await sse.wait_for(2)
+    assert items[1] == {"id": "4", "data": '"d"'}
+    reader.close()
+    sse.close()
+
+
+@ensure
+async def test_resume_gap_when_no_longer_buffered(serve):
+    server = await serve(settings(buffer=2))
+    await publish(server.url + "/streams/g/messages", 1, 2, 3, 4, 5)
+    reader = await open_stream(server.url + "/streams/g?since=1&limit=2")
+    await within(reader.done)
+    assert reader.items[0] == {"gap": {"since": "1", "missed": 2, "reason": "no longer buffered"}}
+    assert [m["data"] for m in reader.items[1:]] == [4, 5]
+
+
+@ensure
+async def test_client_disconnect_releases_subscription(serve):
+    server = await serve()
+    reader = await open_stream(server.url + "/streams/d")
+    await server.wait_open_streams(1)
+    source = server.app.sources["d"]
+    assert len(source.subscribers) == 1
+    reader.close()
+    await wait_until(lambda: not source.subscribers)
+    await server.wait_open_streams(0)
+
+
+@ensure
+async def test_client_that_stops_reading_is_disconnected_and_memory_stays_bounded(
+        serve, monkeypatch):
+    monkeypatch.setattr("streamd.stream.SLOW_CLOSE_GRACE", 0.2)
+    server = await serve(settings(max_pending=50))
+    slow = await non_reading_client(server, "/streams/big")
+    fast = await open_stream(server.url + "/streams/big")
+    await server.wait_open_streams(2)
+    stream = next(s for s in server.app.open_streams if s.request.channel.transport is not None
+                  and s.request.getClientAddress().port == slow.transport.getHost().port)
+    transport = stream.request.transport
+    payload = {"pad": "x" * 2000}
+    # Publish until the slow reader's socket and Twisted's buffer fill and the policy fires.
+    sent = 0
+    while not stream.ended and sent < 20000:
+        # Batches well under max_pending: a reader that keeps up is never over it.
+        await publish(server.url + "/streams/big/messages", *([payload] * 20))
+        sent += 20
+        assert stream.queued <= 50  # never more than max_pending queued for it
+    assert stream.ended and stream.end_reason == "slow consumer"
+    # Its connection is closed: the grace period for the final line ran out.
+    await wait_until(lambda: transport.disconnected)
+    await fast.wait_for(sent)  # the reader that keeps up got everything
+    assert len(fast.messages()) == sent
+    fast.close()
+
+
+@ensure
+async def test_slow_client_with_drop_oldest_is_told_what_it_lost(serve):
+    server = await serve(settings({"lossy": {"max_pending": 10, "slow_policy": "drop-oldest"}}))
+    slow = await non_reading_client(server, "/streams/lossy")
+    await server.wait_open_streams(1)
+    stream = next(iter(server.app.open_streams))
+    while not stream.paused:
+        await publish(server.url + "/streams/lossy/messages", *([{"pad": "y" * 4000}] * 50))
+    await publish(server.url + "/streams/lossy/messages", *range(100))
+    assert stream.queued == 10 and stream.dropped >= 90
+    assert not stream.ended
+    slow.transport.abortConnection()
+    await server.wait_open_streams(0)
+
+
+async def error_of(response):
+    body = await treq.json_content(response)
+    assert set(body) == {"error"}
+    assert body["error"]["status"] == response.code
+    return body["error"]["message"]
+
+
+@ensure
+async def test_error_statuses_are_json(serve):
+    server = await serve(settings({"only": {}}, max_body_bytes=1000, max_message_bytes=100))
+    url = server.url
+    r = await treq.get(url + "/streams/missing")
+    assert r.code == 404 and "missing" in await error_of(r)
+    r = await treq.get(url + "/nowhere")
+    assert r.code == 404
+    await error_of(r)
+    r = await treq.delete(url + "/streams/only")
+    assert r.code == 405 and "GET" in await error_of(r)
+    r = await treq.post(url + "/streams/only/messages", data=b'{"a": 1}\n{bad\n',
+                        headers={"Content-Type": "application/x-ndjson"})
+    assert r.code == 400 and "line 2" in await error_of(r)
+    r = await treq.post(url + "/streams/only/messages", data=b'{"a": "' + b"x" * 200 + b'"}',
+                        headers={"Content-Type": "application/json"})
+    assert r.code == 413 and "max_message_bytes" in await error_of(r)
+    r = await treq.post(url + "/streams/only/messages", data=b"1\n" * 600,
+                        headers={"Content-Type": "application/x-ndjson"})
+    assert r.code == 413 and "max_body_bytes" in await error_of(r)
+    r = await treq.post(url + "/streams/only/messages", data=b"hi",
+                        headers={"Content-Type": "text/plain"})
+    assert r.code == 415
+    await error_of(r)
+    r = await treq.get(url + "/streams/only?limit=0")
+    assert r.code == 400 and "limit" in await error_of(r)
+    r = await treq.get(url + "/streams/only?since=abc")
+    assert r.code == 400 and "since" in await error_of(r)
+    r = await treq.get(url + "/streams/only?format=xml")
+    assert r.code == 400 and "format" in await error_of(r)
+    # Nothing of a rejected body was published.
+    reader = await open_stream(url + "/streams/only?since=0&heartbeat=0.05")
+    items = await reader.wait_for(1)
+    assert "heartbeat" in items[0]
+    reader.close()
+
+
+@ensure
+async def test_index_and_health(serve):
+    server = await serve(settings({"a": {}, "b": {"source": "memory"}}))
+    reader = await open_stream(server.url + "/streams/a")
+    await server.wait_open_streams(1)
+    r = await treq.get(server.url + "/")
+    body = await treq.json_content(r)
+    assert body["service"] == "streamd" and body["open_streams"] == 1
+    assert body["sources"]["a"] == {"source": "memory", "status": "ok", "reason": None}
+    r = await treq.get(server.url + "/health")
+    assert r.code == 200
+    reader.close()
+
+
+@ensure
+async def test_health_503_when_a_source_is_down(serve):
+    server = await serve(settings({"a": {}}))
+    from streamd.testing import FakeSource
+
+    fake = FakeSource("f")
+    fake.state = ("down", "queue missing")
+    server.app.sources["f"] = fake
+    server.app.stream_settings["f"] = server.app.stream_settings["a"]
+    r = await treq.get(server.url + "/health")
+    assert r.code == 503
+    assert (await treq.json_content(r))["sources"]["f"]["reason"] == "queue missing"
+    r = await treq.get(server.url + "/streams/f")
+    assert r.code == 503 and "queue missing" in await error_of(r)
+
+
+@ensure
+async def test_client_ack_session_over_http(serve):
+    server = await serve()
+    reader = await open_stream(server.url + "/streams/c?ack=client")
+    session = reader.response.headers.getRawHeaders("streamd-session")[0]
+    await server.wait_open_streams(1)
+    await publish(server.url + "/streams/c/messages", 1, 2)
+    await reader.wait_for(2)
+
+    async def ack(body):
+        r = await treq.post(server.url + "/streams/c/ack", data=json.dumps(body).encode(),
+                            headers={"Content-Type": "application/json"})
+        return r.code, await treq.json_content(r)
+
+    assert await ack({"session": session, "ids": ["1", "9"]}) == (200, {"acked": 1, "unknown": 1})
+    code, body = await ack({"session": "not-mine", "ids": ["2"]})
+    assert code == 404
+    code, body = await ack({"session": session, "ids": "2"})
+    assert code == 400
+    reader.close()
