@@ -5,7 +5,7 @@ restarted by a test that wants an outage, killed by PID at the end.
 Never the shared Redis on 6379: every run gets its own empty server with no
 persistence, so nothing here ever needs a FLUSHALL.
 
-Use the C{redis_server} fixture (import it into a test module), or L{RedisServer}
+Use the C{redis} fixture (import C{redis_fixture} into a test module), or L{RedisServer}
 directly. L{RedisServer.command} is a tiny blocking RESP client for setting up and
 checking Redis state from a test, the way another program would talk to Redis.
 """
@@ -161,8 +161,8 @@ def read_reply(reader):
     raise ValueError(f"bad reply line {line!r}")
 
 
-@pytest.fixture
-def redis_server():
+@pytest.fixture(name="redis")
+def redis_fixture():
     """A private, empty redis-server for one test; killed by PID afterwards."""
     server = RedisServer()
     server.start()

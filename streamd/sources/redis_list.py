@@ -212,7 +212,7 @@ class RedisListSource:
             self.conn.command("SADD", self.registry, self.instance),
         ], consumeErrors=True)
         beat.addCallback(lambda _: self.conn.command("SMEMBERS", self.registry))
-        beat.addCallback(self._recover_dead)
+        beat.addCallback(lambda members: Deferred.fromCoroutine(self._recover_dead(members)))
         beat.addErrback(lambda f: log.warn("redis-list {name}: heartbeat failed: {e}",
                                            name=self.name, e=f.getErrorMessage()))
         return None
@@ -268,16 +268,22 @@ class RedisListSource:
             self.heartbeat.stop()
         if self.conn.up:
             # Let the acks and give-backs already sent land, then give back what is
-            # still held (reads cut short by the shutdown) and leave the registry.
-            await gatherResults(list(self.pending), consumeErrors=True)
+            # still held (reads cut short by the shutdown) and leave the registry;
+            # bounded, since Redis may go away meanwhile (the next start recovers).
+            cleanup = Deferred.fromCoroutine(self._clean_stop())
+            cleanup.addTimeout(self.conn.settings["connect_timeout"], self.clock)
             try:
-                await self.conn.command("EVAL", RECOVER, 2, self.key, self.processing)
-                await self.conn.command("DEL", self.alive)
-                await self.conn.command("SREM", self.registry, self.instance)
+                await cleanup
             except Exception as e:
                 log.warn("redis-list {name}: clean stop failed: {e}", name=self.name, e=e)
         if self.on_stop:
             await maybeDeferred(self.on_stop)
+
+    async def _clean_stop(self) -> None:
+        await gatherResults(list(self.pending), consumeErrors=True)
+        await self.conn.command("EVAL", RECOVER, 2, self.key, self.processing)
+        await self.conn.command("DEL", self.alive)
+        await self.conn.command("SREM", self.registry, self.instance)
 
     def stop(self) -> Deferred:
         return Deferred.fromCoroutine(self._stop())

@@ -29,6 +29,11 @@ from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
 
 
+def _quiet(d) -> None:
+    # A (un)subscribe cut short by a lost connection is redone on reconnection.
+    d.addErrback(lambda f: f.trap(txredisapi.ConnectionError))
+
+
 class _Protocol(txredisapi.SubscriberProtocol):
     """Hands messages and connection changes to the factory's L{Hub}."""
 
@@ -97,9 +102,9 @@ class Hub:
         pnew = self._change(self.patterns, source.patterns, source, True)
         if self.proto is not None:
             if new:
-                self.proto.subscribe(new)
+                _quiet(self.proto.subscribe(new))
             if pnew:
-                self.proto.psubscribe(pnew)
+                _quiet(self.proto.psubscribe(pnew))
 
     def remove(self, source: RedisPubSubSource) -> None:
         """C{source}'s last client left: unsubscribe what nobody wants any more."""
@@ -107,16 +112,16 @@ class Hub:
         pgone = self._change(self.patterns, source.patterns, source, False)
         if self.proto is not None:
             if gone:
-                self.proto.unsubscribe(gone)
+                _quiet(self.proto.unsubscribe(gone))
             if pgone:
-                self.proto.punsubscribe(pgone)
+                _quiet(self.proto.punsubscribe(pgone))
 
     def connected(self, proto: _Protocol) -> None:
         self.proto = proto
         if self.channels:
-            proto.subscribe(list(self.channels))
+            _quiet(proto.subscribe(list(self.channels)))
         if self.patterns:
-            proto.psubscribe(list(self.patterns))
+            _quiet(proto.psubscribe(list(self.patterns)))
         since, self.outage_since = self.outage_since, None
         if since is not None:
             # Sent as the SUBSCRIBE goes out: every message after the notice is one
