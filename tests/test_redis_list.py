@@ -133,11 +133,12 @@ async def test_paused_client_issues_no_reads_and_gives_back_when_killed(redis, s
     assert llen(redis) + stream.written == 3000
 
 
-def reads(redis) -> int:
-    """How many BLMOVE and EVAL (batch LMOVE) commands Redis has run."""
+def reads(redis, *commands: str) -> int:
+    """How many of these commands (default: BLMOVE and EVAL) Redis has run."""
+    commands = commands or ("cmdstat_blmove", "cmdstat_eval")
     stats = redis.command("INFO", "commandstats").decode()
     return sum(int(line.split("calls=")[1].split(",")[0]) for line in stats.splitlines()
-               if line.startswith(("cmdstat_blmove", "cmdstat_eval")))
+               if line.startswith(commands))
 
 
 def idle(redis, reader) -> int:

@@ -294,11 +294,15 @@ class RedisStreamSource:
         info = dict(zip(info[::2], info[1::2], strict=False))
         last = parse_id(info[b"last-generated-id"].decode())
         deleted = parse_id(info.get(b"max-deleted-entry-id", b"0-0").decode())
+        first = info.get(b"recorded-first-entry-id") or b"0-0"
         after = parse_id(since)
         if after > last:
             consumer.gap({"since": since, "missed": None, "reason": "unknown id"})
-            return since
-        if after < deleted:
+        elif after < deleted:
+            consumer.gap({"since": since, "missed": None, "reason": "deleted"})
+        elif after < parse_id(first.decode()) and not await self.conn.command(
+                "XRANGE", self.key, since, since):
+            # The client's last entry was trimmed away, and maybe some after it.
             consumer.gap({"since": since, "missed": None, "reason": "trimmed"})
         return since
 
