@@ -304,3 +304,7 @@ def stream_defaults(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     out = {k.name: settings[k.name] for k in STREAM_KEYS}
     out.update(name=name, source="memory")
     return out
+
+
+# Registers the [redis] table and the redis-* source keys (kept in their own module).
+import streamd.redis_settings  # noqa: E402,F401
