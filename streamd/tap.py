@@ -92,6 +92,8 @@ class StreamdService(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        defer.maybeDeferred(self.app.events.start).addErrback(
+            lambda f: log.failure("event store failed to start", f))
         for source in self.app.sources.values():
             defer.maybeDeferred(source.start).addErrback(
                 lambda f, s=source: log.failure("source {name} failed to start", f,
@@ -141,6 +143,8 @@ class StreamdService(service.Service):
             yield stops.addTimeout(remaining, self.reactor)
         except defer.TimeoutError:
             log.warn("sources did not stop within shutdown_timeout")
+        yield defer.maybeDeferred(self.app.events.stop).addErrback(
+            lambda f: log.failure("event store failed to stop", f))
         for t in transports:
             if t is not None:
                 t.loseConnection()

@@ -70,6 +70,7 @@ async def serve():
     async def start(s: dict[str, Any] | None = None) -> Server:
         s = s or settings()
         app = StreamdApp(s, reactor)
+        await defer.maybeDeferred(app.events.start)
         for source in app.sources.values():
             await defer.maybeDeferred(source.start)
         site = make_site(app)
@@ -85,6 +86,7 @@ async def serve():
             stream.source_ended("shutdown")
         for source in server.app.sources.values():
             await defer.maybeDeferred(source.stop)
+        await defer.maybeDeferred(server.app.events.stop)
         await server.port.stopListening()
 
 

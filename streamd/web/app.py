@@ -44,6 +44,7 @@ from streamd.web.common import (
     query,
 )
 from streamd.web.common import content_type as request_content_type
+from streamd.web.events import EventsAPI
 
 log = Logger()
 
@@ -78,6 +79,7 @@ class StreamdApp:
         self.subscriptions = Subscriptions(self.channels, reactor,
                                            settings["channels"]["expire"],
                                            settings["channels"]["max_channels"])
+        self.events = EventsAPI(settings, reactor, open_streams=self.open_streams)
 
     def resource(self):
         return self.app.resource()
@@ -123,6 +125,7 @@ class StreamdApp:
             "uptime": round(self.reactor.seconds() - self.started_at, 3),
             "open_streams": len(self.open_streams),
             "sources": self.source_statuses(),
+            "events": self.events.status(),
         }
 
     @app.route("/", methods=["GET"])
@@ -149,7 +152,23 @@ class StreamdApp:
     def health(self, request):
         info = self._info()
         up = all(s["status"] == "ok" for s in info["sources"].values())
+        up = up and info["events"]["status"] == "ok"
         return json_response(request, 200 if up else 503, info)
+
+    # -- the event store (streamd/web/events.py) ---------------------------------------
+
+    @app.route("/events", branch=True)
+    def events_api(self, request):
+        return self.events.app.resource()
+
+    @app.route("/jsonrpc", methods=["POST"])
+    def jsonrpc(self, request):
+        return self.events.jsonrpc(request)
+
+    @app.route("/", methods=["POST"])
+    def jsonrpc_root(self, request):
+        # AwesomeStream's own client posts its calls to "/".
+        return self.events.jsonrpc(request)
 
     # -- publish ----------------------------------------------------------------------
 
