@@ -500,7 +500,10 @@ class StreamClient:
     def _close_transport(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
-            transport.stopProducing()
+            try:
+                transport.stopProducing()
+            except Exception:  # already gone (a lost connection not yet reported)
+                log.failure("closing the stream connection")
 
     # -- acknowledgements ----------------------------------------------------------------
 
@@ -524,13 +527,15 @@ class StreamClient:
             d.addErrback(lambda f: log.warn("ack failed: {e}", e=f.getErrorMessage()))
             d.addBoth(self._acked, len(ids))
 
-    async def _ack_answered(self, response, n: int) -> None:
-        body = await treq.content(response)
-        if response.code != 200:
-            # 404: the session ended (the stream reconnected); the server has given
-            # those records back to its source, which redelivers them if it is durable.
-            log.info("ack of {n} records: {code} {message}", n=n, code=response.code,
-                     message=error_message(body))
+    def _ack_answered(self, response, n: int) -> Deferred:
+        def check(body: bytes) -> None:
+            if response.code != 200:
+                # 404: the session ended (the stream reconnected); the server gave those
+                # records back to its source, which redelivers them if it is durable.
+                log.info("ack of {n} records: {code} {message}", n=n, code=response.code,
+                         message=error_message(body))
+
+        return treq.content(response).addCallback(check)
 
     def _acked(self, _result, n: int) -> None:
         self._outstanding = max(0, self._outstanding - n)
