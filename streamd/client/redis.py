@@ -34,7 +34,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
     def _subscribe(self, _):
         f = self.factory
-        f.on_connect(self.subscribe(f.channel))
+        f.on_connect(self.subscribe([f.channel]))
 
     def messageReceived(self, pattern, channel, message):
         self.factory.callback(message)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 
@@ -147,7 +148,17 @@ class RedisState:
         if self._subscribed is None:
             self._subscribed = self.link.subscribe(self._channel, self._heard)
         d = Deferred()
-        self._subscribed.addBoth(lambda r: (d.callback(None), r)[1])
+
+        def relay(result):
+            # Each watcher learns whether the subscription holds; the shared Deferred
+            # keeps its result for the next watcher.
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+            return result
+
+        self._subscribed.addBoth(relay)
         return d
 
     def unwatch(self, callback) -> None:
