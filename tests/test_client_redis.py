@@ -71,7 +71,8 @@ async def test_redis_list_queue_pauses_when_full_and_acks_what_consumers_pop(
         assert client.count == 3 and sub.acked == []
 
         # Consumers in other processes pop from the head: redis-cli, and a BLPOP client.
-        assert redis_server.cli("LPOP", "q:jobs") == '{"id":"1","stream":"jobs","data":{"job": true}}'
+        line = redis_server.cli("LPOP", "q:jobs")
+        assert line == '{"id":"1","stream":"jobs","data":{"job": true}}'
         await wait_until(lambda: ids(sub.acked) == ["1"])  # acked once taken
         consumer = RedisQueue(consumer_link, "q:jobs")
         got = [(await within(consumer.get(timeout=5))).id for _ in range(4)]
