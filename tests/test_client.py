@@ -7,11 +7,13 @@ import pytest
 import pytest_twisted
 from conftest import publish, settings, wait_until, within
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError
 
 from streamd import config
 from streamd.client import (
     Backoff,
     ClientError,
+    GaveUp,
     MemoryQueue,
     MemoryState,
     Result,
@@ -145,6 +147,45 @@ async def test_5xx_is_retried_until_the_stream_is_back(serve):
 
 
 @ensure
+async def test_network_errors_are_retried_then_given_up_after_max_retries():
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory
+
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Factory())
+    url = f"http://127.0.0.1:{port.getHost().port}/streams/news"
+    await port.stopListening()  # nothing listens there now: connection refused
+    client = StreamClient(url, reactor=reactor, backoff=FAST, max_retries=2)
+    with pytest.raises(GaveUp) as e:
+        await within(client.start())
+    assert e.value.attempts == 3 and "refused" in e.value.last_error.lower()
+    assert client.reconnects == 2
+
+
+@ensure
+async def test_a_silent_connection_is_replaced_after_idle_timeout(serve):
+    server = await serve()
+    client = make_client(server, "/streams/quiet?heartbeat=0", idle_timeout=0.2)
+    done = client.start(limit=1)
+    await wait_until(lambda: client.reconnects >= 1)
+    await server.wait_open_streams(1)
+    await publish(server.url + "/streams/quiet/messages", "hello")
+    assert (await within(done)).count == 1
+
+
+@ensure
+async def test_cancelling_a_run_stops_it_and_hangs_up(serve):
+    server = await serve()
+    client = make_client(server, "/streams/news")
+    done = client.start()
+    await server.wait_open_streams(1)
+    done.cancel()
+    assert done.called  # with CancelledError, at once
+    done.addErrback(lambda f: f.trap(CancelledError))
+    await server.wait_open_streams(0)
+    assert not client.running
+
+
+@ensure
 async def test_4xx_stops_with_the_servers_message(serve):
     server = await serve(settings(streams={"news": {"source": "memory"}}))
     client = make_client(server, "/streams/other")
@@ -161,10 +202,14 @@ async def test_token_is_sent_as_bearer_header_or_access_token(serve):
     seen = []
     for token_param in (False, True):
         client = make_client(server, "/streams/news", token="s3cret",
-                             token_param=token_param)
+                             token_param=token_param, headers={"X-Trace": "t1"},
+                             params={"heartbeat": "7"})
         done = client.start(limit=1)
         await server.wait_open_streams(1)
-        request = the_stream(server).request
+        stream = the_stream(server)
+        assert stream.request.getHeader(b"x-trace") == b"t1"
+        assert stream.heartbeat == 7
+        request = stream.request
         seen.append((request.getHeader(b"authorization"), request.args.get(b"access_token")))
         await publish(server.url + "/streams/news/messages", 1)
         await within(done)

@@ -119,11 +119,14 @@ class _Body(Protocol):
         self.reconnect = False  # the server said it is going away (shutdown, error)
         self.ended = False  # the server ended the stream on purpose
         self.lost: Deferred[str] = Deferred()
+        self.last_data = client.reactor.seconds()
+        self.watchdog = None  # the idle timer (StreamClient._idle)
 
     def connectionMade(self) -> None:
         self.client._transport = self.transport
 
     def dataReceived(self, data: bytes) -> None:
+        self.last_data = self.client.reactor.seconds()
         self.client._received(self, self.parser.feed(data))
 
     def connectionLost(self, reason) -> None:
@@ -162,6 +165,11 @@ class StreamClient:
     @param backoff: delays between reconnection attempts (L{Backoff}).
     @param max_retries: consecutive failed attempts before giving up (None: never).
     @param connect_timeout: seconds to wait for a response's status and headers.
+    @param idle_timeout: seconds without a byte (while the client is not holding the
+        transport paused itself) after which the connection is taken for dead and
+        replaced, resuming from the last id. streamd sends a heartbeat after
+        C{heartbeat} quiet seconds (15 by default), so 3 x that suits it. None: never
+        (a connection that dies silently, with no FIN, is then noticed by TCP only).
     @param on_notice: called with each streamd L{Notice} (gap, dropped, ...), if given.
     """
 
@@ -183,6 +191,7 @@ class StreamClient:
         backoff: Backoff | None = None,
         max_retries: int | None = None,
         connect_timeout: float = 30.0,
+        idle_timeout: float | None = None,
         on_notice: Callable[[Notice], None] | None = None,
         random: Callable[[], float] = _random.random,
     ) -> None:
@@ -222,6 +231,7 @@ class StreamClient:
         self.backoff = backoff or Backoff()
         self.max_retries = max_retries
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
         self.on_notice = on_notice
         self.random = random
         self.last_id: str | None = None  # last record handed over
@@ -268,7 +278,11 @@ class StreamClient:
         self.gaps = 0
         self._reason = None
         self._pending.clear()
-        return Deferred.fromCoroutine(self._run())
+        # Cancelling the run stops it (like stop()) rather than leaving it half done.
+        outer: Deferred[Result] = Deferred(lambda _: self._halt("stopped"))
+        Deferred.fromCoroutine(self._run()).addBoth(
+            lambda r: None if outer.called else outer.callback(r))
+        return outer
 
     def stop(self) -> None:
         """Stop this client (not the others sharing its state): reason C{"stopped"}."""
@@ -380,10 +394,14 @@ class StreamClient:
         body.lost.addCallback(lambda o: outcome.called or outcome.callback(o))
         self._paused = False
         response.deliverBody(body)
+        if self.idle_timeout:
+            body.watchdog = self.reactor.callLater(self.idle_timeout, self._idle, body)
         try:
             return await outcome
         finally:
             self._outcome = None
+            if body.watchdog is not None and body.watchdog.active():
+                body.watchdog.cancel()
 
     # -- records -------------------------------------------------------------------------
 
@@ -397,6 +415,21 @@ class StreamClient:
                 self.since = item.id
             self._pending.append(item)
         self._drain()
+
+    def _idle(self, body: _Body) -> None:
+        """The idle watchdog: one timer per connection, rescheduled, not reset per chunk."""
+        now = self.reactor.seconds()
+        if self._paused:  # quiet because we hold it paused is not dead
+            body.last_data = now
+        due = body.last_data + self.idle_timeout
+        if now < due:
+            body.watchdog = self.reactor.callLater(due - now, self._idle, body)
+            return
+        if self._outcome is not None and not self._outcome.called and \
+                self._transport is body.transport:
+            log.info("no data for {s} s: reconnecting", s=self.idle_timeout)
+            self._outcome.callback(f"idle for {self.idle_timeout} s")
+            self._close_transport()
 
     def _notice(self, body: _Body, notice: Notice) -> None:
         kind = notice.kind
