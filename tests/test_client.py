@@ -306,3 +306,20 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
     b = Backoff(initial=0.5, factor=2.0, maximum=3.0, jitter=0.5)
     assert [b.delay(k, lambda: 0.0) for k in (1, 2, 3, 4, 10)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert b.delay(2, lambda: 1.0) == 0.5  # the most jitter takes off half
+
+
+@ensure
+async def test_switching_off_while_waiting_for_acks_gives_untaken_records_back(serve):
+    server = await serve()
+    source = add_fake_source(server, "jobs", ack="client")
+    client = make_client(server, "/streams/jobs")
+    done = client.start(limit=2)
+    await server.wait_open_streams(1)
+    sub = source.subscriptions[0]
+    source.push(2)
+    await wait_until(lambda: len(client.queue) == 2)
+    assert not done.called  # waiting for a consumer to take them
+    client.state.turn_off()  # e.g. the consuming process is going away
+    assert (await within(done)).count == 2
+    await server.wait_open_streams(0)
+    assert sub.acked == [] and ids(sub.nacked) == ["1", "2"]  # redelivered later

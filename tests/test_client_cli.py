@@ -111,8 +111,9 @@ def test_blocking_read_can_be_called_again_in_one_process(streamd):
         "url = sys.argv[1]\n"
         "print(read(url, since='0', limit=2))\n"
         "print(read(url, since='2', limit=1, sse=True))\n"
+        "print(read(url + '?ack=client', since='1', limit=2))\n"  # taken, so acked
     )
     done = subprocess.run([sys.executable, "-c", script, streamd + "/streams/nums"],
                           capture_output=True, env=ENV, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.decode().splitlines() == ["[1, 2]", "[3]"]
+    assert done.stdout.decode().splitlines() == ["[1, 2]", "[3]", "[2, 3]"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import blockingCallFromThread
 from twisted.python.threadable import isInIOThread
 
@@ -35,7 +35,7 @@ def _reactor():
     return reactor
 
 
-def read(url: str, limit: int = 1, timeout: float | None = 60.0, **options: Any) -> list[Any]:
+def read(url: str, limit: int, timeout: float | None = 60.0, **options: Any) -> list[Any]:
     """
     Read C{limit} records from the stream at C{url} and return their data (blocking).
 
@@ -50,10 +50,23 @@ def read(url: str, limit: int = 1, timeout: float | None = 60.0, **options: Any)
 
     async def run() -> list[Any]:
         client = StreamClient(url, reactor=reactor, **options)
+        got: list[Any] = []
+
+        async def consume() -> None:
+            # Take each record as it comes: on an ack=client stream, a run ends only
+            # once its records are taken (and so acknowledged).
+            while True:
+                got.append((await client.queue.get()).data)
+
+        consumer = Deferred.fromCoroutine(consume())
+        consumer.addErrback(lambda f: f.trap(CancelledError))
         d = client.start(limit=limit)
         if timeout is not None:
             d.addTimeout(timeout, reactor)
-        await d
-        return [r.data for r in client.queue.get_nowait()]
+        try:
+            await d
+        finally:
+            consumer.cancel()
+        return got
 
     return blockingCallFromThread(reactor, lambda: Deferred.fromCoroutine(run()))

@@ -331,7 +331,7 @@ class StreamClient:
                 finally:
                     self._waiting = None
                 self.reconnects += 1
-            if self._reason == "limit" and self._outstanding and self.state.on:
+            if self._reason == "limit" and self._outstanding:
                 # Keep the session open until the N records are acknowledged.
                 self._acks_idle = Deferred()
                 await self._acks_idle
@@ -514,11 +514,15 @@ class StreamClient:
     def _switched(self, on: bool) -> None:
         if not on:
             self._halt("off")
-            if self._acks_idle is not None and not self._acks_idle.called:
-                self._acks_idle.callback(None)
 
     def _halt(self, reason: str) -> None:
-        if self._reason is not None or not self.running:
+        if not self.running:
+            return
+        if self._reason is not None:
+            # Already ending: the switch or stop() still cut short a wait for acks.
+            if reason != "limit" and self._acks_idle is not None and \
+                    not self._acks_idle.called:
+                self._acks_idle.callback(None)
             return
         self._reason = reason
         if self._waiting is not None:

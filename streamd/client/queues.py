@@ -131,6 +131,7 @@ class RedisQueue:
         self._in_list: deque[Record] = deque()  # sent, not known taken, in order
         self._w = _Waiters()
         self._poll = None
+        self._closed = False
 
     def put(self, record: Record) -> Deferred:
         self._sent += 1
@@ -138,7 +139,7 @@ class RedisQueue:
         self._in_list.append(record)
         sent = self._sent
         d = self.link.command("RPUSH", self.key, record.line)
-        return d.addCallback(self._observed, sent, 1)
+        return d.addCallback(self._observed, sent)
 
     def full(self) -> bool:
         return self.maxsize is not None and self.length >= self.maxsize
@@ -164,7 +165,7 @@ class RedisQueue:
 
     # -- watching the length ---------------------------------------------------------
 
-    def _observed(self, length: int, sent: int, _pushed: int) -> int:
+    def _observed(self, length: int, sent: int) -> int:
         """The list had C{length} items when C{sent} of our pushes had been made."""
         taken = sent - int(length)
         new = taken - self._taken
@@ -181,17 +182,18 @@ class RedisQueue:
 
     def _schedule(self) -> None:
         wanted = self._w.room or (self._w.taken and self._in_list)
-        if wanted and self._poll is None:
+        if wanted and self._poll is None and not self._closed:
             self._poll = self.link.reactor.callLater(self.poll_interval, self._check)
 
     def _check(self) -> None:
         self._poll = None
         sent = self._sent
         d = self.link.command("LLEN", self.key)
-        d.addCallback(self._observed, sent, 0)
+        d.addCallback(self._observed, sent)
 
     def close(self) -> None:
         """Stop watching the list."""
+        self._closed = True
         if self._poll is not None and self._poll.active():
             self._poll.cancel()
         self._poll = None
