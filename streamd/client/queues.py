@@ -14,9 +14,12 @@ from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, DeferredQueue, succeed
+from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from streamd.client.records import Record
+
+log = Logger()
 
 
 class IRecordQueue(Interface):
@@ -132,11 +135,14 @@ class RedisQueue:
         self._w = _Waiters()
         self._poll = None
         self._closed = False
+        self._ackable = 0  # records in _in_list that an ack=client stream waits for
 
     def put(self, record: Record) -> Deferred:
         self._sent += 1
         self.length += 1
         self._in_list.append(record)
+        if record.session is not None:
+            self._ackable += 1
         sent = self._sent
         d = self.link.command("RPUSH", self.key, record.line)
         return d.addCallback(self._observed, sent)
@@ -172,6 +178,7 @@ class RedisQueue:
         if new > 0:
             self._taken = taken
             records = [self._in_list.popleft() for _ in range(min(new, len(self._in_list)))]
+            self._ackable -= sum(1 for r in records if r.session is not None)
             self._w.notify_taken(records)
         # Pushes sent after this reply's command are still in flight.
         self.length = int(length) + (self._sent - sent)
@@ -181,7 +188,8 @@ class RedisQueue:
         return length
 
     def _schedule(self) -> None:
-        wanted = self._w.room or (self._w.taken and self._in_list)
+        # Poll only while someone waits: the client for room, or for acks it owes.
+        wanted = self._w.room or (self._w.taken and self._ackable)
         if wanted and self._poll is None and not self._closed:
             self._poll = self.link.reactor.callLater(self.poll_interval, self._check)
 
@@ -190,6 +198,7 @@ class RedisQueue:
         sent = self._sent
         d = self.link.command("LLEN", self.key)
         d.addCallback(self._observed, sent)
+        d.addErrback(lambda f: log.info("LLEN {key}: {e}", key=self.key, e=f.getErrorMessage()))
 
     def close(self) -> None:
         """Stop watching the list."""

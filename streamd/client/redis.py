@@ -91,6 +91,8 @@ class RedisLink:
         def on_connect(d: Deferred) -> None:
             if not first.called:
                 d.chainDeferred(first)
+            else:  # a resubscription after a reconnection; a failure is retried by it
+                d.addErrback(lambda f: None)
 
         factory.on_connect = on_connect
         self._start(factory)
