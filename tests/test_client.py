@@ -65,6 +65,12 @@ async def test_limit_hands_over_exactly_n_of_many_in_one_chunk(serve):
     assert client.state.counter == 7
     await server.wait_open_streams(0)  # and it hung up
 
+    # The next run resumes after the last record handed over, not the last received.
+    result = await within(client.start(limit=7))
+    assert (result.count, result.last_id) == (7, "14")
+    assert [r.data for r in client.queue.get_nowait()] == [{"n": i} for i in range(7, 14)]
+    assert client.state.counter == 14
+
 
 @ensure
 async def test_switch_off_from_another_object_stops_every_client_sharing_it(serve):

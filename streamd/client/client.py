@@ -263,8 +263,9 @@ class StreamClient:
         """
         Connect and hand records to the queue until C{limit} records were handed over,
         the switch is turned off, L{stop} is called or the server ends the stream.
-        Fires with a L{Result}; fails with L{ClientError} on a 4xx, L{GaveUp} after
-        C{max_retries}. With C{ack=client}, a run that reached its limit ends once those
+        Switches the state on first. Fires with a L{Result}; fails with L{ClientError}
+        on a 4xx, L{GaveUp} after C{max_retries}. A later C{start()} resumes after the
+        last record handed over. With C{ack=client}, a run that reached its limit ends once those
         records are acknowledged (so none of them goes back to the server's source).
         """
         if self.running:
@@ -299,11 +300,11 @@ class StreamClient:
 
     async def _run(self) -> Result:
         state = self.state
-        await maybeDeferred(state.turn_on)
-        await maybeDeferred(state.watch, self._switched)
         attempt = 0
         last_error = ""
         try:
+            await maybeDeferred(state.turn_on)
+            await maybeDeferred(state.watch, self._switched)
             while self._reason is None:
                 try:
                     outcome, connected = await self._connect_once()
@@ -339,6 +340,9 @@ class StreamClient:
         finally:
             self._close_transport()
             state.unwatch(self._switched)
+            if self._pending and self.last_id is not None:
+                # Received but not handed over: a later start() resumes before them.
+                self.since = self.last_id
             self._pending.clear()
             self.running = False
             if self._counting:
