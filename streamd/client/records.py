@@ -78,19 +78,24 @@ class Notice:
     info: Any
 
 
-class NDJSONParser:
-    """Cuts NDJSON into records and notices; a partial last line waits for more."""
+class _Lines:
+    """Complete lines of a byte stream; a partial last line waits for the next chunk."""
 
     def __init__(self) -> None:
         self._buf = b""
 
-    def feed(self, data: bytes) -> list[Record | Notice]:
-        buf = self._buf + data
-        lines = buf.split(b"\n")
+    def _lines(self, data: bytes) -> list[bytes]:
+        lines = (self._buf + data).split(b"\n")
         self._buf = lines.pop()
+        return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+class NDJSONParser(_Lines):
+    """Cuts NDJSON into records and notices."""
+
+    def feed(self, data: bytes) -> list[Record | Notice]:
         out: list[Record | Notice] = []
-        for line in lines:
-            line = line.rstrip(b"\r")
+        for line in self._lines(data):
             if not line.strip():
                 continue
             if line.startswith(b'{"') and len(line) < 4096:
@@ -108,7 +113,7 @@ class NDJSONParser:
         return out
 
 
-class SSEParser:
+class SSEParser(_Lines):
     """
     Server-Sent Events as the HTML standard parses them: C{data:} lines joined with
     newlines, C{id:} sets the last event id (which persists across events), a blank
@@ -120,19 +125,16 @@ class SSEParser:
     """
 
     def __init__(self) -> None:
-        self._buf = b""
+        super().__init__()
         self._data: list[str] = []
         self._event = ""
         self.last_id: str | None = None
         self.retry: int | None = None
 
     def feed(self, data: bytes) -> list[Record | Notice]:
-        buf = self._buf + data
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
         out: list[Record | Notice] = []
-        for raw in lines:
-            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+        for raw in self._lines(data):
+            line = raw.decode("utf-8", "replace")
             if not line:
                 item = self._dispatch()
                 if item is not None:
