@@ -250,6 +250,7 @@ class StreamClient:
         self._waiting: Deferred | None = None  # a connect or backoff sleep to cancel
         self._outcome: Deferred | None = None  # fires when the connection ends or we halt
         self._room: Deferred | None = None
+        self._drained: Deferred | None = None  # a clean end waits for pending to go
         self._counting: list[Deferred] = []
         # acks: records handed over with a session and not yet acknowledged
         self._outstanding = 0
@@ -314,6 +315,11 @@ class StreamClient:
                 if self._reason is not None:
                     break
                 if outcome == "ended":
+                    if self._pending:
+                        # The end came with records still waiting for queue room:
+                        # hand them over first (unless the limit or switch stops us).
+                        self._drained = Deferred()
+                        await self._drained
                     self._halt("ended")
                     break
                 attempt = 1 if connected else attempt + 1
@@ -485,8 +491,15 @@ class StreamClient:
                 d.addErrback(lambda f: log.failure("counter", f))
         if self.limit is not None and self.count >= self.limit:
             self._halt("limit")
-        elif not pending and self._room is None:
-            self._resume()
+        elif not pending:
+            if self._room is None:
+                self._resume()
+            self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.called:
+            drained.callback(None)
 
     def _counted(self, result, d: Deferred):
         if d in self._counting:
@@ -529,6 +542,7 @@ class StreamClient:
                 self._acks_idle.callback(None)
             return
         self._reason = reason
+        self._fire_drained()
         if self._waiting is not None:
             self._waiting.cancel()
         if self._outcome is not None and not self._outcome.called:
