@@ -26,7 +26,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.web.client import Agent
 
-from streamd.client.client import ClientError, GaveUp, StreamClient, error_message
+from streamd.client.client import StreamClient
+from streamd.client.results import ClientError, GaveUp, error_message
 
 
 def _tail_parser() -> argparse.ArgumentParser:
