@@ -48,6 +48,9 @@ from streamd.web.events import EventsAPI
 
 log = Logger()
 
+#: Seconds between sweeps for dynamic streams that are no longer used.
+REAP_INTERVAL = 60.0
+
 
 class StreamdApp:
     """
@@ -79,6 +82,7 @@ class StreamdApp:
         self.subscriptions = Subscriptions(self.channels, reactor,
                                            settings["channels"]["expire"],
                                            settings["channels"]["max_channels"])
+        self._reaper = None
         self.events = EventsAPI(settings, reactor, open_streams=self.open_streams)
 
     def _channel_store(self, table: dict[str, Any]):
@@ -103,6 +107,7 @@ class StreamdApp:
             except Exception:
                 log.failure("{what} failed to start", what=what)
 
+        self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
         await one("the event store", self.events.start)
         for name, source in self.sources.items():
             await one(f"source {name}", source.start)
@@ -116,6 +121,8 @@ class StreamdApp:
         within C{timeout} seconds.
         """
         self.subscriptions.close()
+        if self._reaper is not None and self._reaper.active():
+            self._reaper.cancel()
         for stream in list(self.open_streams):
             stream.source_ended("shutdown")
         stops = [maybeDeferred(s.stop) for s in self.sources.values()]
@@ -152,6 +159,22 @@ class StreamdApp:
         source = self.sources[name] = make_source(settings, self.services)
         source.start()
         return source, settings
+
+    def _reap(self) -> None:
+        self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
+        self.reap_unused()
+
+    def reap_unused(self) -> None:
+        """
+        Forget dynamic memory streams that nobody reads and whose resume buffer has
+        expired, so that names used once do not accumulate.
+        """
+        for name in [n for n in self.sources if n not in self.settings["streams"]]:
+            source = self.sources[name]
+            source._expire()
+            if not source.subscribers and not source.recent:
+                del self.sources[name]
+                del self.stream_settings[name]
 
     def source_statuses(self) -> dict[str, Any]:
         out = {}
