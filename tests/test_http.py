@@ -272,3 +272,18 @@ async def test_head_of_a_stream_answers_headers_without_opening_it(serve):
     assert r.code == 200
     assert r.headers.getRawHeaders("content-type")[0].startswith("text/event-stream")
     assert not server.app.open_streams
+
+
+@ensure
+async def test_unused_dynamic_streams_are_forgotten(serve, monkeypatch):
+    server = await serve(settings(buffer_ttl=0.01))
+    await publish(server.url + "/streams/once/messages", 1)
+    reader = await open_stream(server.url + "/streams/kept")
+    await server.wait_open_streams(1)
+    app = server.app
+    published = app.reactor.seconds()
+    await wait_until(lambda: app.reactor.seconds() > published + 0.02)  # past buffer_ttl
+    app.reap_unused()
+    assert "once" not in app.sources
+    assert "kept" in app.sources  # still read by a client
+    reader.close()
