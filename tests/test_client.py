@@ -364,3 +364,17 @@ async def publish_as(url: str, token: str, *values) -> None:
     r = await within(treq.post(url, data=body, headers={
         "Content-Type": "application/x-ndjson", "Authorization": f"Bearer {token}"}))
     assert r.code == 202, await treq.content(r)
+
+
+@ensure
+async def test_a_shutdown_notice_means_reconnect_and_an_end_notice_means_done(serve):
+    server = await serve()
+    client = make_client(server, "/streams/news")
+    done = client.start()
+    await server.wait_open_streams(1)
+    the_stream(server).source_ended("shutdown")  # {"shutdown": true}, then a clean end
+    await wait_until(lambda: client.reconnects == 1 and len(server.app.open_streams) == 1)
+    assert not done.called
+    the_stream(server).source_ended("queue deleted")  # {"end": {...}}: for good
+    result = await within(done)
+    assert (result.reason, result.reconnects) == ("ended", 1)
