@@ -55,6 +55,13 @@ class ISubscription(Interface):
         at once (for another client, or this one later).
         """
 
+    def skip(messages):
+        """
+        The consumer's filter rejected these (optional; C{nack} is used when absent).
+        A queue source gives them back so another client may take them; a broadcast
+        source counts them as handled for this consumer.
+        """
+
     def cancel():
         """
         Detach from the source and release what the subscription holds. Messages

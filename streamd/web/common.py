@@ -28,18 +28,24 @@ def json_response(request, status: int, body: Any) -> bytes:
     return json.dumps(body).encode() + b"\n"
 
 
-def arg(request, name: str) -> str | None:
-    values = request.args.get(name.encode())
-    if not values:
-        return None
-    try:
-        return values[-1].decode()
-    except UnicodeDecodeError:
-        raise BadRequest(f"{name}: not valid UTF-8") from None
+def query(request) -> dict[str, list[str]]:
+    """The query parameters as text: name -> every value given, in order."""
+    out: dict[str, list[str]] = {}
+    for k, values in request.args.items():
+        try:
+            out[k.decode()] = [v.decode() for v in values]
+        except UnicodeDecodeError:
+            raise BadRequest(f"{k.decode('utf-8', 'replace')}: not valid UTF-8") from None
+    return out
 
 
-def int_arg(request, name: str, minimum: int) -> int | None:
-    text = arg(request, name)
+def arg(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[-1] if values else None
+
+
+def int_arg(params: dict[str, list[str]], name: str, minimum: int) -> int | None:
+    text = arg(params, name)
     if text is None:
         return None
     try:
@@ -51,8 +57,8 @@ def int_arg(request, name: str, minimum: int) -> int | None:
     return value
 
 
-def number_arg(request, name: str, minimum: float) -> float | None:
-    text = arg(request, name)
+def number_arg(params: dict[str, list[str]], name: str, minimum: float) -> float | None:
+    text = arg(params, name)
     if text is None:
         return None
     try:
@@ -62,6 +68,18 @@ def number_arg(request, name: str, minimum: float) -> float | None:
     if not value >= minimum or value == float("inf"):
         raise BadRequest(f"{name}: must be a number of at least {minimum:g}, got {text}")
     return value
+
+
+def bool_arg(params: dict[str, list[str]], name: str) -> bool:
+    text = arg(params, name)
+    if text is None:
+        return False
+    low = text.lower()
+    if low in ("1", "true", "yes", "on", ""):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise BadRequest(f"{name}: expected true or false, got {text!r}")
 
 
 def content_type(request) -> str:
