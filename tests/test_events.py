@@ -256,3 +256,49 @@ async def test_sqlite_reindexes_when_the_keys_change(stores, store_config):
     second = await stores(store_config(keys=["kind", "repo"]))
     found = await second.query(Query(make_filters({"repo": 17}, second.keys)))
     assert [e.id for e in found] == [stored[1].id, stored[0].id]
+
+
+# -- access control ----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_rules_name_the_event_store_events(serve, tmp_path):
+    server = await serve(settings(
+        store={"backend": "memory"},
+        auth={"mode": "token", "max_connections_per_identity": 1, "tokens": [
+            {"token": "reader-token-0123", "identity": "reader", "read": ["events"]},
+            {"token": "writer-token-0123", "identity": "writer", "read": [],
+             "publish": ["events"]},
+        ]}))
+
+    async def status(method, path, token=None, body=None):
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        r = await within(treq.request(method, server.url + path, data=body, headers=headers,
+                                      unbuffered=True))
+        if path.startswith("/events/stream") and r.code == 200:
+            return r.code, r
+        await treq.content(r)
+        return r.code, None
+
+    insert_call = json.dumps({"id": 1, "method": "insert", "args": [{"kind": "a"}]}).encode()
+    items_call = json.dumps({"id": 1, "method": "items", "args": []}).encode()
+    for method, path, body in [("POST", "/events", b'{"kind": "a"}'), ("GET", "/events", None),
+                               ("GET", "/events/stream", None),
+                               ("POST", "/jsonrpc", items_call)]:
+        assert (await status(method, path, None, body))[0] == 401, path
+    assert (await status("POST", "/events", "reader-token-0123", b'{"kind": "a"}'))[0] == 403
+    assert (await status("POST", "/jsonrpc", "reader-token-0123", insert_call))[0] == 403
+    assert (await status("POST", "/events", "writer-token-0123", b'{"kind": "a"}'))[0] == 201
+    assert (await status("GET", "/events", "writer-token-0123"))[0] == 403
+    assert (await status("POST", "/jsonrpc", "reader-token-0123", items_call))[0] == 200
+    assert (await status("GET", "/events?kind=a", "reader-token-0123"))[0] == 200
+    # A token in the query string is not taken for a filter; the tail counts against the
+    # identity's limit of open streams.
+    code, tail = await status("GET", "/events/stream?access_token=reader-token-0123")
+    assert code == 200
+    await server.wait_open_streams(1)
+    assert (await status("GET", "/events/stream", "reader-token-0123"))[0] == 429
+    tail.original._transport.loseConnection()
+    await server.wait_open_streams(0)

@@ -18,7 +18,7 @@ from typing import Any
 #: Query parameters of C{GET /events} (and JSON-RPC C{items} arguments) that are not
 #: filters; an indexed key may not use these names.
 RESERVED = frozenset({"start", "end", "before", "since", "limit", "format", "heartbeat",
-                      "retry", "with_ids"})
+                      "retry", "with_ids", "access_token", "identifier"})
 
 #: C{end - start} at most (the original's page size is 20 by default).
 MAX_PAGE = 1000

@@ -83,7 +83,7 @@ class StreamdApp:
                                            settings["channels"]["expire"],
                                            settings["channels"]["max_channels"])
         self._reaper = None
-        self.events = EventsAPI(settings, reactor, open_streams=self.open_streams)
+        self.events = EventsAPI(settings, reactor, root=self)
 
     def _channel_store(self, table: dict[str, Any]):
         if table["backend"] != "redis":

@@ -47,7 +47,12 @@ from streamd.web.common import (
 from streamd.web.common import query as query_params
 
 #: Query parameters of C{GET /events/stream} that are not filters.
-STREAM_PARAMS = frozenset({"since", "limit", "format", "heartbeat"})
+STREAM_PARAMS = frozenset({"since", "limit", "format", "heartbeat", "access_token",
+                           "identifier"})
+
+#: The name access rules give the event store: C{read = ["events"]} lets an identity
+#: query and tail it, C{publish = ["events"]} insert into it.
+ACCESS_NAME = "events"
 
 
 def _dumps(value: Any) -> bytes:
@@ -66,19 +71,24 @@ class RPCError(Exception):
 class EventsAPI:
     """
     @ivar store: the L{streamd.interfaces.IStore}.
-    @ivar open_streams: the service's set of open streams (shared with StreamdApp, so
-        that shutdown ends live tails too).
+    @ivar root: the L{streamd.web.app.StreamdApp} that mounts us, for identities and
+        access (L{ACCESS_NAME}), per-identity stream limits, metrics and the set of open
+        streams that shutdown ends; None when used on its own (no access control).
     """
 
     app = Klein()
 
-    def __init__(self, settings: dict[str, Any], reactor, store=None,
-                 open_streams: set | None = None, on_end=None) -> None:
+    def __init__(self, settings: dict[str, Any], reactor, store=None, root=None) -> None:
         self.settings = settings
         self.reactor = reactor
         self.store = store if store is not None else make_store(settings, reactor)
-        self.open_streams = open_streams if open_streams is not None else set()
-        self.on_end = on_end
+        self.root = root
+        self.open_streams: set[Stream] = set()  # on our own, without a root
+
+    def _identify(self, request, action: str | None = None):
+        if self.root is None:
+            return None
+        return self.root.identify(request, action, None if action is None else ACCESS_NAME)
 
     def start(self):
         return self.store.start()
@@ -125,6 +135,7 @@ class EventsAPI:
     # otherwise be redirected to "/events/".
     @app.route("/", methods=["POST"], strict_slashes=False)
     async def insert(self, request):
+        self._identify(request, "publish")
         body = self._body(request, BODY_TYPES)
         try:
             payloads = decode_body(body, content_type(request))
@@ -165,6 +176,7 @@ class EventsAPI:
 
     @app.route("/", methods=["GET"], strict_slashes=False)
     async def query(self, request):
+        self._identify(request, "read")
         filters = self._filters(request, RESERVED)
         params = query_params(request)
         start = int_arg(params, "start", 0)
@@ -187,6 +199,7 @@ class EventsAPI:
 
     @app.route("/stream", methods=["GET"])
     def stream(self, request):
+        identity = self._identify(request, "read")
         filters = self._filters(request, STREAM_PARAMS)
         params = query_params(request)
         fmt = arg(params, "format")
@@ -211,6 +224,7 @@ class EventsAPI:
             raise BadRequest(str(e)) from None
         self._check_up()
         settings = self.settings
+        root = self.root
         stream = Stream(
             request,
             EventTail(self.store, filters),
@@ -221,18 +235,17 @@ class EventsAPI:
             max_pending=settings["max_pending"],
             slow_policy=settings["slow_policy"],
             retry=settings["retry"],
-            on_end=self._ended,
+            on_end=self.open_streams.discard if root is None else root._stream_ended,
+            name="events",
+            metrics=None if root is None else root.metrics.for_stream("events", "events"),
         )
-        stream.name = "events"
+        if root is not None:
+            # Limits per identity, metrics, and the end of every open stream at shutdown.
+            return root.start_stream(stream, identity, since_id)
         done = stream.start(since_id)
         if not stream.ended:
             self.open_streams.add(stream)
         return done
-
-    def _ended(self, stream: Stream) -> None:
-        self.open_streams.discard(stream)
-        if self.on_end is not None:
-            self.on_end(stream)
 
     # -- JSON-RPC ----------------------------------------------------------------------
 
@@ -250,18 +263,19 @@ class EventsAPI:
             request.setHeader(b"Content-Type", b"application/json")
             return _dumps({"jsonrpc": "2.0", "id": None,
                            "error": {"code": -32700, "message": "parse error"}}) + b"\n"
+        identity = self._identify(request)  # 401 without credentials
         if isinstance(call, list) and call:
-            answers = [await self._rpc_one(c) for c in call]
+            answers = [await self._rpc_one(c, identity) for c in call]
             answers = [a for a in answers if a is not None]
         else:
-            answers = await self._rpc_one(call)
+            answers = await self._rpc_one(call, identity)
         request.setHeader(b"Content-Type", b"application/json")
         if answers is None or answers == []:
             request.setResponseCode(204)  # JSON-RPC 2.0 notifications only
             return b""
         return _dumps(answers) + b"\n"
 
-    async def _rpc_one(self, call: Any) -> dict[str, Any] | None:
+    async def _rpc_one(self, call: Any, identity) -> dict[str, Any] | None:
         v2 = isinstance(call, dict) and call.get("jsonrpc") == "2.0"
         cid = call.get("id") if isinstance(call, dict) else None
         try:
@@ -282,6 +296,9 @@ class EventsAPI:
             method = {"insert": self._rpc_insert, "items": self._rpc_items}.get(call["method"])
             if method is None:
                 raise RPCError(-32601, f"no method {call['method']!r} (insert, items)")
+            if identity is not None:  # a 403 for the whole request, as on the other routes
+                identity.require("publish" if call["method"] == "insert" else "read",
+                                 ACCESS_NAME)
             _check_params(method, args, kwargs)
             result = await method(*args, **kwargs)
         except RPCError as e:
