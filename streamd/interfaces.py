@@ -146,6 +146,12 @@ class IStore(Interface):
         C{since}, oldest first (the catch-up of a live tail).
         """
 
+    def pruned():
+        """
+        Fire with the highest id retention has removed (0 when none): a tail resuming
+        from an older id may have missed events, and says so.
+        """
+
     def listen(callback):
         """
         Call C{callback(events)} with every batch of events inserted through this

@@ -32,8 +32,10 @@ def store_config(request, tmp_path):
         extra = {"redis_url": server.url,
                  "redis_prefix": f"test{next(_prefixes)}:{request.node.name}:"}
 
-    def make(**table):
-        return settings(store={"backend": backend, **extra, **table}, **top)
+    def make(top_level=None, **table):
+        """Settings with this [store] table (plus C{table}) and C{top_level} keys."""
+        return settings(store={"backend": backend, **extra, **table},
+                        **{**top, **(top_level or {})})
 
     make.backend = backend
     return make

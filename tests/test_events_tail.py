@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from streamd.framing import NDJSON
@@ -68,6 +68,9 @@ class ScriptedStore:
 
     def status(self):
         return ("ok", None)
+
+    def pruned(self):
+        return succeed(0)
 
     def after(self, filters, since, limit):
         d = Deferred()

@@ -73,6 +73,7 @@ class MemoryStore:
         self.postings: dict[tuple[str, str], _Postings] = {}
         self.all = _Postings()
         self.ids = IdClock(clock)
+        self.pruned_through = 0
         self.listeners = Listeners()
         self.listen = self.listeners.listen
 
@@ -114,7 +115,7 @@ class MemoryStore:
             excess -= 1
         if not dropped:
             return
-        last = dropped[-1]
+        last = self.pruned_through = dropped[-1]
         touched = set()
         for eid in dropped:
             touched.update(self.events.pop(eid).pairs)
@@ -173,6 +174,9 @@ class MemoryStore:
                 if len(out) >= limit:
                     break
         return succeed(out)
+
+    def pruned(self):
+        return succeed(self.pruned_through)
 
     def count(self):
         return succeed(len(self.events))

@@ -5,7 +5,7 @@ Layout (every key under C{prefix}, default C{streamd:events:}):
   - C{data}: a hash, id -> C{"<ts>\\n<index names JSON>\\n<event JSON>"};
   - C{all}: a sorted set of every id (score = id);
   - C{i:KEY=VALUE}: a sorted set per indexed value (score = id);
-  - C{last}: the last id handed out.
+  - C{last}: the last id handed out; C{pruned}: the last id retention removed.
 
 Inserts and queries are Lua scripts, so an insert (ids, index entries, retention) is
 atomic, and ids order events across every instance: an id is the inserting
@@ -79,6 +79,7 @@ local function drop(ids)
     end
     redis.call('ZREM', p .. 'all', sid)
   end
+  if #ids > 0 then redis.call('SET', p .. 'pruned', ids[#ids]) end
 end
 if max_events > 0 then
   local n = redis.call('ZCARD', p .. 'all') - max_events
@@ -318,6 +319,10 @@ class RedisStore:
     def _above(self) -> int:
         # Expired events are hidden at once, whatever the pruning has reached.
         return horizon(self.reactor.seconds(), self.max_age) - 1
+
+    async def pruned(self) -> int:
+        self._check()
+        return int(await self.redis.execute_command("GET", self.prefix + "pruned") or 0)
 
     async def count(self) -> int:
         self._check()

@@ -76,6 +76,7 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._last = 0
         self._count = 0
+        self._pruned = 0
         self._error: str | None = None
 
     # -- life cycle (reactor thread) ---------------------------------------------------
@@ -133,6 +134,9 @@ class SQLiteStore:
         since = max(since, horizon(self.reactor.seconds(), self.max_age) - 1)
         return await self._run(self._select, filters, None, since, limit, False)
 
+    async def pruned(self) -> int:
+        return await self._run(lambda: self._pruned)
+
     async def count(self) -> int:
         return await self._run(lambda: self._count)
 
@@ -168,6 +172,8 @@ class SQLiteStore:
         db.execute("INSERT OR REPLACE INTO meta VALUES ('keys', ?)", (json.dumps(self.keys),))
         self._last = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
         self._count = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        row = db.execute("SELECT value FROM meta WHERE name = 'pruned'").fetchone()
+        self._pruned = int(row[0]) if row else 0
 
     def _reindex(self, old_keys: tuple[str, ...]) -> None:
         """The indexed keys changed since the last run: rebuild the index tables."""
@@ -215,6 +221,8 @@ class SQLiteStore:
         except BaseException:
             db.execute("ROLLBACK")
             self._count = db.execute("SELECT count(*) FROM events").fetchone()[0]
+            row = db.execute("SELECT value FROM meta WHERE name = 'pruned'").fetchone()
+            self._pruned = int(row[0]) if row else 0
             raise
         db.execute("COMMIT")
         self._last = stored[-1].id
@@ -248,6 +256,8 @@ class SQLiteStore:
                     )
             db.execute("DELETE FROM events WHERE id <= ?", (rows[-1][0],))
             self._count -= len(rows)
+            self._pruned = rows[-1][0]
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('pruned', ?)", (str(self._pruned),))
             if len(rows) < PRUNE_BATCH:
                 return
 

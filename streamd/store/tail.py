@@ -17,6 +17,9 @@ Inserts made by another instance (a shared Redis store) arrive as a L{Notice}: t
 tail then catches up from the store (the same hand-over), and queries once more if
 another notice came while a query ran.
 
+A client whose id is older than what retention removed is told first, with a
+C{gap} notice (C{"reason": "removed by retention"}), instead of silently skipping.
+
 Flow control: the store is the buffer. While the stream is paused the subscription
 delivers nothing and forgets inserts; on resume it catches up from the store from
 its last delivered id, then goes live again (the same hand-over).
@@ -55,8 +58,10 @@ class TailSubscription:
     @ivar buffer: matching inserts seen during a catch-up, or None when not buffering.
     """
 
-    def __init__(self, store, filters: Filters, consumer, since: int | None) -> None:
+    def __init__(self, store, filters: Filters, consumer, since: int | None,
+                 page: int | None = None) -> None:
         self.store = store
+        self.page = page or PAGE
         self.filters = filters
         self.consumer = consumer
         self.last = since
@@ -70,7 +75,19 @@ class TailSubscription:
         self._fetch: Deferred | None = None
         self._unlisten = store.listen(self._inserted)
         if not self.live:
-            self._catch_up()
+            # First: did retention remove events after the client's id?
+            self._fetch = ensureDeferred(store.pruned())
+            self._fetch.addCallbacks(self._checked_retention, self._failed)
+
+    def _checked_retention(self, pruned: int) -> None:
+        self._fetch = None
+        if self.cancelled:
+            return
+        if pruned > self.last:
+            self.consumer.gap({"since": str(self.last), "missed": None,
+                               "reason": "removed by retention"})
+            self.last = pruned
+        self._catch_up()
 
     # -- inserts -------------------------------------------------------------------
 
@@ -111,10 +128,16 @@ class TailSubscription:
     def _deliver(self, events: list[Event]) -> None:
         if self.last is not None:
             events = [e for e in events if e.id > self.last]
-        if not events:
-            return
-        self.last = events[-1].id
-        self.consumer.deliver([to_message(e) for e in events])
+        # A page at a time, so that a stream never holds more than a page (an insert of
+        # 10,000 events must not overflow a paused stream's max_pending): if the stream
+        # pauses, the rest waits in the store and the catch-up brings it on resume.
+        while events and not self.cancelled:
+            chunk, events = events[: self.page], events[self.page :]
+            self.last = chunk[-1].id
+            self.consumer.deliver([to_message(e) for e in chunk])
+            if events and self.paused:
+                self.live = False
+                return
 
     # -- catch-up ------------------------------------------------------------------
 
@@ -135,7 +158,7 @@ class TailSubscription:
                     break
                 if self.buffer is None:
                     self.buffer = []
-                self._fetch = ensureDeferred(self.store.after(self.filters, self.last, PAGE))
+                self._fetch = ensureDeferred(self.store.after(self.filters, self.last, self.page))
                 self._fetch.addCallbacks(self._page, self._failed)
         finally:
             self._looping = False
@@ -147,7 +170,7 @@ class TailSubscription:
         self._deliver(events)
         if self.cancelled:
             return
-        if len(events) >= PAGE or self.buffer is None or self._again:
+        if len(events) >= self.page or self.buffer is None or self._again:
             self._again = False
             if self.paused:
                 return  # resume() continues the catch-up
@@ -200,9 +223,10 @@ class EventTail:
     kind = "events"
     durable = False
 
-    def __init__(self, store, filters: Filters) -> None:
+    def __init__(self, store, filters: Filters, page: int | None = None) -> None:
         self.store = store
         self.filters = filters
+        self.page = page
 
     def start(self) -> None:
         pass
@@ -214,7 +238,8 @@ class EventTail:
         return self.store.status()
 
     def subscribe(self, consumer, since: int | None = None) -> TailSubscription:
-        return TailSubscription(self.store, self.filters, consumer, since)
+        return TailSubscription(self.store, self.filters, consumer, since,
+                                min(PAGE, self.page or PAGE))
 
     def publish(self, payloads, params):
         raise NotImplementedError("insert through POST /events")

@@ -227,7 +227,8 @@ class EventsAPI:
         root = self.root
         stream = Stream(
             request,
-            EventTail(self.store, filters),
+            # Pages no bigger than max_pending: a paused stream holds at most one.
+            EventTail(self.store, filters, settings["max_pending"]),
             chosen,
             self.reactor,
             limit=limit,
