@@ -237,3 +237,12 @@ async def test_tail_says_when_retention_removed_events_after_its_id(serve, store
     reader = await open_stream(server.url + f"/events/stream?since={ids[3]}&limit=2")
     await within(reader.done)
     assert [m["id"] for m in reader.items] == ids[4:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_on_the_tail_opens_nothing(serve, store_config):
+    server = await serve_store(serve, store_config)
+    r = await within(treq.head(server.url + "/events/stream?kind=a&format=sse"))
+    assert r.code == 200
+    assert r.headers.getRawHeaders("content-type") == ["text/event-stream; charset=utf-8"]
+    assert not server.app.open_streams

@@ -223,6 +223,10 @@ class EventsAPI:
         except QueryError as e:
             raise BadRequest(str(e)) from None
         self._check_up()
+        if request.method == b"HEAD":
+            # Headers only: a tail whose body nobody will read must not be opened.
+            request.setHeader(b"Content-Type", chosen.content_type)
+            return b""
         settings = self.settings
         root = self.root
         stream = Stream(
