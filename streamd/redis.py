@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import txredisapi
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
@@ -115,6 +116,7 @@ class RedisConnection:
         self.users = 0
         self.factories: list[_Factory] = []
         self.listeners: list[Callable[[bool], None]] = []
+        self.waiters: list[tuple[Callable[[], bool], Deferred]] = []
         self._was_up = False
         #: objects built on this connection by the sources (the pub/sub hub), closed
         #: and dropped with it
@@ -140,7 +142,35 @@ class RedisConnection:
         self.factories.append(factory)
         return factory
 
+    def wait_for(self, predicate: Callable[[], bool]) -> Deferred:
+        """
+        A Deferred that fires (with True) once C{predicate()} holds, checked at each
+        change of connection state (L{changed}), or (with False) after
+        C{connect_timeout}: start-up waits a little for Redis, never for ever.
+        """
+        if predicate():
+            return succeed(True)
+        d = Deferred()
+        entry = (predicate, d)
+        self.waiters.append(entry)
+
+        def give_up():
+            if entry in self.waiters:
+                self.waiters.remove(entry)
+                d.callback(False)
+        self.reactor.callLater(self.settings["connect_timeout"], give_up)
+        return d
+
+    def changed(self) -> None:
+        """Something connected or disconnected: wake the waiters whose wait is over."""
+        for entry in list(self.waiters):
+            predicate, d = entry
+            if predicate():
+                self.waiters.remove(entry)
+                d.callback(True)
+
     def _changed(self) -> None:
+        self.changed()
         up = self.up
         if up != self._was_up:
             self._was_up = up

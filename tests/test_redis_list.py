@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest_twisted
@@ -195,6 +197,20 @@ async def test_processing_list_of_a_dead_instance_is_taken_back(redis, serve):
     assert redis.command("SMEMBERS", "jobs:streamd:instances") == [b"test"]
 
 
+async def healthy(port: int) -> None:
+    """Wait (bounded) until a daemon's sources are up: it connects to Redis after listening."""
+    await wait_until(lambda: _health(port) == 200)
+
+
+def _health(port: int) -> int:
+    # A blocking request is fine here: the daemon is another process.
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 @ensure
 async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
         redis, tmp_path, monkeypatch):
@@ -208,6 +224,7 @@ async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
     redis.command("RPUSH", "jobs", "1", "2", "3", "4")
     proc, port = start_daemon(tmp_path, "--config", str(conf))
     try:
+        await healthy(port)
         reader = await open_stream(f"http://127.0.0.1:{port}/streams/jobs")
         await reader.wait_for(4)  # held, never acknowledged
         assert llen(redis, PROCESSING) == 4 and llen(redis) == 0
@@ -223,6 +240,7 @@ async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
     again.mkdir()
     proc, port = start_daemon(again, "--config", str(conf))
     try:
+        await healthy(port)
         # ...and a restarted streamd with the same instance name takes it back.
         reader = await open_stream(f"http://127.0.0.1:{port}/streams/jobs?ack=write&limit=4")
         await within(reader.done)

@@ -193,11 +193,14 @@ class RedisListSource:
                    lambda: redis.release(services, conn))
 
     def start(self):
-        """Take back what this instance held before a restart, then keep alive."""
+        """
+        Take back what this instance held before a restart, then keep alive; fires
+        once Redis answers (or after connect_timeout).
+        """
         d = self._track(self.conn.command("EVAL", RECOVER, 2, self.key, self.processing))
         d.addCallback(self._recovered, self.processing)
         self.heartbeat.start(self.instance_ttl / 3, now=True)
-        return None
+        return self.conn.wait_for(lambda: self.conn.up)
 
     def _recovered(self, count, processing) -> None:
         if count:

@@ -64,6 +64,7 @@ class Hub:
         self.channels: dict[bytes, set[RedisPubSubSource]] = {}
         self.patterns: dict[bytes, set[RedisPubSubSource]] = {}
         self.proto: _Protocol | None = None
+        self.conn = conn
         self.outage_since: float | None = None
         self.factory = conn.subscriber(_Protocol)
         self.factory.hub = self
@@ -118,6 +119,7 @@ class Hub:
 
     def connected(self, proto: _Protocol) -> None:
         self.proto = proto
+        self.conn.changed()
         if self.channels:
             _quiet(proto.subscribe(list(self.channels)))
         if self.patterns:
@@ -210,8 +212,10 @@ class RedisPubSubSource:
         return cls(settings["name"], conn, settings["channels"], settings["patterns"],
                    services.reactor, lambda: redis.release(services, conn))
 
-    def start(self) -> None:
-        self.hub = Hub.of(self.conn, self.clock)
+    def start(self):
+        """Open the subscriber connection; fires once up (or after connect_timeout)."""
+        hub = self.hub = Hub.of(self.conn, self.clock)
+        return self.conn.wait_for(lambda: self.conn.up and hub.up)
 
     def stop(self):
         for sub in list(self.subscribers):

@@ -25,6 +25,7 @@ from typing import Any
 
 import txredisapi
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -74,6 +75,8 @@ class StreamSubscription:
         #: consumer name (left by this streamd before a restart); None once done
         self.history: str | None = "0-0"
         self.last_claim = float("-inf")
+        #: group mode: ids (bytes) delivered to the client and not yet acked or nacked
+        self.held: set[bytes] = set()
         self.reader = source.conn.dedicated(source.block)
         self.paused = False
         self.cancelled = False
@@ -111,8 +114,10 @@ class StreamSubscription:
                 continue
             except txredisapi.ResponseError as e:
                 if "NOGROUP" in str(e):
-                    # The group is gone (Redis restarted without persistence).
+                    # The group is gone (Redis restarted without persistence): what
+                    # the stream holds now was all added since, so read it from 0.
                     src.group_ready = False
+                    src.recreate_at = "0"
                     continue
                 self.consumer.source_ended(f"redis: {e}")
                 return
@@ -121,6 +126,11 @@ class StreamSubscription:
             if self.cancelled:
                 src.give_back([e[0] for e in entries])
                 return
+            if src.group:
+                # An entry this client already holds (claimed back from itself) is
+                # not sent twice.
+                entries = [e for e in entries if e[0] not in self.held]
+                self.held.update(e[0] for e in entries)
             self.consumer.deliver([src.message(eid, fields) for eid, fields in entries])
 
     async def _read_cursor(self):
@@ -174,11 +184,18 @@ class StreamSubscription:
 
     def ack(self, messages) -> None:
         if self.source.group:
+            self._release(messages)
             self.source.remove([m.handle for m in messages])
 
     def nack(self, messages) -> None:
         if self.source.group:
+            self._release(messages)
             self.source.give_back([m.handle for m in messages])
+
+    def _release(self, messages) -> None:
+        held = self.held
+        for m in messages:
+            held.discard(m.handle.encode())
 
     def cancel(self) -> None:
         """Stop reading; a read in flight finishes (at most C{block} seconds) first."""
@@ -225,11 +242,14 @@ class RedisStreamSource:
         self.on_stop = on_stop
         self.durable = bool(group)
         self.group_ready = False
+        self.recreate_at: str | None = None
         self.consumers = 0
         #: consumer names of clients that left, reused so that the group's consumer
         #: list stays as long as the most clients ever connected at once
         self.free_names: list[str] = []
         self.subscribers: set[StreamSubscription] = set()
+        self.refresher = LoopingCall(self._refresh)
+        self.refresher.clock = clock
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], services) -> RedisStreamSource:
@@ -241,18 +261,33 @@ class RedisStreamSource:
                    claim_idle=settings["claim_idle"], maxlen=settings["maxlen"],
                    field=settings["field"], on_stop=lambda: redis.release(services, conn))
 
-    def start(self) -> None:
+    def start(self):
+        """Create the group if needed; fires once Redis answers (or after connect_timeout)."""
         if self.group:
             self.ensure_group().addErrback(
                 lambda f: log.warn("redis-stream {name}: cannot create group: {e}",
                                    name=self.name, e=f.getErrorMessage()))
+            self.refresher.start(self.claim_idle / 3, now=False)
+        return self.conn.wait_for(lambda: self.conn.up)
+
+    def _refresh(self) -> None:
+        """
+        Reset the idle time of the entries our clients hold (a paused client, or one
+        slow to acknowledge, is alive): XAUTOCLAIM takes only entries of a client or
+        streamd that died.
+        """
+        for sub in self.subscribers:
+            if sub.held:
+                self.conn.command(
+                    "XCLAIM", self.key, self.group, sub.consumer_name, 0, *sub.held,
+                    "JUSTID").addErrback(self._lost, "refresh")
 
     def ensure_group(self) -> Deferred:
         """Create the consumer group (and the stream) unless they exist."""
         return Deferred.fromCoroutine(self._ensure_group())
 
     async def _ensure_group(self) -> None:
-        start = self.start_at
+        start = self.recreate_at or self.start_at
         if start.startswith("-"):
             start = await self._back(int(start[1:]))
         try:
@@ -307,6 +342,8 @@ class RedisStreamSource:
         return since
 
     def stop(self) -> Deferred:
+        if self.refresher.running:
+            self.refresher.stop()
         for sub in list(self.subscribers):
             sub.consumer.source_ended("shutdown")
         for sub in list(self.subscribers):
