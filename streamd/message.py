@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+_UNPARSED = object()
+
 
 class Message:
     """
@@ -21,7 +23,7 @@ class Message:
         L{streamd.framing} so that a message sent to 100 clients is encoded once.
     """
 
-    __slots__ = ("id", "stream", "data", "attributes", "handle", "frames")
+    __slots__ = ("id", "stream", "data", "attributes", "handle", "frames", "_value")
 
     def __init__(
         self,
@@ -37,6 +39,16 @@ class Message:
         self.attributes = attributes
         self.handle = handle
         self.frames: dict[str, bytes] = {}
+        self._value: Any = _UNPARSED
+
+    def value(self) -> Any:
+        """The JSON value of C{data}, parsed once however many filters look at it."""
+        if self._value is _UNPARSED:
+            try:
+                self._value = json.loads(self.data)
+            except ValueError:
+                self._value = None
+        return self._value
 
     def __repr__(self) -> str:
         return f"<Message {self.stream}/{self.id} {len(self.data)}B>"

@@ -63,6 +63,10 @@ class Stream:
         retry: int = 3000,
         session: str | None = None,
         on_end=None,
+        filter=None,
+        stall_warnings: bool = False,
+        name: str = "",
+        metrics=None,
     ) -> None:
         self.request = request
         self.source = source
@@ -77,6 +81,12 @@ class Stream:
         self.retry = retry
         self.session = session
         self.on_end = on_end
+        self.filter = filter if filter else None
+        self.stall_warnings = stall_warnings
+        self.name = name
+        self.identity = ""  # who reads it (set by the HTTP layer), for limits and logs
+        self.metrics = metrics  # a streamd.metrics.StreamMetrics, or None
+        self._warned = False
 
         self.pending: deque[Message | bytes] = deque()
         self.queued = 0  # messages (not notices) in pending
@@ -96,6 +106,7 @@ class Stream:
         self._starting = False
         self._flushing = False
         self._surplus: list[Message] = []
+        self._skipped: list[Message] = []
         self._beat = None
         self.done: Deferred[None] = Deferred(self._cancelled)
 
@@ -126,6 +137,9 @@ class Stream:
         if self._surplus:
             self.subscription.nack(self._surplus)
             self._surplus = []
+        if self._skipped:
+            self._skip(self._skipped)
+            self._skipped = []
         self._flush()
         if not self.ended:
             self._update_demand()
@@ -179,6 +193,18 @@ class Stream:
             if self.subscription is not None:
                 self.subscription.nack(messages)
             return
+        if self.filter is not None:
+            keep = []
+            skipped = []
+            matches = self.filter.matches
+            for m in messages:
+                (keep if matches(m) else skipped).append(m)
+            if skipped:
+                if self.subscription is None:
+                    self._skipped.extend(skipped)
+                else:
+                    self._skip(skipped)
+            messages = keep
         if self.limit is not None:
             room = self.limit - self.accepted
             if len(messages) > room:
@@ -198,9 +224,17 @@ class Stream:
         if not self.paused:
             self._flush()
         if self.paused:  # before, or by the write just made
+            if self.stall_warnings and not self._warned:
+                self._stall_warning()
             self._overflow()
         if not self.ended:
             self._update_demand()
+
+    def _skip(self, messages: list[Message]) -> None:
+        # The filter rejected these before they cost this client anything: the source
+        # decides what that means (a queue gives them back for other clients).
+        skip = getattr(self.subscription, "skip", None) or self.subscription.nack
+        skip(messages)
 
     def gap(self, info: dict[str, Any]) -> None:
         if not self.ended:
@@ -220,6 +254,8 @@ class Stream:
 
     def pauseProducing(self) -> None:
         self.paused = True
+        if self.metrics is not None:
+            self.metrics.pauses.inc()
         self._update_demand()
 
     def resumeProducing(self) -> None:
@@ -295,10 +331,16 @@ class Stream:
                 # The write may pause us (Twisted's buffer passed 64 KiB): the loop
                 # then stops and the rest waits in pending.
                 self.request.write(b"".join(parts))
-                if batch and not self.client_ack:
-                    self.subscription.ack(batch)
+                if batch:
+                    if self.metrics is not None:
+                        self.metrics.out.inc(len(batch))
+                        self.metrics.bytes.inc(size)
+                    if not self.client_ack:
+                        self.subscription.ack(batch)
         finally:
             self._flushing = False
+        if self._warned and self.queued * 2 < self.max_pending:
+            self._warned = False  # caught up: warn again next time it falls behind
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
@@ -312,6 +354,19 @@ class Stream:
             and self.subscription is not None
         ):
             self.end("limit")
+
+    def _stall_warning(self) -> None:
+        if self.queued * 2 < self.max_pending:
+            return
+        self._warned = True
+        # Written ahead of the queue, straight to the transport: the client reads it
+        # before the messages that are waiting, and before any slow policy applies.
+        self.request.write(self.framing.control("warning", {
+            "code": "FALLING_BEHIND",
+            "message": "the client is not reading fast enough",
+            "percent_full": min(100, self.queued * 100 // self.max_pending),
+            "dropped": self.dropped_total,
+        }))
 
     def _overflow(self) -> None:
         excess = self.queued - self.max_pending
@@ -327,11 +382,15 @@ class Stream:
             self.dropped += excess
             self.dropped_total += excess
             self.subscription.nack(dropped)
+            if self.metrics is not None:
+                self.metrics.drops.inc(excess)
             return
         notice = self.framing.control(
             "error", {"message": "slow consumer", "max_pending": self.max_pending}
         )
         transport = getattr(self.request, "transport", None)
+        if self.metrics is not None:
+            self.metrics.disconnects.inc()
         self.end("slow consumer", notice)
         if transport is not None:
             # Close once the final line is out; a client that never reads again is

@@ -17,16 +17,12 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
-from streamd import config
-from streamd.app import StreamdApp
+from streamd import config, logs
+from streamd.web import StreamdApp
+from streamd.web.site import make_site
 
 log = Logger()
-
-#: At shutdown, how long clients get to receive their last lines before the
-#: reactor drops their connections.
-SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
 class Options(usage.Options):
@@ -36,7 +32,7 @@ class Options(usage.Options):
     optParameters = [["config", "c", None, "TOML configuration file"]] + [
         [k.name.replace("_", "-"), None, None, f"{k.help} (default: {k.default})"]
         for k in config.TOP_KEYS.values()
-        if k.name != "listen"
+        if k.name != "listen" and k.cli
     ]
 
     def __init__(self) -> None:
@@ -55,6 +51,10 @@ class Options(usage.Options):
             # One line naming the key, not twistd's whole usage text.
             sys.stderr.write(f"streamd: config error: {e}\n")
             raise SystemExit(2) from None
+        parent = getattr(self, "parent", None)
+        json_logs = self["settings"]["log_format"] == "json"
+        if json_logs and parent is not None and parent.get("logger") is None:
+            parent["logger"] = logs.use_json(parent.get("logfile"))
 
 
 def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +63,8 @@ def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
     for key in config.TOP_KEYS.values():
         if key.name == "listen":
             cli["listen"] = options["listen"] or None
+            continue
+        if not key.cli:
             continue
         text = options.get(key.name.replace("_", "-"))
         if text is not None:
@@ -85,12 +87,13 @@ class StreamdService(service.Service):
         self.settings = settings
         self.reactor = reactor
         self.app = StreamdApp(settings, reactor)
-        self.site = Site(self.app.resource())
-        self.site.displayTracebacks = False
+        self.site = make_site(self.app, reactor)
         self.ports: list[Any] = []
 
     def startService(self) -> None:
         super().startService()
+        defer.maybeDeferred(self.app.events.start).addErrback(
+            lambda f: log.failure("event store failed to start", f))
         for source in self.app.sources.values():
             defer.maybeDeferred(source.start).addErrback(
                 lambda f, s=source: log.failure("source {name} failed to start", f,
@@ -119,21 +122,32 @@ class StreamdService(service.Service):
     @defer.inlineCallbacks
     def stopService(self):
         """
-        Stop accepting, tell every open stream (a C{shutdown} line, then the
-        terminating chunk), give durable messages back, and wait (bounded) until the
-        last bytes reached the clients: the reactor drops connections unflushed.
+        Stop accepting; tell every open stream (a C{shutdown} line, then the terminating
+        chunk), which gives its unwritten durable messages back; stop the sources (they
+        return what they hold); then wait until the last bytes reached the clients, as
+        the reactor drops connections unflushed. All within C{shutdown_timeout}.
         """
         super().stopService()
+        deadline = self.reactor.seconds() + self.settings["shutdown_timeout"]
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        self.app.subscriptions.close()
         transports = [s.request.transport for s in self.app.open_streams]
-        stops = [defer.maybeDeferred(s.stop) for s in self.app.sources.values()]
         for stream in list(self.app.open_streams):
             stream.source_ended("shutdown")
-        yield defer.DeferredList(stops)
+        stops = defer.DeferredList(
+            [defer.maybeDeferred(s.stop) for s in self.app.sources.values()],
+            consumeErrors=True,
+        )
+        remaining = max(0.0, deadline - self.reactor.seconds())
+        try:
+            yield stops.addTimeout(remaining, self.reactor)
+        except defer.TimeoutError:
+            log.warn("sources did not stop within shutdown_timeout")
+        yield defer.maybeDeferred(self.app.events.stop).addErrback(
+            lambda f: log.failure("event store failed to stop", f))
         for t in transports:
             if t is not None:
                 t.loseConnection()
-        deadline = self.reactor.seconds() + SHUTDOWN_FLUSH_SECONDS
         while self.reactor.seconds() < deadline and any(
             t is not None and not t.disconnected for t in transports
         ):

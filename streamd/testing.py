@@ -68,6 +68,7 @@ class FakeSubscription:
         self.pauses = 0
         self.acked: list[Message] = []
         self.nacked: list[Message] = []
+        self.skipped: list[Message] = []
         self.cancelled = False
 
     def pause(self) -> None:
@@ -82,6 +83,9 @@ class FakeSubscription:
 
     def nack(self, messages) -> None:
         self.nacked.extend(messages)
+
+    def skip(self, messages) -> None:
+        self.skipped.extend(messages)
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -263,3 +263,12 @@ async def test_client_ack_session_over_http(serve):
     code, body = await ack({"session": session, "ids": "2"})
     assert code == 400
     reader.close()
+
+
+@ensure
+async def test_head_of_a_stream_answers_headers_without_opening_it(serve):
+    server = await serve()
+    r = await within(treq.head(server.url + "/streams/h?format=sse"))
+    assert r.code == 200
+    assert r.headers.getRawHeaders("content-type")[0].startswith("text/event-stream")
+    assert not server.app.open_streams

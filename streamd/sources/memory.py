@@ -44,6 +44,9 @@ class MemorySubscription:
     def nack(self, messages) -> None:
         pass
 
+    def skip(self, messages) -> None:
+        pass
+
     def cancel(self) -> None:
         self.source.subscribers.discard(self)
 

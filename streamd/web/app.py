@@ -1,0 +1,380 @@
+"""
+The HTTP surface (klein routes): parse the request, call the domain, render errors as
+JSON. Routes are methods of L{StreamdApp}, which holds its dependencies (the reactor,
+the settings, the sources), so nothing here reaches for a global.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import Counter
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
+
+from streamd import __version__, config, filters, framing, metrics
+from streamd.auth import Auth
+from streamd.channels import MemoryChannels, Subscriptions
+from streamd.errors import (
+    BadRequest,
+    HTTPError,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from streamd.message import InvalidPayload, decode_body
+from streamd.metrics import Metrics
+from streamd.sources import Services, make_source
+from streamd.stream import Stream
+from streamd.web import channels as channels_routes
+from streamd.web.common import (
+    BODY_TYPES,
+    JSON_TYPES,
+    STREAM_NAME,
+    arg,
+    bool_arg,
+    install_error_handler,
+    int_arg,
+    json_response,
+    number_arg,
+    query,
+)
+from streamd.web.common import content_type as request_content_type
+from streamd.web.events import EventsAPI
+
+log = Logger()
+
+
+class StreamdApp:
+    """
+    The streamd HTTP API.
+
+    @ivar sources: stream name -> source, for declared streams and (when
+        C{dynamic_streams}) memory streams created on first use.
+    @ivar open_streams: every L{Stream} whose response is still open.
+    @ivar sessions: C{Streamd-Session} -> the client-ack L{Stream} it names.
+    """
+
+    app = Klein()
+
+    def __init__(self, settings: dict[str, Any], reactor) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.started_at = reactor.seconds()
+        self.metrics = Metrics()
+        self.services = Services(reactor=reactor, settings=settings, metrics=self.metrics)
+        self.stream_settings: dict[str, dict[str, Any]] = dict(settings["streams"])
+        self.sources: dict[str, Any] = {
+            name: make_source(s, self.services) for name, s in self.stream_settings.items()
+        }
+        self.open_streams: set[Stream] = set()
+        self.sessions: dict[str, Stream] = {}
+        self.auth = Auth.from_settings(settings["auth"])
+        self.connections: Counter[str] = Counter()  # open streams per identity
+        self.channels = MemoryChannels()
+        self.subscriptions = Subscriptions(self.channels, reactor,
+                                           settings["channels"]["expire"],
+                                           settings["channels"]["max_channels"])
+        self.events = EventsAPI(settings, reactor, open_streams=self.open_streams)
+
+    def resource(self):
+        return self.app.resource()
+
+    def identify(self, request, action: str | None = None, name: str | None = None):
+        """Who is asking (401 if that cannot be told); with C{action}, 403 unless allowed."""
+        identity = self.auth.identify(request, self.reactor.seconds())
+        if action is not None:
+            identity.require(action, name)
+        return identity
+
+    # -- sources ----------------------------------------------------------------
+
+    def _source(self, name: str):
+        source = self.sources.get(name)
+        if source is not None:
+            return source, self.stream_settings[name]
+        if not STREAM_NAME.match(name):
+            raise BadRequest(
+                "stream name: use 1-200 letters, digits and . _ : - (starting with a "
+                "letter or digit)"
+            )
+        if not self.settings["dynamic_streams"]:
+            raise NotFound(f"no stream named {name!r}")
+        settings = self.stream_settings[name] = config.stream_defaults(name, self.settings)
+        source = self.sources[name] = make_source(settings, self.services)
+        source.start()
+        return source, settings
+
+    def source_statuses(self) -> dict[str, Any]:
+        out = {}
+        for name, source in self.sources.items():
+            state, reason = source.status()
+            out[name] = {"source": source.kind, "status": state, "reason": reason}
+        return out
+
+    # -- service info --------------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "service": "streamd",
+            "version": __version__,
+            "uptime": round(self.reactor.seconds() - self.started_at, 3),
+            "open_streams": len(self.open_streams),
+            "sources": self.source_statuses(),
+            "events": self.events.status(),
+        }
+
+    @app.route("/", methods=["GET"])
+    def index(self, request):
+        info = self._info()
+        try:
+            identity = self.identify(request)
+        except HTTPError:
+            identity = None
+        if identity is not None and identity.admin:
+            info["identities"] = {k: v for k, v in self.connections.items() if v}
+        return json_response(request, 200, info)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_page(self, request):
+        request.setHeader(b"Content-Type", metrics.CONTENT_TYPE.encode())
+        return self.metrics.render()
+
+    def metrics_label(self, name: str) -> str:
+        """A declared stream's name; one label for all dynamic ones (bounded cardinality)."""
+        return name if name in self.settings["streams"] else metrics.DYNAMIC
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request):
+        info = self._info()
+        up = all(s["status"] == "ok" for s in info["sources"].values())
+        up = up and info["events"]["status"] == "ok"
+        return json_response(request, 200 if up else 503, info)
+
+    # -- the event store (streamd/web/events.py) ---------------------------------------
+
+    @app.route("/events", branch=True)
+    def events_api(self, request):
+        return self.events.app.resource()
+
+    @app.route("/jsonrpc", methods=["POST"])
+    def jsonrpc(self, request):
+        return self.events.jsonrpc(request)
+
+    @app.route("/", methods=["POST"])
+    def jsonrpc_root(self, request):
+        # AwesomeStream's own client posts its calls to "/".
+        return self.events.jsonrpc(request)
+
+    # -- publish ----------------------------------------------------------------------
+
+    @app.route("/streams/<name>/messages", methods=["POST"])
+    async def publish(self, request, name):
+        self.identify(request, "publish", name)
+        source, settings = self._source(name)
+        ctype = request_content_type(request)
+        if ctype not in BODY_TYPES:
+            raise UnsupportedMediaType(
+                f"Content-Type {ctype!r}: send application/json (one value) or "
+                "application/x-ndjson (one value per line)"
+            )
+        limit = self.settings["max_body_bytes"]
+        length = request.getHeader(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise PayloadTooLarge(f"body over max_body_bytes ({limit} bytes)")
+        body = request.content.read(limit + 1)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body over max_body_bytes ({limit} bytes)")
+        try:
+            payloads = decode_body(body, ctype)
+        except InvalidPayload as e:
+            raise BadRequest(f"line {e.line}: {e.reason}") from None
+        max_message = settings["max_message_bytes"]
+        for n, payload in enumerate(payloads, 1):
+            if len(payload) > max_message:
+                raise PayloadTooLarge(
+                    f"line {n}: message over max_message_bytes ({max_message} bytes)"
+                )
+        if not payloads:
+            raise BadRequest("no message in the body")
+        state, reason = source.status()
+        if state != "ok":
+            raise Unavailable(f"stream {name!r} is down: {reason}")
+        params = {k: v[-1] for k, v in query(request).items()}
+        started = self.reactor.seconds()
+        ids = await maybeDeferred(source.publish, payloads, params)
+        label = self.metrics_label(name)
+        self.metrics.messages_in.labels(label, source.kind).inc(len(payloads))
+        self.metrics.publish_seconds.labels(label).observe(self.reactor.seconds() - started)
+        return json_response(request, 202, {"ids": ids})
+
+    # -- stream -------------------------------------------------------------------------
+
+    @app.route("/streams/<name>", methods=["GET"])
+    def stream(self, request, name):
+        return self._open_stream(request, name, query(request))
+
+    @app.route("/streams/<name>/sample", methods=["GET"])
+    def sample(self, request, name):
+        """The stream at its configured C{sample} rate (unless the request names one)."""
+        return self._open_stream(request, name, query(request), sample=True)
+
+    @app.route("/streams/<name>/filter", methods=["POST"])
+    def filtered(self, request, name):
+        """
+        Filters in the body (for lists too long for a URL): a form, or JSON such as
+        C{{"track": ["a b", "c"], "follow": ["12"], "locations": [-10, 35, 5, 45],
+        "where": {"kind": ["x", "y"]}}}. Query parameters still apply.
+        """
+        params = query(request)  # Twisted merges a form body into request.args
+        if request_content_type(request) == "application/json":
+            params.update(_json_params(request.content.read(self.settings["max_body_bytes"])))
+        return self._open_stream(request, name, params)
+
+    def _open_stream(self, request, name: str, params: dict[str, list[str]],
+                     sample: bool = False):
+        identity = self.identify(request, "read", name)
+        source, settings = self._source(name)
+        fmt = arg(params, "format")
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        chosen = framing.choose(fmt, accept)
+        if chosen is None:
+            raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
+        limit = int_arg(params, "limit", 1)
+        heartbeat = number_arg(params, "heartbeat", 0)
+        if heartbeat is None:
+            heartbeat = settings["heartbeat"]
+        elif 0 < heartbeat < 0.05:
+            raise BadRequest("heartbeat: must be 0 (off) or at least 0.05 seconds")
+        since = arg(params, "since")
+        if since is None:
+            last = request.getHeader(b"last-event-id")
+            if last:
+                since = last.decode("latin-1").strip() or None
+        ack = arg(params, "ack") or settings.get("ack", "write")
+        if ack not in ("write", "client"):
+            raise BadRequest(f"ack: expected write or client, got {ack!r}")
+        stream_filter = filters.parse(params, settings,
+                                      settings["sample"] if sample else None)
+        stall_warnings = bool_arg(params, "stall_warnings")
+        state, reason = source.status()
+        if state != "ok":
+            raise Unavailable(f"stream {name!r} is down: {reason}")
+        if request.method == b"HEAD":
+            # Headers only: a stream whose body nobody will read must not be opened.
+            request.setHeader(b"Content-Type", chosen.content_type)
+            return b""
+        session = secrets.token_urlsafe(18) if ack == "client" else None
+        stream = Stream(
+            request,
+            source,
+            chosen,
+            self.reactor,
+            limit=limit,
+            heartbeat=heartbeat,
+            max_pending=settings["max_pending"],
+            slow_policy=settings["slow_policy"],
+            ack=ack,
+            max_unacked=settings["max_unacked"],
+            retry=settings["retry"],
+            session=session,
+            on_end=self._stream_ended,
+            filter=stream_filter,
+            stall_warnings=stall_warnings,
+            name=name,
+            metrics=self.metrics.for_stream(self.metrics_label(name), source.kind),
+        )
+        return self.start_stream(stream, identity, since)
+
+    def start_stream(self, stream: Stream, identity, since: str | None = None):
+        """Open C{stream} for C{identity} (429 past its limit); its Deferred for klein."""
+        limit = self.auth.max_connections_per_identity
+        if limit and self.connections[identity.name] >= limit:
+            raise HTTPError(f"{identity.name!r} already has {limit} open streams",
+                            429, {b"Retry-After": b"10"})
+        stream.identity = identity.name
+        done = stream.start(since)
+        if not stream.ended:
+            if stream.metrics is not None:
+                stream.metrics.open.inc()
+            self.connections[identity.name] += 1
+            self.open_streams.add(stream)
+            if stream.session is not None:
+                self.sessions[stream.session] = stream
+        return done
+
+    def _stream_ended(self, stream: Stream) -> None:
+        log.info(
+            "stream {stream} ended ({reason}): identity={identity} duration={duration:.3f}s "
+            "messages={messages} bytes={bytes}",
+            stream=stream.name, reason=stream.end_reason, identity=stream.identity,
+            duration=self.reactor.seconds() - stream.started_at, messages=stream.written,
+            bytes=stream.bytes_written,
+        )
+        if stream in self.open_streams:
+            if stream.metrics is not None:
+                stream.metrics.open.dec()
+            self.open_streams.discard(stream)
+            self.connections[stream.identity] -= 1
+            if not self.connections[stream.identity]:
+                del self.connections[stream.identity]
+        if stream.session is not None:
+            self.sessions.pop(stream.session, None)
+
+    @app.route("/streams/<name>/ack", methods=["POST"])
+    def ack(self, request, name):
+        self.identify(request, "read", name)
+        self._source(name)
+        if request_content_type(request) not in JSON_TYPES:
+            raise UnsupportedMediaType("send application/json")
+        try:
+            body = json.loads(request.content.read(self.settings["max_body_bytes"]))
+        except ValueError:
+            raise BadRequest("body: not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest('body: expected {"session": ..., "ids": [...]}')
+        session, ids = body.get("session"), body.get("ids")
+        if not isinstance(session, str):
+            raise BadRequest("session: expected the Streamd-Session header's value")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise BadRequest("ids: expected a list of message ids (strings)")
+        stream = self.sessions.get(session)
+        if stream is None or stream.name != name:
+            raise NotFound(f"no open client-ack session {session!r} on stream {name!r}")
+        acked, unknown = stream.client_acked(ids)
+        return json_response(request, 200, {"acked": acked, "unknown": unknown})
+
+
+channels_routes.mount(StreamdApp.app)
+install_error_handler(StreamdApp.app)
+
+
+def _json_params(body: bytes) -> dict[str, list[str]]:
+    """A JSON filter body as query parameters: lists join with commas, as in a URL."""
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        raise BadRequest("body: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("body: expected a JSON object of filters")
+    out: dict[str, list[str]] = {}
+
+    def text(v) -> str:
+        if isinstance(v, list):
+            return ",".join(text(i) for i in v)
+        return v if isinstance(v, str) else json.dumps(v)
+
+    for key, v in value.items():
+        if key == "where":
+            if not isinstance(v, dict):
+                raise BadRequest('where: expected {"FIELD": [values]}')
+            for f, vals in v.items():
+                vals = vals if isinstance(vals, list) else [vals]
+                out[f"where.{f}"] = [text(x) for x in vals]
+        else:
+            out[key] = [text(v)]
+    return out

@@ -1,0 +1,119 @@
+"""
+What every HTTP module shares: JSON answers, query-parameter parsing, and the one error
+renderer (every error is C{{"error": {"status": ..., "message": ...}}}, never a page or a
+traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
+
+from streamd.errors import BadRequest, HTTPError
+
+log = Logger()
+
+STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+JSON_TYPES = ("application/json", "")
+BODY_TYPES = JSON_TYPES + ("application/x-ndjson",)
+
+
+def json_response(request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body).encode() + b"\n"
+
+
+def query(request) -> dict[str, list[str]]:
+    """The query parameters as text: name -> every value given, in order."""
+    out: dict[str, list[str]] = {}
+    for k, values in request.args.items():
+        try:
+            out[k.decode()] = [v.decode() for v in values]
+        except UnicodeDecodeError:
+            raise BadRequest(f"{k.decode('utf-8', 'replace')}: not valid UTF-8") from None
+    return out
+
+
+def arg(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[-1] if values else None
+
+
+def int_arg(params: dict[str, list[str]], name: str, minimum: int) -> int | None:
+    text = arg(params, name)
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{name}: expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise BadRequest(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def number_arg(params: dict[str, list[str]], name: str, minimum: float) -> float | None:
+    text = arg(params, name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(f"{name}: expected a number, got {text!r}") from None
+    if not value >= minimum or value == float("inf"):
+        raise BadRequest(f"{name}: must be a number of at least {minimum:g}, got {text}")
+    return value
+
+
+def bool_arg(params: dict[str, list[str]], name: str) -> bool:
+    text = arg(params, name)
+    if text is None:
+        return False
+    low = text.lower()
+    if low in ("1", "true", "yes", "on", ""):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise BadRequest(f"{name}: expected true or false, got {text!r}")
+
+
+def content_type(request) -> str:
+    raw = request.getHeader(b"content-type") or b""
+    return raw.decode("latin-1").split(";")[0].strip().lower()
+
+
+
+
+def install_error_handler(app) -> None:
+    """Render every failure of C{app}'s routes as a JSON error."""
+
+    @app.handle_errors
+    def errors(instance, request, failure):
+        return render_error(request, failure)
+
+
+def render_error(request, failure) -> bytes:
+    err = failure.value
+    if isinstance(err, HTTPError):
+        status, message = err.status, err.message
+        for k, v in err.headers.items():
+            request.setHeader(k, v)
+    elif isinstance(err, HTTPException):
+        status = err.code or 500
+        message = err.description or err.name
+        if status == 404:
+            message = "no such resource"
+        elif status == 405:
+            allowed = err.valid_methods or []
+            request.setHeader(b"Allow", ", ".join(allowed).encode())
+            message = f"method not allowed (allowed: {', '.join(allowed)})"
+    else:
+        log.failure("Unhandled error for {method} {uri}", failure,
+                    method=request.method, uri=request.uri)
+        status, message = 500, "internal error"
+    return json_response(request, status, {"error": {"status": status, "message": message}})
