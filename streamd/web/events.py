@@ -44,6 +44,7 @@ from streamd.web.common import (
     json_response,
     number_arg,
 )
+from streamd.web.common import query as query_params
 
 #: Query parameters of C{GET /events/stream} that are not filters.
 STREAM_PARAMS = frozenset({"since", "limit", "format", "heartbeat"})
@@ -165,9 +166,10 @@ class EventsAPI:
     @app.route("/", methods=["GET"], strict_slashes=False)
     async def query(self, request):
         filters = self._filters(request, RESERVED)
-        start = int_arg(request, "start", 0)
-        end = int_arg(request, "end", 0)
-        before = arg(request, "before")
+        params = query_params(request)
+        start = int_arg(params, "start", 0)
+        end = int_arg(params, "end", 0)
+        before = arg(params, "before")
         try:
             q = Query(
                 filters,
@@ -186,18 +188,19 @@ class EventsAPI:
     @app.route("/stream", methods=["GET"])
     def stream(self, request):
         filters = self._filters(request, STREAM_PARAMS)
-        fmt = arg(request, "format")
+        params = query_params(request)
+        fmt = arg(params, "format")
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
         chosen = framing.choose(fmt, accept)
         if chosen is None:
             raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
-        limit = int_arg(request, "limit", 1)
-        heartbeat = number_arg(request, "heartbeat", 0)
+        limit = int_arg(params, "limit", 1)
+        heartbeat = number_arg(params, "heartbeat", 0)
         if heartbeat is None:
             heartbeat = self.settings["heartbeat"]
         elif 0 < heartbeat < 0.05:
             raise BadRequest("heartbeat: must be 0 (off) or at least 0.05 seconds")
-        since = arg(request, "since")
+        since = arg(params, "since")
         if since is None:
             last = request.getHeader(b"last-event-id")
             if last:
