@@ -246,6 +246,33 @@ def param(params: Any, name: str) -> str | None:
     return value
 
 
+#: Seconds a message that no client's filter wants waits before it goes back to Redis
+#: (given back at once, the same readers would take it again at once, for ever).
+SKIP_DELAY = 5.0
+
+
+def share_out(skipper, subscribers, messages, refused: dict[str, set]):
+    """
+    Queue delivery of messages C{skipper}'s filter rejected: offer each to another
+    reading client that has not refused it yet. Returns C{({client: [messages]},
+    unwanted)}; C{refused} (message id -> clients) remembers who said no, and
+    forgets a message that nobody wants.
+    """
+    others = [s for s in subscribers if s is not skipper and not s.cancelled and not s.paused]
+    offers: dict[Any, list] = {}
+    unwanted = []
+    for m in messages:
+        said_no = refused.setdefault(m.id, set())
+        said_no.add(skipper)
+        target = next((s for s in others if s not in said_no), None)
+        if target is None:
+            del refused[m.id]
+            unwanted.append(m)
+        else:
+            offers.setdefault(target, []).append(m)
+    return offers, unwanted
+
+
 def default_instance(settings: dict[str, Any]) -> str:
     """
     This streamd's name in Redis: host name plus the first listen address, stable

@@ -251,3 +251,22 @@ async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@ensure
+async def test_filtered_clients_share_the_queue_by_filter(redis, serve):
+    server = await serve(config(redis))
+    ra = await open_stream(server.url + "/streams/jobs?where.kind=a")
+    rb = await open_stream(server.url + "/streams/jobs?where.kind=b")
+    await wait_until(lambda: redis.cli("CLIENT", "LIST").count("cmd=blmove") == 2)
+    kinds = ["a", "b"] * 10 + ["c"]
+    redis.command("RPUSH", "jobs", *[json.dumps({"kind": k, "n": n}) for n, k in enumerate(kinds)])
+    await wait_until(lambda: len(ra.items) + len(rb.items) == 20)
+    assert sorted(m["data"]["n"] for m in ra.messages()) == list(range(0, 20, 2))
+    assert sorted(m["data"]["n"] for m in rb.messages()) == list(range(1, 20, 2))
+    # The one nobody wants is held back (not lost, not spun on), then returned to the list.
+    await wait_until(lambda: llen(redis, PROCESSING) + llen(redis) == 1)
+    assert b'"kind": "c"' in (redis.command("LRANGE", PROCESSING, 0, -1) or [b""])[0] + (
+        redis.command("LRANGE", "jobs", 0, -1) or [b""])[0]
+    ra.close()
+    rb.close()

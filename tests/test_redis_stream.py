@@ -205,3 +205,20 @@ async def test_redis_restart_during_a_stream_cursor_and_group(redis, serve):
     assert [m["data"] for m in await group.wait_for(2)] == [1, 2]
     cursor.close()
     group.close()
+
+
+@ensure
+async def test_group_mode_filtered_clients_share_the_entries(redis, serve):
+    server = await serve(config(redis, group="workers"))
+    ra = await open_stream(server.url + "/streams/events?where.kind=a")
+    rb = await open_stream(server.url + "/streams/events?where.kind=b")
+    await wait_until(lambda: redis.cli("CLIENT", "LIST").count("cmd=xreadgroup") == 2)
+    kinds = ["a", "b"] * 10
+    await publish(server.url + "/streams/events/messages",
+                  *[{"kind": k, "n": n} for n, k in enumerate(kinds)])
+    await wait_until(lambda: len(ra.items) + len(rb.items) == 20)
+    assert sorted(m["data"]["n"] for m in ra.messages()) == list(range(0, 20, 2))
+    assert sorted(m["data"]["n"] for m in rb.messages()) == list(range(1, 20, 2))
+    await wait_until(lambda: redis.command("XPENDING", "events", "workers")[0] == 0)
+    ra.close()
+    rb.close()

@@ -134,9 +134,15 @@ class ListSubscription:
 
     def ack(self, messages) -> None:
         self.source.remove([m.handle for m in messages])
+        self.source.settled(messages)
 
     def nack(self, messages) -> None:
         self.source.give_back([m.handle for m in messages])
+        self.source.settled(messages)
+
+    def skip(self, messages) -> None:
+        """Filtered out: another client may want them (see L{RedisListSource.skip})."""
+        self.source.skip(self, messages)
 
     def cancel(self) -> None:
         """
@@ -181,6 +187,10 @@ class RedisListSource:
         self.seq = 0
         self.subscribers: set[ListSubscription] = set()
         self.pending: set[Deferred] = set()
+        #: message id -> clients whose filter refused it (see L{skip})
+        self.refused: dict[str, set] = {}
+        #: give-backs delayed because no client's filter wanted the message
+        self.parked: set = set()
         self.heartbeat = LoopingCall(self._heartbeat)
         self.heartbeat.clock = clock
 
@@ -253,6 +263,29 @@ class RedisListSource:
                 "EVAL", GIVE_BACK, 2, self.key, self.processing, *handles)
             ).addErrback(self._lost, "nack")
 
+    def settled(self, messages) -> None:
+        if self.refused:
+            for m in messages:
+                self.refused.pop(m.id, None)
+
+    def skip(self, sub: ListSubscription, messages) -> None:
+        """
+        A client's filter rejected these: offered to the other clients; a message no
+        client wants stays held for L{redis.SKIP_DELAY} seconds, then goes back to
+        the list (at once, the readers would only take it again).
+        """
+        offers, unwanted = redis.share_out(sub, self.subscribers, messages, self.refused)
+        for target, msgs in offers.items():
+            target.consumer.deliver(msgs)
+        if unwanted:
+            handles = [m.handle for m in unwanted]
+
+            def unpark():
+                self.parked.discard(call)
+                self.give_back(handles)
+            call = self.clock.callLater(redis.SKIP_DELAY, unpark)
+            self.parked.add(call)
+
     def _lost(self, failure, what: str) -> None:
         # The message stays in the processing list: moved back at the next start.
         log.warn("redis-list {name}: {what} failed: {e}", name=self.name, what=what,
@@ -269,6 +302,9 @@ class RedisListSource:
             sub.close_now()
         if self.heartbeat.running:
             self.heartbeat.stop()
+        for call in self.parked:
+            call.cancel()  # the processing list is given back whole below
+        self.parked.clear()
         if self.conn.up:
             # Let the acks and give-backs already sent land, then give back what is
             # still held (reads cut short by the shutdown) and leave the registry;

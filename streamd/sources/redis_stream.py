@@ -192,10 +192,19 @@ class StreamSubscription:
             self._release(messages)
             self.source.give_back([m.handle for m in messages])
 
+    def skip(self, messages) -> None:
+        """Filtered out: group mode offers them to the other clients (cursor mode: done)."""
+        if self.source.group:
+            self._release(messages)
+            self.source.skip(self, messages)
+
     def _release(self, messages) -> None:
         held = self.held
         for m in messages:
             held.discard(m.handle.encode())
+        if self.source.refused:
+            for m in messages:
+                self.source.refused.pop(m.id, None)
 
     def cancel(self) -> None:
         """Stop reading; a read in flight finishes (at most C{block} seconds) first."""
@@ -248,6 +257,8 @@ class RedisStreamSource:
         #: list stays as long as the most clients ever connected at once
         self.free_names: list[str] = []
         self.subscribers: set[StreamSubscription] = set()
+        #: message id -> clients whose filter refused it (group mode, see L{skip})
+        self.refused: dict[str, set] = {}
         self.refresher = LoopingCall(self._refresh)
         self.refresher.clock = clock
 
@@ -410,6 +421,23 @@ class RedisStreamSource:
                 "XCLAIM", self.key, self.group, f"{self.instance}:returned", 0, *ids,
                 "IDLE", RETURNED_IDLE_MS, "JUSTID",
             ).addErrback(self._lost, "give back")
+
+    def skip(self, sub: StreamSubscription, messages) -> None:
+        """
+        Group mode, a client's filter rejected these: offered to the other clients;
+        an entry no client wants stays pending in the group, claimable by any
+        streamd's XAUTOCLAIM after C{claim_idle}.
+        """
+        offers, unwanted = redis.share_out(sub, self.subscribers, messages, self.refused)
+        for target, msgs in offers.items():
+            # Its refresh makes the entry the target's in the group.
+            target.held.update(m.handle.encode() for m in msgs)
+            target.consumer.deliver(msgs)
+        if unwanted:
+            self.conn.command(
+                "XCLAIM", self.key, self.group, f"{self.instance}:returned", 0,
+                *[m.handle for m in unwanted], "JUSTID",
+            ).addErrback(self._lost, "skip")
 
     def _lost(self, failure, what: str) -> None:
         # Still pending in the group: claimed by XAUTOCLAIM after claim_idle.
