@@ -103,5 +103,6 @@ async def test_redis_restart_resubscribes_with_a_gap_notice(redis, serve):
     redis.cli("PUBLISH", "news", "2")
     items = await reader.wait_for(3)
     assert items[2]["data"] == 2
+    await wait_until(lambda: server.app.sources["news"].status()[0] == "ok", seconds=2)
     assert (await within(treq.get(server.url + "/health"))).code == 200
     reader.close()
