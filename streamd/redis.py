@@ -31,6 +31,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
+from streamd import resp
 from streamd.config import ConfigError
 from streamd.message import InvalidPayload, normalize_json
 
@@ -50,8 +51,7 @@ class _Factory(txredisapi.RedisFactory):
             password=settings["password"], replyTimeout=reply_timeout or None,
             convertNumbers=False, username=settings["username"],
         )
-        if protocol is not None:
-            self.protocol = protocol
+        self.protocol = protocol or resp.Protocol
         self.initialDelay = settings["reconnect_initial"]
         self.maxDelay = settings["reconnect_max"]
         self.on_change = on_change
@@ -204,7 +204,7 @@ class RedisConnection:
         return Dedicated(self, self._factory(1, block + timeout if timeout else None))
 
     def subscriber(self, protocol) -> _Factory:
-        """A pub/sub connection speaking C{protocol} (a SubscriberProtocol subclass)."""
+        """A pub/sub connection speaking C{protocol} (a L{resp.SubscriberProtocol} subclass)."""
         return self._factory(1, None, protocol)
 
     def forget(self, factory: _Factory) -> None:

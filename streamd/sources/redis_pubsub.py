@@ -23,7 +23,7 @@ import txredisapi
 from twisted.internet.defer import gatherResults
 from zope.interface import implementer
 
-from streamd import redis
+from streamd import redis, resp
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
@@ -34,7 +34,7 @@ def _quiet(d) -> None:
     d.addErrback(lambda f: f.trap(txredisapi.ConnectionError))
 
 
-class _Protocol(txredisapi.SubscriberProtocol):
+class _Protocol(resp.SubscriberProtocol):
     """Hands messages and connection changes to the factory's L{Hub}."""
 
     def connectionMade(self):
@@ -45,6 +45,16 @@ class _Protocol(txredisapi.SubscriberProtocol):
     def connectionLost(self, why):
         self.factory.hub.lost(self)
         super().connectionLost(why)
+
+    def dataReceived(self, data, unpause=False):
+        # Everything one read of the socket holds reaches a client in one write.
+        hub = self.factory.hub
+        hub.batching = True
+        try:
+            super().dataReceived(data, unpause)
+        finally:
+            hub.batching = False
+            hub.flush()
 
     def messageReceived(self, pattern, channel, message):
         self.factory.hub.message(pattern, channel, message)
@@ -66,6 +76,9 @@ class Hub:
         self.proto: _Protocol | None = None
         self.conn = conn
         self.outage_since: float | None = None
+        #: inside one read of the socket: sources collect messages until L{flush}
+        self.batching = False
+        self.filled: set[RedisPubSubSource] = set()
         self.factory = conn.subscriber(_Protocol)
         self.factory.hub = self
 
@@ -149,6 +162,15 @@ class Hub:
         if sources:
             for source in list(sources):
                 source.received(channel, data, pattern)
+                if self.batching:
+                    self.filled.add(source)
+                else:
+                    source.flush()
+
+    def flush(self) -> None:
+        filled, self.filled = self.filled, set()
+        for source in filled:
+            source.flush()
 
 
 @implementer(ISubscription)
@@ -198,6 +220,7 @@ class RedisPubSubSource:
         self.clock = clock
         self.on_stop = on_stop
         self.seq = 0
+        self.batch: list[Message] = []
         self.subscribers: set[PubSubSubscription] = set()
         self.hub: Hub | None = None
 
@@ -249,12 +272,18 @@ class RedisPubSubSource:
                 self.hub.remove(self)
 
     def received(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
-        """One message from Redis: encoded once, delivered to every client."""
+        """One message from Redis, queued for L{flush}."""
         self.seq += 1
         attributes = {"channel": channel.decode("utf-8", "replace")}
         if pattern is not None:
             attributes["pattern"] = pattern.decode("utf-8", "replace")
-        batch = [Message(str(self.seq), self.name, redis.as_json(data), attributes)]
+        self.batch.append(Message(str(self.seq), self.name, redis.as_json(data), attributes))
+
+    def flush(self) -> None:
+        """Deliver what arrived: each message encoded once, one batch per client."""
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
         # A consumer may end its stream (slow policy) while we deliver.
         for sub in list(self.subscribers):
             sub.consumer.deliver(batch)
