@@ -28,7 +28,7 @@ from typing import Any
 import txredisapi
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 
 from streamd import resp
@@ -133,7 +133,11 @@ class RedisConnection:
         endpoint = HostnameEndpoint(self.reactor, s["host"], s["port"],
                                     timeout=s["connect_timeout"])
         if s["tls"]:
-            endpoint = wrapClientTLS(optionsForClientTLS(s["host"]), endpoint)
+            trust = None
+            if s["tls_ca"]:
+                with open(s["tls_ca"], "rb") as f:
+                    trust = Certificate.loadPEM(f.read())
+            endpoint = wrapClientTLS(optionsForClientTLS(s["host"], trustRoot=trust), endpoint)
         return endpoint
 
     def _factory(self, poolsize: int, reply_timeout: float | None, protocol=None) -> _Factory:

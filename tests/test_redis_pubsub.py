@@ -5,7 +5,7 @@ import time
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
-from redis_server import redis_fixture  # noqa: F401
+from redis_server import RedisServer, redis_fixture  # noqa: F401
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -106,3 +106,21 @@ async def test_redis_restart_resubscribes_with_a_gap_notice(redis, serve):
     await wait_until(lambda: server.app.sources["news"].status()[0] == "ok", seconds=2)
     assert (await within(treq.get(server.url + "/health"))).code == 200
     reader.close()
+
+
+@ensure
+async def test_rediss_url_with_a_private_ca(tmp_path, serve):
+    tls = RedisServer(tls_dir=str(tmp_path))  # speaks TLS only
+    tls.start()
+    try:
+        s = settings({"news": {"source": "redis-pubsub", "channels": ["news"]}},
+                     redis={"url": tls.url, "tls_ca": tls.ca})
+        server = await serve(s)
+        reader = await open_stream(server.url + "/streams/news")
+        await wait_until(lambda: numsub(tls, "news") == 1)
+        await publish(server.url + "/streams/news/messages", {"tls": True})
+        items = await reader.wait_for(1)
+        assert items[0]["data"] == {"tls": True}
+        reader.close()
+    finally:
+        tls.stop()
