@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import txredisapi
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -31,6 +30,7 @@ from streamd import redis
 from streamd.errors import Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
+from streamd.sources.redis_reader import Reader
 
 log = Logger()
 
@@ -67,70 +67,25 @@ return n
 
 
 @implementer(ISubscription)
-class ListSubscription:
-    """
-    One client of a list stream, with its own reading connection.
+class ListSubscription(Reader):
+    """One client of a list stream, with its own reading connection."""
 
-    @ivar reading: a read loop is running (at most one at a time).
-    """
-
-    def __init__(self, source: RedisListSource, consumer) -> None:
-        self.source = source
-        self.consumer = consumer
-        self.reader = source.conn.dedicated(source.block)
-        self.paused = False
-        self.cancelled = False
-        self.reading = False
-
-    def _kick(self) -> None:
-        if not (self.reading or self.paused or self.cancelled):
-            self.reading = True
-            Deferred.fromCoroutine(self._read())
-
-    async def _read(self) -> None:
-        try:
-            await self._loop()
-        except Exception:
-            log.failure("redis-list {name}: reader failed", name=self.source.name)
-            if not self.cancelled:
-                # Not a Redis condition we know: retry later rather than spin.
-                self.source.clock.callLater(1.0, self._kick)
-        finally:
-            self.reading = False
-            if self.cancelled:
-                self.reader.close()
-
-    async def _loop(self) -> None:
+    async def read_once(self) -> list:
         src = self.source
-        while not (self.paused or self.cancelled):
-            try:
-                values = await self.reader.command(
-                    "EVAL", TAKE, 2, src.key, src.processing, src.batch)
-                if not values:
-                    value = await self.reader.command(
-                        "BLMOVE", src.key, src.processing, "LEFT", "RIGHT", src.block)
-                    values = [] if value is None else [value]
-            except txredisapi.ConnectionError:
-                # Lost (Redis restarted, reply timeout): the next command waits for
-                # the reconnection. A value moved just before the loss stays in the
-                # processing list until this instance's next start.
-                continue
-            except txredisapi.ResponseError as e:
-                self.consumer.source_ended(f"redis: {e}")
-                return
-            if not values:
-                continue
-            if self.cancelled:
-                src.give_back(values)
-                return
-            self.consumer.deliver([src.message(v) for v in values])
+        values = await self.reader.command("EVAL", TAKE, 2, src.key, src.processing, src.batch)
+        if values:
+            return values
+        value = await self.reader.command(
+            "BLMOVE", src.key, src.processing, "LEFT", "RIGHT", src.block)
+        # A value moved just before a lost connection stays in the processing list
+        # until this instance's next start.
+        return [] if value is None else [value]
 
-    def pause(self) -> None:
-        self.paused = True
+    def received(self, values: list) -> None:
+        self.consumer.deliver([self.source.message(v) for v in values])
 
-    def resume(self) -> None:
-        self.paused = False
-        self._kick()
+    def returned(self, values: list) -> None:
+        self.source.give_back(values)
 
     def ack(self, messages) -> None:
         self.source.remove([m.handle for m in messages])
@@ -143,23 +98,6 @@ class ListSubscription:
     def skip(self, messages) -> None:
         """Filtered out: another client may want them (see L{RedisListSource.skip})."""
         self.source.skip(self, messages)
-
-    def cancel(self) -> None:
-        """
-        Stop reading. A BLMOVE in flight is let finish (at most C{block} seconds) so
-        that what it takes is given back rather than stranded.
-        """
-        if self.cancelled:
-            return
-        self.cancelled = True
-        self.source.subscribers.discard(self)
-        if not self.reading:
-            self.reader.close()
-
-    def close_now(self) -> None:
-        self.cancelled = True
-        self.source.subscribers.discard(self)
-        self.reader.close()
 
 
 @implementer(ISource)
@@ -336,7 +274,7 @@ class RedisListSource:
             raise Unavailable(self.conn.status()[1] or "redis is down")
         sub = ListSubscription(self, consumer)
         self.subscribers.add(sub)
-        sub._kick()
+        sub.start()
         return sub
 
     def publish(self, payloads: list[bytes], params=None) -> Deferred:

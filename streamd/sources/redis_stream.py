@@ -33,6 +33,7 @@ from streamd import redis
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
+from streamd.sources.redis_reader import Reader
 
 log = Logger()
 
@@ -55,7 +56,7 @@ def before(entry_id: bytes) -> str:
 
 
 @implementer(ISubscription)
-class StreamSubscription:
+class StreamSubscription(Reader):
     """
     One client of a stream stream, with its own reading connection.
 
@@ -65,8 +66,7 @@ class StreamSubscription:
 
     def __init__(self, source: RedisStreamSource, consumer, since: str | None,
                  consumer_name: str | None) -> None:
-        self.source = source
-        self.consumer = consumer
+        super().__init__(source, consumer)
         self.since = since
         self.cursor: str | None = None
         self.consumer_name = consumer_name
@@ -77,61 +77,32 @@ class StreamSubscription:
         self.last_claim = float("-inf")
         #: group mode: ids (bytes) delivered to the client and not yet acked or nacked
         self.held: set[bytes] = set()
-        self.reader = source.conn.dedicated(source.block)
-        self.paused = False
-        self.cancelled = False
-        self.reading = False
 
-    def _kick(self) -> None:
-        if not (self.reading or self.paused or self.cancelled):
-            self.reading = True
-            Deferred.fromCoroutine(self._read())
+    async def read_once(self) -> list:
+        if self.source.group:
+            return await self._read_group()
+        return await self._read_cursor()
 
-    async def _read(self) -> None:
-        try:
-            await self._loop()
-        except Exception:
-            log.failure("redis-stream {name}: reader failed", name=self.source.name)
-            if not self.cancelled:
-                # Not a Redis condition we know: retry later rather than spin.
-                self.source.clock.callLater(1.0, self._kick)
-        finally:
-            self.reading = False
-            if self.cancelled:
-                self.reader.close()
+    def recover(self, error) -> bool:
+        if "NOGROUP" not in str(error):
+            return False
+        # The group is gone (Redis restarted without persistence): what the stream
+        # holds now was all added since, so the group is re-created at 0.
+        self.source.group_ready = False
+        self.source.recreate_at = "0"
+        return True
 
-    async def _loop(self) -> None:
+    def received(self, entries: list) -> None:
         src = self.source
-        while not (self.paused or self.cancelled):
-            try:
-                if src.group:
-                    entries = await self._read_group()
-                else:
-                    entries = await self._read_cursor()
-            except txredisapi.ConnectionError:
-                # Lost (Redis restarted, reply timeout): the next command waits for
-                # the reconnection; the position is kept here (cursor) or in Redis.
-                continue
-            except txredisapi.ResponseError as e:
-                if "NOGROUP" in str(e):
-                    # The group is gone (Redis restarted without persistence): what
-                    # the stream holds now was all added since, so read it from 0.
-                    src.group_ready = False
-                    src.recreate_at = "0"
-                    continue
-                self.consumer.source_ended(f"redis: {e}")
-                return
-            if not entries:
-                continue
-            if self.cancelled:
-                src.give_back([e[0] for e in entries])
-                return
-            if src.group:
-                # An entry this client already holds (claimed back from itself) is
-                # not sent twice.
-                entries = [e for e in entries if e[0] not in self.held]
-                self.held.update(e[0] for e in entries)
-            self.consumer.deliver([src.message(eid, fields) for eid, fields in entries])
+        if src.group:
+            # An entry this client already holds (claimed back from itself) is not
+            # sent twice.
+            entries = [e for e in entries if e[0] not in self.held]
+            self.held.update(e[0] for e in entries)
+        self.consumer.deliver([src.message(eid, fields) for eid, fields in entries])
+
+    def returned(self, entries: list) -> None:
+        self.source.give_back([e[0] for e in entries])
 
     async def _read_cursor(self):
         src = self.source
@@ -175,13 +146,6 @@ class StreamSubscription:
             "BLOCK", int(src.block * 1000), "STREAMS", src.key, ">")
         return reply[0][1] if reply else []
 
-    def pause(self) -> None:
-        self.paused = True
-
-    def resume(self) -> None:
-        self.paused = False
-        self._kick()
-
     def ack(self, messages) -> None:
         if self.source.group:
             self._release(messages)
@@ -206,22 +170,8 @@ class StreamSubscription:
             for m in messages:
                 self.source.refused.pop(m.id, None)
 
-    def cancel(self) -> None:
-        """Stop reading; a read in flight finishes (at most C{block} seconds) first."""
-        if self.cancelled:
-            return
-        self._leave()
-        if not self.reading:
-            self.reader.close()
-
-    def close_now(self) -> None:
-        if not self.cancelled:
-            self._leave()
-        self.reader.close()
-
-    def _leave(self) -> None:
-        self.cancelled = True
-        self.source.subscribers.discard(self)
+    def leave(self) -> None:
+        super().leave()
         if self.consumer_name is not None:
             self.source.free_names.append(self.consumer_name)
 
@@ -391,7 +341,7 @@ class RedisStreamSource:
                              '(ms-seq), "$", "0" or "-N"')
         sub = StreamSubscription(self, consumer, since, name)
         self.subscribers.add(sub)
-        sub._kick()
+        sub.start()
         return sub
 
     def message(self, entry_id: bytes, fields: list[bytes]) -> Message:
