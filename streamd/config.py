@@ -261,7 +261,10 @@ def flat_table(keys: list[Key]) -> Callable[[Any, str], dict[str, Any]]:
 
 
 CHANNEL_KEYS = [
-    Key("backend", "enum", "memory", "where channel values live", choices=("memory",)),
+    Key("backend", "enum", "memory", "where channel values live: this process, or Redis "
+        "(shared by several instances)", choices=("memory", "redis")),
+    Key("connection", "str", "default", "the [redis] connection of the redis backend"),
+    Key("prefix", "str", "streamd:channels", "the redis backend's hash (and channel prefix)"),
     Key("idle", "number", 10.0, "seconds without a change before {\"Updates\": false}",
         minimum=0.05),
     Key("expire", "number", 3600.0, "seconds a subscription with no open stream is kept",

@@ -92,12 +92,7 @@ class StreamdService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        defer.maybeDeferred(self.app.events.start).addErrback(
-            lambda f: log.failure("event store failed to start", f))
-        for source in self.app.sources.values():
-            defer.maybeDeferred(source.start).addErrback(
-                lambda f, s=source: log.failure("source {name} failed to start", f,
-                                                name=s.name))
+        defer.ensureDeferred(self.app.start())
         for desc in self.settings["listen"]:
             d = serverFromString(self.reactor, desc).listen(self.site)
             d.addCallbacks(self._listening, self._listen_failed,
@@ -130,21 +125,9 @@ class StreamdService(service.Service):
         super().stopService()
         deadline = self.reactor.seconds() + self.settings["shutdown_timeout"]
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
-        self.app.subscriptions.close()
         transports = [s.request.transport for s in self.app.open_streams]
-        for stream in list(self.app.open_streams):
-            stream.source_ended("shutdown")
-        stops = defer.DeferredList(
-            [defer.maybeDeferred(s.stop) for s in self.app.sources.values()],
-            consumeErrors=True,
-        )
-        remaining = max(0.0, deadline - self.reactor.seconds())
-        try:
-            yield stops.addTimeout(remaining, self.reactor)
-        except defer.TimeoutError:
-            log.warn("sources did not stop within shutdown_timeout")
-        yield defer.maybeDeferred(self.app.events.stop).addErrback(
-            lambda f: log.failure("event store failed to stop", f))
+        yield defer.ensureDeferred(
+            self.app.stop(max(0.0, deadline - self.reactor.seconds())))
         for t in transports:
             if t is not None:
                 t.loseConnection()

@@ -70,9 +70,7 @@ async def serve():
     async def start(s: dict[str, Any] | None = None) -> Server:
         s = s or settings()
         app = StreamdApp(s, reactor)
-        await defer.maybeDeferred(app.events.start)
-        for source in app.sources.values():
-            await defer.maybeDeferred(source.start)
+        await app.start()
         site = make_site(app)
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         server = Server(app, port)
@@ -81,12 +79,7 @@ async def serve():
 
     yield start
     for server in servers:
-        server.app.subscriptions.close()
-        for stream in list(server.app.open_streams):
-            stream.source_ended("shutdown")
-        for source in server.app.sources.values():
-            await defer.maybeDeferred(source.stop)
-        await defer.maybeDeferred(server.app.events.stop)
+        await server.app.stop(TIMEOUT)
         await server.port.stopListening()
 
 

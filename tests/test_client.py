@@ -3,8 +3,11 @@ streamd.client against a real streamd over TCP (the C{serve} fixture): the limit
 switch, reconnection and resumption, errors, back-pressure and acknowledgements.
 """
 
+import json
+
 import pytest
 import pytest_twisted
+import treq
 from conftest import publish, settings, wait_until, within
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
@@ -329,3 +332,49 @@ async def test_switching_off_while_waiting_for_acks_gives_untaken_records_back(s
     assert (await within(done)).count == 2
     await server.wait_open_streams(0)
     assert sub.acked == [] and ids(sub.nacked) == ["1", "2"]  # redelivered later
+
+
+@ensure
+async def test_token_auth_against_a_server_that_checks_it(serve):
+    server = await serve(settings(
+        auth={"mode": "token", "tokens": [
+            {"token": "alice-token", "identity": "alice", "read": ["news"],
+             "publish": ["news"]}]},
+        streams={"news": {"source": "memory", "ack": "client", "max_unacked": 1}}))
+    url = server.url + "/streams/news/messages"
+    for token_param in (False, True):
+        client = make_client(server, "/streams/news", token="alice-token",
+                             token_param=token_param)
+        done = client.start(limit=2)
+        await server.wait_open_streams(1)
+        await publish_as(url, "alice-token", 1, 2)
+        # Two records through a window of one: the acks were authorised too.
+        assert [(await within(client.queue.get())).data for _ in range(2)] == [1, 2]
+        assert (await within(done)).count == 2
+        await server.wait_open_streams(0)
+
+    wrong = make_client(server, "/streams/news", token="mallory")
+    with pytest.raises(ClientError) as e:
+        await within(wrong.start(limit=1))
+    assert e.value.status == 401
+
+
+async def publish_as(url: str, token: str, *values) -> None:
+    body = b"".join(json.dumps(v).encode() + b"\n" for v in values)
+    r = await within(treq.post(url, data=body, headers={
+        "Content-Type": "application/x-ndjson", "Authorization": f"Bearer {token}"}))
+    assert r.code == 202, await treq.content(r)
+
+
+@ensure
+async def test_a_shutdown_notice_means_reconnect_and_an_end_notice_means_done(serve):
+    server = await serve()
+    client = make_client(server, "/streams/news")
+    done = client.start()
+    await server.wait_open_streams(1)
+    the_stream(server).source_ended("shutdown")  # {"shutdown": true}, then a clean end
+    await wait_until(lambda: client.reconnects == 1 and len(server.app.open_streams) == 1)
+    assert not done.called
+    the_stream(server).source_ended("queue deleted")  # {"end": {...}}: for good
+    result = await within(done)
+    assert (result.reason, result.reconnects) == ("ended", 1)

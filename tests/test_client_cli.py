@@ -38,6 +38,7 @@ def streamd(tmp_path_factory):
     finally:
         proc.kill()
         proc.wait(10)
+        proc.stdout.close()
 
 
 def open_streams(base: str) -> int:

@@ -11,10 +11,11 @@ command-line tools (L{streamd.client.cli}).
 """
 
 from streamd.client.blocking import read
-from streamd.client.client import Backoff, ClientError, GaveUp, Result, StreamClient
+from streamd.client.client import Backoff, StreamClient
 from streamd.client.queues import IRecordQueue, MemoryQueue, RedisQueue
 from streamd.client.records import Notice, Record
 from streamd.client.redis import RedisLink
+from streamd.client.results import ClientError, GaveUp, Result
 from streamd.client.state import IClientState, MemoryState, RedisState
 
 __all__ = [

@@ -26,7 +26,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.web.client import Agent
 
-from streamd.client.client import ClientError, GaveUp, StreamClient, error_message
+from streamd.client.client import StreamClient
+from streamd.client.results import ClientError, GaveUp, error_message
 
 
 def _tail_parser() -> argparse.ArgumentParser:
@@ -39,12 +40,16 @@ def _tail_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="resume after this record id")
     p.add_argument("--max-retries", type=int,
                    help="give up after this many failed connection attempts in a row")
+    p.add_argument("--idle-timeout", type=float,
+                   help="reconnect after this many seconds without a byte (streamd sends "
+                        "a heartbeat every 15 s by default)")
     return p
 
 
 async def _tail(reactor, args) -> None:
     client = StreamClient(args.url, reactor=reactor, sse=args.sse, token=args.token,
-                          since=args.since, max_retries=args.max_retries)
+                          since=args.since, max_retries=args.max_retries,
+                          idle_timeout=args.idle_timeout)
     out = sys.stdout.buffer
 
     async def consume() -> None:

@@ -12,7 +12,6 @@ limit of N hands over exactly N.
 
 from __future__ import annotations
 
-import json
 import random as _random
 from collections import deque
 from collections.abc import Callable
@@ -27,59 +26,16 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from streamd.client.acks import Acks
 from streamd.client.queues import MemoryQueue
 from streamd.client.records import Notice, Record, SSEParser, parser_for
+from streamd.client.results import ClientError, GaveUp, Result, error_message
 from streamd.client.state import MemoryState
 
 log = Logger()
 
 #: Statuses that are worth retrying although they are 4xx.
 RETRY_4XX = frozenset({408, 425, 429})
-
-
-@attrs.frozen
-class Result:
-    """
-    How a run ended.
-
-    @ivar count: records handed over in this run.
-    @ivar reason: C{"limit"} (N handed over), C{"off"} (the switch), C{"stopped"}
-        (L{StreamClient.stop} or a cancelled run), C{"ended"} (the server ended the
-        stream: its own limit, its source ended).
-    @ivar last_id: the id of the last record handed over (to resume from later).
-    @ivar reconnects: connections made after the first.
-    @ivar gaps: gap notices the server sent (records it could not replay).
-    """
-
-    count: int
-    reason: str
-    last_id: str | None = None
-    reconnects: int = 0
-    gaps: int = 0
-
-
-class ClientError(Exception):
-    """
-    The server refused the stream (a 4xx, or a status the client cannot use): retrying
-    would not help. C{result} says what the run handed over before.
-    """
-
-    def __init__(self, status: int, message: str, url: str, result: Result | None = None):
-        super().__init__(f"{url}: {status} {message}")
-        self.status = status
-        self.message = message
-        self.url = url
-        self.result = result
-
-
-class GaveUp(Exception):
-    """C{max_retries} consecutive connection attempts failed."""
-
-    def __init__(self, attempts: int, last_error: str, result: Result | None = None):
-        super().__init__(f"gave up after {attempts} attempts: {last_error}")
-        self.attempts = attempts
-        self.last_error = last_error
-        self.result = result
 
 
 @attrs.frozen
@@ -98,15 +54,6 @@ class Backoff:
     def delay(self, attempt: int, rand: Callable[[], float]) -> float:
         base = min(self.maximum, self.initial * self.factor ** min(attempt - 1, 64))
         return base * (1.0 - self.jitter * rand())
-
-
-def error_message(body: bytes) -> str:
-    """streamd's C{{"error": {"message"}}}, or the start of any other body."""
-    try:
-        value = json.loads(body)
-        return str(value["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return body[:300].decode("utf-8", "replace").strip() or "(no body)"
 
 
 class _Body(Protocol):
@@ -250,12 +197,11 @@ class StreamClient:
         self._waiting: Deferred | None = None  # a connect or backoff sleep to cancel
         self._outcome: Deferred | None = None  # fires when the connection ends or we halt
         self._room: Deferred | None = None
+        self._drained: Deferred | None = None  # a clean end waits for pending to go
         self._counting: list[Deferred] = []
-        # acks: records handed over with a session and not yet acknowledged
-        self._outstanding = 0
-        self._to_ack: dict[str, list[str]] = {}
-        self._ack_call = None
-        self._acks_idle: Deferred | None = None
+        self.acks = Acks(self.http, reactor, self.ack_url, self.auth_headers,
+                         self.auth_params, connect_timeout)
+        self._waiting_acks = False
 
     # -- public ------------------------------------------------------------------------
 
@@ -291,10 +237,7 @@ class StreamClient:
 
     def ack(self, records: list[Record]) -> None:
         """Acknowledge records (for C{ack="manual"}); records of no session are ignored."""
-        for r in records:
-            if r.session is not None and r.id is not None:
-                self._to_ack.setdefault(r.session, []).append(r.id)
-        self._schedule_acks()
+        self.acks.ack(records)
 
     # -- the run -----------------------------------------------------------------------
 
@@ -314,6 +257,11 @@ class StreamClient:
                 if self._reason is not None:
                     break
                 if outcome == "ended":
+                    if self._pending:
+                        # The end came with records still waiting for queue room:
+                        # hand them over first (unless the limit or switch stops us).
+                        self._drained = Deferred()
+                        await self._drained
                     self._halt("ended")
                     break
                 attempt = 1 if connected else attempt + 1
@@ -332,10 +280,11 @@ class StreamClient:
                 finally:
                     self._waiting = None
                 self.reconnects += 1
-            if self._reason == "limit" and self._outstanding:
+            if self._reason == "limit" and self.acks.outstanding:
                 # Keep the session open until the N records are acknowledged.
-                self._acks_idle = Deferred()
-                await self._acks_idle
+                self._waiting_acks = True
+                await self.acks.when_idle()
+                self._waiting_acks = False
             return self._result(self._reason or "stopped")
         finally:
             self._close_transport()
@@ -471,8 +420,7 @@ class StreamClient:
             handed += 1
             if record.id is not None:
                 self.last_id = record.id
-            if record.session is not None:
-                self._outstanding += 1
+            self.acks.handed(record)
             d = queue.put(record)
             if isinstance(d, Deferred):
                 d.addErrback(self._queue_failed)
@@ -485,8 +433,15 @@ class StreamClient:
                 d.addErrback(lambda f: log.failure("counter", f))
         if self.limit is not None and self.count >= self.limit:
             self._halt("limit")
-        elif not pending and self._room is None:
-            self._resume()
+        elif not pending:
+            if self._room is None:
+                self._resume()
+            self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.called:
+            drained.callback(None)
 
     def _counted(self, result, d: Deferred):
         if d in self._counting:
@@ -524,16 +479,16 @@ class StreamClient:
             return
         if self._reason is not None:
             # Already ending: the switch or stop() still cut short a wait for acks.
-            if reason != "limit" and self._acks_idle is not None and \
-                    not self._acks_idle.called:
-                self._acks_idle.callback(None)
+            if reason != "limit" and self._waiting_acks:
+                self.acks.stop_waiting()
             return
         self._reason = reason
+        self._fire_drained()
         if self._waiting is not None:
             self._waiting.cancel()
         if self._outcome is not None and not self._outcome.called:
             self._outcome.callback(reason)
-        if reason == "limit" and self._outstanding:
+        if reason == "limit" and self.acks.outstanding:
             self._pause()  # held open for the acks; closed at the end of the run
         else:
             self._close_transport()
@@ -550,37 +505,4 @@ class StreamClient:
 
     def _taken(self, records: list[Record]) -> None:
         if self.ack_mode == "auto":
-            self.ack(records)
-
-    def _schedule_acks(self) -> None:
-        # Acks of one reactor turn (a burst of gets) go in one request.
-        if self._to_ack and self._ack_call is None:
-            self._ack_call = self.reactor.callLater(0, self._send_acks)
-
-    def _send_acks(self) -> None:
-        self._ack_call = None
-        batches, self._to_ack = self._to_ack, {}
-        for session, ids in batches.items():
-            d = self.http.post(self.ack_url, json={"session": session, "ids": ids},
-                               headers=self.auth_headers, params=self.auth_params,
-                               timeout=self.connect_timeout, reactor=self.reactor)
-            d.addCallback(self._ack_answered, len(ids))
-            d.addErrback(lambda f: log.warn("ack failed: {e}", e=f.getErrorMessage()))
-            d.addBoth(self._acked, len(ids))
-
-    def _ack_answered(self, response, n: int) -> Deferred:
-        def check(body: bytes) -> None:
-            if response.code != 200:
-                # 404: the session ended (the stream reconnected); the server gave those
-                # records back to its source, which redelivers them if it is durable.
-                log.info("ack of {n} records: {code} {message}", n=n, code=response.code,
-                         message=error_message(body))
-
-        return treq.content(response).addCallback(check)
-
-    def _acked(self, _result, n: int) -> None:
-        self._outstanding = max(0, self._outstanding - n)
-        if not self._outstanding and self._acks_idle is not None and \
-                not self._acks_idle.called:
-            self._acks_idle.callback(None)
-
+            self.acks.ack(records)

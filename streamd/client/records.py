@@ -23,6 +23,9 @@ SSE_NOTICES = {"gap": "gap", "dropped": "dropped", "stream-error": "error",
                "shutdown": "shutdown", "end": "end"}
 
 
+_decode = json.JSONDecoder().decode
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -53,8 +56,9 @@ class Record:
     def from_line(cls, line: bytes) -> Record:
         """A record from one NDJSON line (what L{line} holds)."""
         try:
-            value = json.loads(line)
-        except ValueError:
+            # The decoder itself: json.loads would sniff the bytes' encoding per line.
+            value = _decode(line.decode())
+        except ValueError:  # UnicodeDecodeError included
             return cls(None, line.decode("utf-8", "replace"), line)
         mid = None
         data = value

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import DeferredList, TimeoutError, maybeDeferred
 from twisted.logger import Logger
 
 from streamd import __version__, config, filters, framing, metrics
@@ -48,6 +48,9 @@ from streamd.web.events import EventsAPI
 
 log = Logger()
 
+#: Seconds between sweeps for dynamic streams that are no longer used.
+REAP_INTERVAL = 60.0
+
 
 class StreamdApp:
     """
@@ -75,14 +78,62 @@ class StreamdApp:
         self.sessions: dict[str, Stream] = {}
         self.auth = Auth.from_settings(settings["auth"])
         self.connections: Counter[str] = Counter()  # open streams per identity
-        self.channels = MemoryChannels()
+        self.channels = self._channel_store(settings["channels"])
         self.subscriptions = Subscriptions(self.channels, reactor,
                                            settings["channels"]["expire"],
                                            settings["channels"]["max_channels"])
+        self._reaper = None
         self.events = EventsAPI(settings, reactor, open_streams=self.open_streams)
+
+    def _channel_store(self, table: dict[str, Any]):
+        if table["backend"] != "redis":
+            return MemoryChannels()
+        from streamd import redis
+        from streamd.channels_redis import RedisChannels
+
+        conn = redis.acquire(self.services, {"connection": table["connection"],
+                                             "name": "channels"})
+        return RedisChannels(conn, self.reactor, table["prefix"])
 
     def resource(self):
         return self.app.resource()
+
+    async def start(self) -> None:
+        """Start what the app stands on: the event store, the sources, the channels."""
+
+        async def one(what, start) -> None:
+            try:
+                await maybeDeferred(start)
+            except Exception:
+                log.failure("{what} failed to start", what=what)
+
+        self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
+        await one("the event store", self.events.start)
+        for name, source in self.sources.items():
+            await one(f"source {name}", source.start)
+        if hasattr(self.channels, "start"):
+            await one("the channel store", self.channels.start)
+
+    async def stop(self, timeout: float) -> None:
+        """
+        End every open stream (a C{shutdown} line: they give back what they did not
+        write), then stop the sources (they return what they hold) and the stores,
+        within C{timeout} seconds.
+        """
+        self.subscriptions.close()
+        if self._reaper is not None and self._reaper.active():
+            self._reaper.cancel()
+        for stream in list(self.open_streams):
+            stream.source_ended("shutdown")
+        stops = [maybeDeferred(s.stop) for s in self.sources.values()]
+        stops.append(maybeDeferred(self.events.stop))
+        if hasattr(self.channels, "stop"):
+            stops.append(maybeDeferred(self.channels.stop))
+        done = DeferredList(stops, consumeErrors=True)
+        try:
+            await done.addTimeout(timeout, self.reactor)
+        except TimeoutError:
+            log.warn("sources did not stop within shutdown_timeout")
 
     def identify(self, request, action: str | None = None, name: str | None = None):
         """Who is asking (401 if that cannot be told); with C{action}, 403 unless allowed."""
@@ -108,6 +159,22 @@ class StreamdApp:
         source = self.sources[name] = make_source(settings, self.services)
         source.start()
         return source, settings
+
+    def _reap(self) -> None:
+        self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
+        self.reap_unused()
+
+    def reap_unused(self) -> None:
+        """
+        Forget dynamic memory streams that nobody reads and whose resume buffer has
+        expired, so that names used once do not accumulate.
+        """
+        for name in [n for n in self.sources if n not in self.settings["streams"]]:
+            source = self.sources[name]
+            source._expire()
+            if not source.subscribers and not source.recent:
+                del self.sources[name]
+                del self.stream_settings[name]
 
     def source_statuses(self) -> dict[str, Any]:
         out = {}
