@@ -305,6 +305,37 @@ def acquire(services, stream: dict[str, Any]) -> RedisConnection:
     return conn
 
 
+class Faults:
+    """
+    A Redis source's reconnections and errors, counted in C{/metrics}
+    (C{streamd_source_reconnects}, C{streamd_source_errors}) when the app has metrics.
+    """
+
+    def __init__(self, services, stream: str, kind: str, conn: RedisConnection) -> None:
+        m = getattr(services, "metrics", None)
+        self.reconnects = m.source_reconnects.labels(stream, kind) if m else None
+        self.errors = m.source_errors.labels(stream, kind) if m else None
+        self.conn = conn
+        self.was_down = False
+        conn.listeners.append(self._changed)
+
+    def _changed(self, up: bool) -> None:
+        if not up:
+            self.was_down = True
+        elif self.was_down:
+            self.was_down = False
+            if self.reconnects is not None:
+                self.reconnects.inc()
+
+    def error(self) -> None:
+        if self.errors is not None:
+            self.errors.inc()
+
+    def close(self) -> None:
+        if self._changed in self.conn.listeners:
+            self.conn.listeners.remove(self._changed)
+
+
 def release(services, conn: RedisConnection):
     """Give back a connection from L{acquire}; the last user closes it."""
     conn.users -= 1

@@ -47,8 +47,11 @@ class RedisServer:
     @ivar proc: the running process, or None while stopped.
     """
 
-    def __init__(self, port: int | None = None, tls_dir: str | None = None) -> None:
+    def __init__(self, port: int | None = None, tls_dir: str | None = None,
+                 persist_dir: str | None = None) -> None:
         self.port = port or free_port()
+        #: with an append-only file here (fsync'd at every write), data survives a restart
+        self.persist_dir = persist_dir
         self.proc: subprocess.Popen | None = None
         #: with TLS only (the port speaks TLS): the CA that signed the server's
         #: certificate for "localhost" (see L{make_certificates})
@@ -73,8 +76,10 @@ class RedisServer:
         """Start the server and return once it accepts connections (bounded wait)."""
         assert self.proc is None, "already running"
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, *self._listen_args(), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            [REDIS_SERVER, *self._listen_args(), "--bind", "127.0.0.1", "--save", "",
+             *(["--appendonly", "yes", "--appendfsync", "always", "--dir", self.persist_dir]
+               if self.persist_dir else ["--appendonly", "no"]),
+             "--daemonize", "no"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         # Wait on the server's own "ready" log line, not on a fixed delay.

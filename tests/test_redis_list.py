@@ -19,7 +19,7 @@ from conftest import (
     wait_until,
     within,
 )
-from redis_server import redis_fixture  # noqa: F401
+from redis_server import RedisServer, redis_fixture  # noqa: F401
 from test_daemon import start as start_daemon
 from twisted.internet import defer
 
@@ -174,6 +174,31 @@ async def test_redis_restart_during_a_stream(redis, serve):
     items = await reader.wait_for(2)
     assert items[1]["data"] == 2
     reader.close()
+
+
+@ensure
+async def test_acks_across_a_redis_restart_nothing_lost_nothing_dropped(tmp_path, serve):
+    redis = RedisServer(persist_dir=str(tmp_path))  # keeps its data over a restart
+    redis.start()
+    try:
+        server = await serve(config(redis, ack="client", heartbeat=0))
+        redis.command("RPUSH", "jobs", "1", "2", "3", "4")
+        reader = await open_stream(server.url + "/streams/jobs")
+        items = await reader.wait_for(4)
+        await ack(server, reader, [items[0]["id"]])
+        await wait_until(lambda: llen(redis, PROCESSING) == 3)
+        redis.restart()
+        await wait_until(lambda: server.app.sources["jobs"].status()[0] == "ok")
+        # Acknowledged after the restart: removed; the reader goes on where it was.
+        await ack(server, reader, [items[1]["id"], items[2]["id"]])
+        await wait_until(lambda: llen(redis, PROCESSING) == 1)
+        redis.command("RPUSH", "jobs", "5")
+        assert (await reader.wait_for(5))[4]["data"] == 5
+        reader.close()  # 4 and 5 were never acknowledged: back in the list, in order
+        await wait_until(lambda: llen(redis, PROCESSING) == 0)
+        assert redis.command("LRANGE", "jobs", 0, -1) == [b"4", b"5"]
+    finally:
+        redis.stop()
 
 
 @ensure

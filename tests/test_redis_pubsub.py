@@ -1,7 +1,9 @@
 """redis-pubsub end to end: a private redis-server, streamd in-process, real HTTP clients."""
 
+import shutil
 import time
 
+import pytest
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
@@ -105,9 +107,13 @@ async def test_redis_restart_resubscribes_with_a_gap_notice(redis, serve):
     assert items[2]["data"] == 2
     await wait_until(lambda: server.app.sources["news"].status()[0] == "ok", seconds=2)
     assert (await within(treq.get(server.url + "/health"))).code == 200
+    metrics = await (await within(treq.get(server.url + "/metrics"))).text()
+    assert ('streamd_source_reconnects_total{source="redis-pubsub",stream="news"} 1.0'
+            in metrics)
     reader.close()
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
 @ensure
 async def test_rediss_url_with_a_private_ca(tmp_path, serve):
     tls = RedisServer(tls_dir=str(tmp_path))  # speaks TLS only

@@ -6,7 +6,7 @@ import time
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
-from redis_server import redis_fixture  # noqa: F401
+from redis_server import RedisServer, redis_fixture  # noqa: F401
 from test_redis_list import idle, reads
 
 ensure = pytest_twisted.ensureDeferred
@@ -222,3 +222,33 @@ async def test_group_mode_filtered_clients_share_the_entries(redis, serve):
     await wait_until(lambda: redis.command("XPENDING", "events", "workers")[0] == 0)
     ra.close()
     rb.close()
+
+
+@ensure
+async def test_group_acks_across_a_redis_restart(tmp_path, serve):
+    redis = RedisServer(persist_dir=str(tmp_path))  # keeps its data over a restart
+    redis.start()
+    try:
+        server = await serve(config(redis, group="workers", ack="client", heartbeat=0))
+        reader = await open_stream(server.url + "/streams/events")
+        await wait_until(lambda: "cmd=xreadgroup" in redis.cli("CLIENT", "LIST"))
+        ids = [xadd(redis, str(n)) for n in range(3)]
+        await reader.wait_for(3)
+        redis.restart()
+        await wait_until(lambda: server.app.sources["events"].status()[0] == "ok")
+        session = reader.response.headers.getRawHeaders("streamd-session")[0]
+        resp = await within(treq.post(
+            server.url + "/streams/events/ack",
+            json.dumps({"session": session, "ids": ids[:2]}).encode(),
+            headers={"Content-Type": "application/json"}))
+        assert (await treq.json_content(resp))["acked"] == 2
+        await wait_until(lambda: redis.command("XPENDING", "events", "workers")[0] == 1)
+        later = xadd(redis, "3")
+        assert (await reader.wait_for(4))[3]["id"] == later  # reading goes on
+        reader.close()
+        await server.wait_open_streams(0)
+        again = await open_stream(server.url + "/streams/events?ack=write&limit=2")
+        await within(again.done)  # the unacknowledged two, for the next client
+        assert sorted(m["id"] for m in again.items) == [ids[2], later]
+    finally:
+        redis.stop()

@@ -106,6 +106,7 @@ class RedisListSource:
 
     kind = "redis-list"
     durable = True
+    faults: redis.Faults | None = None
 
     def __init__(self, name: str, conn: redis.RedisConnection, key: str, instance: str,
                  clock, block: float = 1.0, batch: int = 10, instance_ttl: float = 15.0,
@@ -136,9 +137,11 @@ class RedisListSource:
     def from_config(cls, settings: dict[str, Any], services) -> RedisListSource:
         conn = redis.acquire(services, settings)
         instance = settings["instance"] or redis.default_instance(services.settings)
-        return cls(settings["name"], conn, settings["key"], instance, services.reactor,
+        source = cls(settings["name"], conn, settings["key"], instance, services.reactor,
                    settings["block"], settings["batch"], settings["instance_ttl"],
                    lambda: redis.release(services, conn))
+        source.faults = redis.Faults(services, settings["name"], cls.kind, conn)
+        return source
 
     def start(self):
         """
@@ -225,6 +228,8 @@ class RedisListSource:
             self.parked.add(call)
 
     def _lost(self, failure, what: str) -> None:
+        if self.faults is not None:
+            self.faults.error()
         # The message stays in the processing list: moved back at the next start.
         log.warn("redis-list {name}: {what} failed: {e}", name=self.name, what=what,
                  e=failure.getErrorMessage())
@@ -253,6 +258,8 @@ class RedisListSource:
                 await cleanup
             except Exception as e:
                 log.warn("redis-list {name}: clean stop failed: {e}", name=self.name, e=e)
+        if self.faults is not None:
+            self.faults.close()
         if self.on_stop:
             await maybeDeferred(self.on_stop)
 

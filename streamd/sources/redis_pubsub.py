@@ -210,6 +210,7 @@ class RedisPubSubSource:
 
     kind = "redis-pubsub"
     durable = False
+    faults: redis.Faults | None = None
 
     def __init__(self, name: str, conn: redis.RedisConnection, channels: list[str],
                  patterns: list[str], clock, on_stop=None) -> None:
@@ -232,8 +233,10 @@ class RedisPubSubSource:
             raise ConfigError(f"streams.{settings['name']}.channels",
                               "give channels and/or patterns to subscribe to")
         conn = redis.acquire(services, settings)
-        return cls(settings["name"], conn, settings["channels"], settings["patterns"],
+        source = cls(settings["name"], conn, settings["channels"], settings["patterns"],
                    services.reactor, lambda: redis.release(services, conn))
+        source.faults = redis.Faults(services, settings["name"], cls.kind, conn)
+        return source
 
     def start(self):
         """Open the subscriber connection; fires once up (or after connect_timeout)."""
@@ -245,6 +248,8 @@ class RedisPubSubSource:
             sub.consumer.source_ended("shutdown")
         for sub in list(self.subscribers):
             self.leave(sub)
+        if self.faults is not None:
+            self.faults.close()
         return self.on_stop() if self.on_stop else None
 
     def status(self) -> tuple[str, str | None]:

@@ -181,6 +181,7 @@ class RedisStreamSource:
     """One Redis stream, in cursor or group mode (see the module doc)."""
 
     kind = "redis-stream"
+    faults: redis.Faults | None = None
 
     def __init__(self, name: str, conn: redis.RedisConnection, key: str, clock, *,
                  group: str = "", instance: str = "", start: str = "$",
@@ -216,11 +217,13 @@ class RedisStreamSource:
     def from_config(cls, settings: dict[str, Any], services) -> RedisStreamSource:
         conn = redis.acquire(services, settings)
         instance = settings["instance"] or redis.default_instance(services.settings)
-        return cls(settings["name"], conn, settings["key"], services.reactor,
+        source = cls(settings["name"], conn, settings["key"], services.reactor,
                    group=settings["group"], instance=instance, start=settings["start"],
                    block=settings["block"], batch=settings["batch"],
                    claim_idle=settings["claim_idle"], maxlen=settings["maxlen"],
                    field=settings["field"], on_stop=lambda: redis.release(services, conn))
+        source.faults = redis.Faults(services, settings["name"], cls.kind, conn)
+        return source
 
     def start(self):
         """Create the group if needed; fires once Redis answers (or after connect_timeout)."""
@@ -312,6 +315,8 @@ class RedisStreamSource:
         return Deferred.fromCoroutine(self._release())
 
     async def _release(self) -> None:
+        if self.faults is not None:
+            self.faults.close()
         if self.on_stop:
             await maybeDeferred(self.on_stop)
 
@@ -390,6 +395,8 @@ class RedisStreamSource:
             ).addErrback(self._lost, "skip")
 
     def _lost(self, failure, what: str) -> None:
+        if self.faults is not None:
+            self.faults.error()
         # Still pending in the group: claimed by XAUTOCLAIM after claim_idle.
         log.warn("redis-stream {name}: {what} failed: {e}", name=self.name, what=what,
                  e=failure.getErrorMessage())
