@@ -11,6 +11,9 @@ created on first use and kept in C{services.shared}. It holds:
     every unrelated command behind it;
   - on request, subscriber connections for pub/sub.
 
+Also here: how a Redis value becomes a message body (L{as_json}), and the bookkeeping
+of the sources that share it (L{acquire}, L{release}, L{Faults}).
+
 Every connection is bytes-exact (C{charset=None}: no decoding;
 C{convertNumbers=False}: "007" stays "007") and reconnects with a short backoff
 (C{reconnect_initial}, growing to C{reconnect_max}: txredisapi's own default grows
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
@@ -84,10 +87,6 @@ class Dedicated:
     def __init__(self, owner: RedisConnection, factory: _Factory) -> None:
         self.owner = owner
         self.factory = factory
-
-    @property
-    def up(self) -> bool:
-        return self.factory.size > 0
 
     def command(self, *args):
         """Send one command; a Deferred of its reply (bytes, ints, lists)."""
@@ -217,8 +216,6 @@ class RedisConnection:
             self.factories.remove(factory)
 
     def close(self):
-        from twisted.internet.defer import gatherResults
-
         factories, self.factories = self.factories, []
         return gatherResults([f.disconnect() for f in factories], consumeErrors=True)
 
@@ -240,41 +237,9 @@ def json_object(value: dict[str, Any]) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def param(params: Any, name: str) -> str | None:
-    """One query parameter of a publish request (a list of values or a value)."""
-    value = (params or {}).get(name)
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    if isinstance(value, bytes):
-        value = value.decode()
-    return value
-
-
-#: Seconds a message that no client's filter wants waits before it goes back to Redis
-#: (given back at once, the same readers would take it again at once, for ever).
-SKIP_DELAY = 5.0
-
-
-def share_out(skipper, subscribers, messages, refused: dict[str, set]):
-    """
-    Queue delivery of messages C{skipper}'s filter rejected: offer each to another
-    reading client that has not refused it yet. Returns C{({client: [messages]},
-    unwanted)}; C{refused} (message id -> clients) remembers who said no, and
-    forgets a message that nobody wants.
-    """
-    others = [s for s in subscribers if s is not skipper and not s.cancelled and not s.paused]
-    offers: dict[Any, list] = {}
-    unwanted = []
-    for m in messages:
-        said_no = refused.setdefault(m.id, set())
-        said_no.add(skipper)
-        target = next((s for s in others if s not in said_no), None)
-        if target is None:
-            del refused[m.id]
-            unwanted.append(m)
-        else:
-            offers.setdefault(target, []).append(m)
-    return offers, unwanted
+def param(params: dict[str, str] | None, name: str) -> str | None:
+    """One query parameter of a publish request."""
+    return (params or {}).get(name)
 
 
 def default_instance(settings: dict[str, Any]) -> str:

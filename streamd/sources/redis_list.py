@@ -30,7 +30,7 @@ from streamd import redis
 from streamd.errors import Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
-from streamd.sources.redis_reader import Reader
+from streamd.sources.redis_reader import SKIP_DELAY, Reader, share_out
 
 log = Logger()
 
@@ -212,10 +212,10 @@ class RedisListSource:
     def skip(self, sub: ListSubscription, messages) -> None:
         """
         A client's filter rejected these: offered to the other clients; a message no
-        client wants stays held for L{redis.SKIP_DELAY} seconds, then goes back to
+        client wants stays held for L{SKIP_DELAY} seconds, then goes back to
         the list (at once, the readers would only take it again).
         """
-        offers, unwanted = redis.share_out(sub, self.subscribers, messages, self.refused)
+        offers, unwanted = share_out(sub, self.subscribers, messages, self.refused)
         for target, msgs in offers.items():
             target.consumer.deliver(msgs)
         if unwanted:
@@ -224,7 +224,7 @@ class RedisListSource:
             def unpark():
                 self.parked.discard(call)
                 self.give_back(handles)
-            call = self.clock.callLater(redis.SKIP_DELAY, unpark)
+            call = self.clock.callLater(SKIP_DELAY, unpark)
             self.parked.add(call)
 
     def _lost(self, failure, what: str) -> None:

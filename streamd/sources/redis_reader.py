@@ -1,6 +1,7 @@
 """
 L{Reader}: what the C{redis-list} and C{redis-stream} subscriptions share, the read loop
-of one client on a Redis connection of its own.
+of one client on a Redis connection of its own; and L{share_out}, how those queue
+sources pass on a message one client's filter rejected.
 
 A blocking read (BLMOVE, XREAD BLOCK) holds its connection, so each client has one. One
 loop runs at a time and none while the client is paused: a paused client issues no
@@ -11,11 +12,39 @@ waited out (the next command waits for the reconnection).
 
 from __future__ import annotations
 
+from typing import Any
+
 import txredisapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 log = Logger()
+
+#: Seconds a message that no client's filter wants waits before it goes back to Redis
+#: (given back at once, the same readers would take it again at once, for ever).
+SKIP_DELAY = 5.0
+
+
+def share_out(skipper, subscribers, messages, refused: dict[str, set]):
+    """
+    Queue delivery of messages C{skipper}'s filter rejected: offer each to another
+    reading client that has not refused it yet. Returns C{({client: [messages]},
+    unwanted)}; C{refused} (message id -> clients) remembers who said no, and
+    forgets a message that nobody wants.
+    """
+    others = [s for s in subscribers if s is not skipper and not s.cancelled and not s.paused]
+    offers: dict[Any, list] = {}
+    unwanted = []
+    for m in messages:
+        said_no = refused.setdefault(m.id, set())
+        said_no.add(skipper)
+        target = next((s for s in others if s not in said_no), None)
+        if target is None:
+            del refused[m.id]
+            unwanted.append(m)
+        else:
+            offers.setdefault(target, []).append(m)
+    return offers, unwanted
 
 
 class Reader:

@@ -33,7 +33,7 @@ from streamd import redis
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
-from streamd.sources.redis_reader import Reader
+from streamd.sources.redis_reader import Reader, share_out
 
 log = Logger()
 
@@ -383,7 +383,7 @@ class RedisStreamSource:
         an entry no client wants stays pending in the group, claimable by any
         streamd's XAUTOCLAIM after C{claim_idle}.
         """
-        offers, unwanted = redis.share_out(sub, self.subscribers, messages, self.refused)
+        offers, unwanted = share_out(sub, self.subscribers, messages, self.refused)
         for target, msgs in offers.items():
             # Its refresh makes the entry the target's in the group.
             target.held.update(m.handle.encode() for m in msgs)
