@@ -6,7 +6,7 @@ Broadcast and at-most-once: every client gets every message published while it i
 connected, nothing is kept, and nothing is delivered twice. Redis cannot be paused
 per subscriber without starving the others, so a slow client's messages queue in its
 stream (C{max_pending}) and its C{slow_policy} decides what it gets when the queue is
-full: disconnected, or the oldest messages dropped with a gap notice.
+full: disconnected, or the oldest messages dropped (it is told how many).
 
 One subscriber connection per Redis connection serves every pub/sub stream on it
 (L{Hub}); a channel is subscribed while at least one client wants it and
@@ -24,6 +24,7 @@ from twisted.internet.defer import gatherResults
 from zope.interface import implementer
 
 from streamd import redis, resp
+from streamd.config import ConfigError
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
@@ -228,8 +229,6 @@ class RedisPubSubSource:
     @classmethod
     def from_config(cls, settings: dict[str, Any], services) -> RedisPubSubSource:
         if not settings["channels"] and not settings["patterns"]:
-            from streamd.config import ConfigError
-
             raise ConfigError(f"streams.{settings['name']}.channels",
                               "give channels and/or patterns to subscribe to")
         conn = redis.acquire(services, settings)
