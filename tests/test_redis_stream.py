@@ -92,6 +92,14 @@ async def test_start_positions_and_trimmed_gap(redis, serve):
     await within(trimmed.done)
     assert trimmed.items[0] == {"gap": {"since": ids[0], "missed": None, "reason": "trimmed"}}
     assert [m["data"] for m in trimmed.items[1:]] == [4, 5]
+    # An id from the future (the stream was re-created): said so, then new entries.
+    future = await open_stream(server.url + "/streams/events?since=99999999999999-0&limit=1")
+    await wait_until(lambda: bool(future.items))
+    assert future.items[0]["gap"]["reason"] == "unknown id"
+    await wait_until(lambda: "cmd=xread" in redis.cli("CLIENT", "LIST"))
+    xadd(redis, "6")
+    await within(future.done)
+    assert future.items[1]["data"] == 6
     bad = await within(treq.get(server.url + "/streams/events?since=yesterday"))
     assert bad.code == 400
 

@@ -296,8 +296,11 @@ class RedisStreamSource:
         first = info.get(b"recorded-first-entry-id") or b"0-0"
         after = parse_id(since)
         if after > last:
+            # Not an id of this stream (it was re-created, say): go on with new entries
+            # rather than wait for the clock to pass that id.
             consumer.gap({"since": since, "missed": None, "reason": "unknown id"})
-        elif after < deleted:
+            return info[b"last-generated-id"].decode()
+        if after < deleted:
             consumer.gap({"since": since, "missed": None, "reason": "deleted"})
         elif after < parse_id(first.decode()) and not await self.conn.command(
                 "XRANGE", self.key, since, since):
