@@ -163,15 +163,18 @@ class Hub:
         if sources:
             for source in list(sources):
                 source.received(channel, data, pattern)
-                if self.batching:
-                    self.filled.add(source)
-                else:
-                    source.flush()
+                self.filled.add(source)
+            if not self.batching:
+                self.flush()
 
     def flush(self) -> None:
+        """End of a read: listeners that batch (pub/sub sources) deliver now."""
         filled, self.filled = self.filled, set()
         for source in filled:
-            source.flush()
+            # Other listeners (the Redis channels store) take each message as it comes.
+            flush = getattr(source, "flush", None)
+            if flush is not None:
+                flush()
 
 
 @implementer(ISubscription)
