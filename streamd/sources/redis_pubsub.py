@@ -26,8 +26,9 @@ from zope.interface import implementer
 from streamd import redis, resp
 from streamd.config import ConfigError
 from streamd.errors import BadRequest, Unavailable
-from streamd.interfaces import ISource, ISubscription
+from streamd.interfaces import ISource
 from streamd.message import Message
+from streamd.sources.memory import MemorySubscription
 
 
 def _quiet(d) -> None:
@@ -177,27 +178,13 @@ class Hub:
                 flush()
 
 
-@implementer(ISubscription)
-class PubSubSubscription:
-    """A client of a pub/sub stream: pause and ack cost nothing (see the module doc)."""
+class PubSubSubscription(MemorySubscription):
+    """
+    A client of a pub/sub stream: like a memory stream's, pause and ack cost nothing
+    (see the module doc); leaving may unsubscribe Redis.
+    """
 
-    __slots__ = ("source", "consumer")
-
-    def __init__(self, source: RedisPubSubSource, consumer) -> None:
-        self.source = source
-        self.consumer = consumer
-
-    def pause(self) -> None:
-        pass
-
-    def resume(self) -> None:
-        pass
-
-    def ack(self, messages) -> None:
-        pass
-
-    def nack(self, messages) -> None:
-        pass
+    __slots__ = ()
 
     def cancel(self) -> None:
         self.source.leave(self)
