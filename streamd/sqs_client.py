@@ -21,12 +21,16 @@ from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 
 from streamd.aws import Credentials, SQSError, SQSProtocol, region_of
 
 #: SQS's limit of entries in one batch call.
 BATCH = 10
+
+#: SQS's limit on the bodies of one SendMessageBatch call (256 KiB).
+BATCH_BYTES = 256 * 1024
 
 #: Seconds a request may take beyond its long-poll wait before it counts as lost.
 MARGIN = 10.0
@@ -36,6 +40,40 @@ _NETWORK_ERRORS = (
     neterror.DNSLookupError, ResponseFailed, ResponseNeverReceived, RequestNotSent,
     RequestTransmissionFailed, neterror.TimeoutError,
 )
+
+
+#: Errors whose AWS message may quote the canonical request (and so a session token).
+_SIGNATURE_ERRORS = frozenset({"SignatureDoesNotMatch", "IncompleteSignature",
+                               "InvalidSignatureException"})
+
+
+def _scrub(e: SQSError, credentials) -> None:
+    """Keep credential values out of an error that may be logged or shown."""
+    if e.code in _SIGNATURE_ERRORS:
+        e.message = "signature rejected: check the secret key and the clock"
+    for secret in (credentials.secret_key, credentials.token):
+        if secret and secret in e.message:
+            e.message = e.message.replace(secret, "(hidden)")
+    e.args = (f"{e.code}: {e.message}" if e.message else e.code,)
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+def _send_chunks(entries: list[dict[str, Any]]):
+    """Entries with their C{Id}s, grouped by SQS's per-call count and size limits."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for i, entry in enumerate(entries):
+        n = len(entry["MessageBody"].encode())
+        if chunk and (len(chunk) == BATCH or size + n > BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append({"Id": str(i), **entry})
+        size += n
+    if chunk:
+        yield chunk
 
 
 def _cancelled(e: Exception) -> bool:
@@ -78,6 +116,7 @@ class SQSClient:
 
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = connections
+        pool._factory = _QuietFactory  # one log line per connection is noise, not news
         http = treq.client.HTTPClient(Agent(reactor, pool=pool))
         region = region or region_of(queue_url) or "us-east-1"
         return cls(http, SQSProtocol(region, endpoint),
@@ -103,6 +142,7 @@ class SQSClient:
             try:
                 return await self._send(operation, request, timeout or self.timeout)
             except SQSError as e:
+                _scrub(e, credentials)
                 if not e.retryable or attempt >= self.max_attempts:
                     raise
             await deferLater(self.clock, self.backoff(attempt), lambda: None)
@@ -184,14 +224,12 @@ class SQSClient:
 
     async def send_batch(self, queue_url: str, entries: list[dict[str, Any]]) -> list[Any]:
         """
-        SendMessageBatch in calls of 10. C{entries} are SendMessageBatchRequestEntry
-        dicts without C{Id}; returns, in order, each MessageId or the L{SQSError} that
-        refused that entry.
+        SendMessageBatch in calls of at most 10 entries and L{BATCH_BYTES}. C{entries}
+        are SendMessageBatchRequestEntry dicts without C{Id}; returns, in order, each
+        MessageId or the L{SQSError} that refused that entry.
         """
         out: list[Any] = [None] * len(entries)
-        for start in range(0, len(entries), BATCH):
-            chunk = [{"Id": str(start + i), **e}
-                     for i, e in enumerate(entries[start:start + BATCH])]
+        for chunk in _send_chunks(entries):
             answer = await self.call("SendMessageBatch",
                                      {"QueueUrl": queue_url, "Entries": chunk})
             for ok in answer.get("Successful", []):

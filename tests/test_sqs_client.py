@@ -248,3 +248,35 @@ async def test_missing_queue_against_moto(moto, aws_env):  # noqa: F811
     with pytest.raises(SQSError) as e:
         await client.queue_attributes(moto.endpoint + "/123456789012/nope")
     assert e.value.unusable
+
+
+def test_send_batch_respects_the_size_limit_too(fake):
+    sqs, clock, client = fake
+    sqs.script["SendMessageBatch"] = [
+        (200, {"Successful": [{"Id": "0", "MessageId": "a", "MD5OfMessageBody": "x"},
+                              {"Id": "1", "MessageId": "b", "MD5OfMessageBody": "x"}]}),
+        (200, {"Successful": [{"Id": "2", "MessageId": "c", "MD5OfMessageBody": "x"}]}),
+    ]
+    big = json.dumps("x" * 100_000)
+    out = result(run(client.send_batch(QURL, [{"MessageBody": big}] * 3)))
+    assert out == ["a", "b", "c"]
+    assert [[e["Id"] for e in p["Entries"]] for _, p, _ in sqs.seen] == [["0", "1"], ["2"]]
+
+
+def test_errors_never_carry_credential_values():
+    sqs = ScriptedSQS()
+    client = SQSClient(StubTreq(sqs), SQSProtocol("us-east-1"),
+                       Credentials.static("AKIDTEST", "s3cr3t-key", "s3ss10n-tok"), Clock())
+    sqs.script["ReceiveMessage"] = [
+        (403, {"__type": "com.amazonaws.sqs#SignatureDoesNotMatch",
+               "message": "canonical request: x-amz-security-token:s3ss10n-tok"}),
+    ]
+    sqs.script["GetQueueAttributes"] = [
+        (400, {"__type": "com.amazonaws.sqs#InvalidParameterValue",
+               "message": "odd value s3cr3t-key"}),
+    ]
+    for d in (run(client.receive(QURL)), run(client.queue_attributes(QURL))):
+        with pytest.raises(SQSError) as e:
+            result(d)
+        text = str(e.value) + e.value.message
+        assert "s3ss10n-tok" not in text and "s3cr3t-key" not in text
