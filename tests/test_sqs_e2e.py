@@ -313,3 +313,20 @@ async def test_fifo_order_within_each_group(serve, moto):  # noqa: F811
         assert [m["data"]["i"] for m in reader.messages() if m["data"]["g"] == g] == \
             list(range(10))
     reader.close()
+
+
+@ensure
+async def test_no_credentials_source_down_saying_so(serve, moto, queue, monkeypatch,  # noqa: F811
+                                                    tmp_path):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    server = await serve(sqs(moto.endpoint, orders=(queue, {})))
+    resp = await within(treq.get(server.url + "/health"))
+    assert resp.code == 503
+    source = (await treq.json_content(resp))["sources"]["orders"]
+    assert source["status"] == "down" and "no AWS credentials" in source["reason"]
