@@ -31,7 +31,7 @@ from streamd.aws import SQSError
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import InvalidPayload, Message, normalize_json
-from streamd.sqs_client import SQSClient
+from streamd.sqs_client import BATCH, SQSClient
 
 log = Logger()
 
@@ -43,6 +43,9 @@ _INT_ATTRIBUTES = ("ApproximateReceiveCount", "SentTimestamp")
 #: Seconds a message that no connected client's filter wants stays hidden before SQS
 #: offers it again (visibility 0 would have streamd receive and return it in a loop).
 SKIP_DELAY = 5
+
+#: Seconds a partial batch of deletes waits for more acks before it is sent.
+ACK_LINGER = 0.05
 
 #: Seconds between empty receives when long polling is off (wait_time_seconds = 0).
 EMPTY_PAUSE = 1.0
@@ -346,9 +349,19 @@ class SQSSource:
         self._wake()  # a poller holding a batch may now give it back
 
     def _schedule_flush(self) -> None:
-        # Acks from one turn of the reactor go out together, 10 per call.
-        if self._flush_call is None and (self._to_delete or self._to_release):
-            self._flush_call = self.clock.callLater(0, self._flush)
+        # Give-backs go out at the end of this reactor turn (redelivery "at once"), and so
+        # do full batches of deletes; a partial batch of deletes waits a moment for more
+        # acks, which saves calls when a slow client acks a few messages at a time.
+        if self._to_release or len(self._to_delete) >= BATCH:
+            delay = 0.0
+        elif self._to_delete:
+            delay = ACK_LINGER
+        else:
+            return
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(delay, self._flush)
+        elif delay == 0.0:
+            self._flush_call.reset(0)
 
     def _flush(self) -> None:
         if self._flush_call is not None and self._flush_call.active():
