@@ -10,10 +10,13 @@ top-level values for that stream.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from streamd.store.base import RESERVED
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,6 +45,7 @@ class Key:
     choices: tuple[str, ...] = ()
     check: Callable[[Any], str | None] | None = None
     cli: bool = True
+    secret: bool = False  # never echo the value in an error
 
     def parse_cli(self, text: str) -> Any:
         """Turn a command-line string into this key's type (then L{validate})."""
@@ -62,10 +66,20 @@ class Key:
             if low in ("0", "false", "no", "off"):
                 return False
             raise ConfigError(self.name, f"expected true or false, got {text!r}")
+        if self.type == "list":
+            return [part.strip() for part in text.split(",") if part.strip()]
         return text
 
     def validate(self, value: Any, where: str) -> Any:
         """Return C{value} checked (and normalised) or raise L{ConfigError}."""
+        try:
+            return self._validate(value, where)
+        except ConfigError as e:
+            if self.secret:
+                raise ConfigError(where, "invalid value (not shown: it is a secret)") from None
+            raise e
+
+    def _validate(self, value: Any, where: str) -> Any:
         t = self.type
         if t == "int":
             if isinstance(value, bool) or not isinstance(value, int):
@@ -133,6 +147,13 @@ STREAM_KEYS = [
 SERVICE_KEYS = [
     Key("listen", "list", ["tcp:8080"], "endpoint to listen on (repeatable)"),
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
+    Key("log_format", "enum", "text", "text, or json (one object per line)",
+        choices=("text", "json")),
+    Key("shutdown_timeout", "number", 10.0, "seconds SIGTERM waits for streams to end",
+        minimum=0),
+    Key("cors_origins", "list", [], "origins whose browsers may use the API ('*': any)"),
+    Key("data_dir", "str", "./streamd-data",
+        "directory of the embedded event store (created on first use)"),
     Key("dynamic_streams", "bool", None,
         "serve undeclared stream names as memory streams (default: only when no "
         "[streams] are declared)"),
@@ -216,7 +237,45 @@ def build(file_values: dict[str, Any], cli_values: dict[str, Any]) -> dict[str, 
 
 
 #: Other top-level tables ([redis], [auth], ...): name -> validator(table, where).
-EXTRA_TABLES: dict[str, Callable[[Any, str], Any]] = {}
+def _auth_table(table: Any, where: str) -> Any:
+    from streamd.auth import validate_table  # auth builds on this module's Key
+
+    return validate_table(table, where)
+
+
+def flat_table(keys: list[Key]) -> Callable[[Any, str], dict[str, Any]]:
+    """A validator for a table of plain keys (defaults filled in)."""
+
+    def validate(table: Any, where: str) -> dict[str, Any]:
+        if not isinstance(table, dict):
+            raise ConfigError(where, "expected a table")
+        known = {k.name: k for k in keys}
+        out = {k.name: k.default for k in keys}
+        for name, value in table.items():
+            if name not in known:
+                raise ConfigError(f"{where}.{name}", "unknown key")
+            out[name] = known[name].validate(value, f"{where}.{name}")
+        return out
+
+    return validate
+
+
+CHANNEL_KEYS = [
+    Key("backend", "enum", "memory", "where channel values live: this process, or Redis "
+        "(shared by several instances)", choices=("memory", "redis")),
+    Key("connection", "str", "default", "the [redis] connection of the redis backend"),
+    Key("prefix", "str", "streamd:channels", "the redis backend's hash (and channel prefix)"),
+    Key("idle", "number", 10.0, "seconds without a change before {\"Updates\": false}",
+        minimum=0.05),
+    Key("expire", "number", 3600.0, "seconds a subscription with no open stream is kept",
+        minimum=1),
+    Key("max_channels", "int", 1000, "channels one subscription may name", minimum=1),
+]
+
+EXTRA_TABLES: dict[str, Callable[[Any, str], Any]] = {
+    "auth": _auth_table,
+    "channels": flat_table(CHANNEL_KEYS),
+}
 
 
 def _stream(name: str, table: Any, top: dict[str, Any]) -> dict[str, Any]:
@@ -253,3 +312,52 @@ def stream_defaults(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     out = {k.name: settings[k.name] for k in STREAM_KEYS}
     out.update(name=name, source="memory")
     return out
+
+
+_STORE_KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_store_keys(keys: list[str]) -> str | None:
+    for k in keys:
+        if not _STORE_KEY_NAME.match(k):
+            return f"{k!r}: use letters, digits and _ . - (starting with a letter or _)"
+        if k in RESERVED:
+            return f"{k!r} is a query parameter name; index another field"
+    if len(set(keys)) != len(keys):
+        return "a key is listed twice"
+    return None
+
+
+#: The event store's table, C{[store]} (see L{streamd.store}).
+STORE_KEYS = [
+    Key("backend", "enum", "sqlite", "where events are kept",
+        choices=("sqlite", "memory", "redis")),
+    Key("keys", "list", ["kind", "user"], "event fields to index (filterable)",
+        check=_check_store_keys),
+    Key("max_events", "int", 0, "keep at most this many events (0: no limit)", minimum=0),
+    Key("max_age", "number", 0.0, "drop events older than this, seconds (0: no limit)",
+        minimum=0),
+    Key("redis_url", "str", "redis://127.0.0.1:6379/0", "the redis backend's server"),
+    Key("redis_prefix", "str", "streamd:events:", "prefix of the redis backend's keys"),
+]
+
+
+def _store_table(table: Any, where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(where, "expected a table")
+    known = {k.name: k for k in STORE_KEYS}
+    out = {k.name: k.default for k in STORE_KEYS}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{where}.{key}", "unknown key")
+        out[key] = known[key].validate(value, f"{where}.{key}")
+    if out["backend"] == "redis" and not out["redis_url"].startswith("redis://"):
+        raise ConfigError(f"{where}.redis_url", "expected redis://host[:port][/db]")
+    return out
+
+
+EXTRA_TABLES["store"] = _store_table
+
+
+# Registers the [redis] table and the redis-* source keys (kept in their own module).
+import streamd.redis_settings  # noqa: E402,F401

@@ -106,7 +106,32 @@ class SSE:
         return b"event: %s\ndata: %s\n\n" % (event.encode(), _dumps(info))
 
 
+class ValuesNDJSON(NDJSON):
+    """Channel subscriptions: the value lines themselves, and C{{"Updates": false}} when idle."""
+
+    @staticmethod
+    def message(message: Message) -> bytes:
+        return message.data + b"\n"
+
+    @staticmethod
+    def heartbeat(now: float) -> bytes:
+        return b'{"Updates":false}\n'
+
+
+class ValuesSSE(SSE):
+    """Channel subscriptions over SSE: each value line is one event's data."""
+
+    @staticmethod
+    def message(message: Message) -> bytes:
+        return b"data: %s\n\n" % message.data
+
+    @staticmethod
+    def heartbeat(now: float) -> bytes:
+        return b'data: {"Updates":false}\n\n'
+
+
 FRAMINGS = {"ndjson": NDJSON, "sse": SSE}
+VALUE_FRAMINGS = {NDJSON: ValuesNDJSON, SSE: ValuesSSE}
 
 
 def choose(format_param: str | None, accept: str | None):

@@ -66,6 +66,7 @@ class Stream:
         filter=None,
         stall_warnings: bool = False,
         name: str = "",
+        metrics=None,
     ) -> None:
         self.request = request
         self.source = source
@@ -83,6 +84,8 @@ class Stream:
         self.filter = filter if filter else None
         self.stall_warnings = stall_warnings
         self.name = name
+        self.identity = ""  # who reads it (set by the HTTP layer), for limits and logs
+        self.metrics = metrics  # a streamd.metrics.StreamMetrics, or None
         self._warned = False
 
         self.pending: deque[Message | bytes] = deque()
@@ -251,6 +254,8 @@ class Stream:
 
     def pauseProducing(self) -> None:
         self.paused = True
+        if self.metrics is not None:
+            self.metrics.pauses.inc()
         self._update_demand()
 
     def resumeProducing(self) -> None:
@@ -326,8 +331,12 @@ class Stream:
                 # The write may pause us (Twisted's buffer passed 64 KiB): the loop
                 # then stops and the rest waits in pending.
                 self.request.write(b"".join(parts))
-                if batch and not self.client_ack:
-                    self.subscription.ack(batch)
+                if batch:
+                    if self.metrics is not None:
+                        self.metrics.out.inc(len(batch))
+                        self.metrics.bytes.inc(size)
+                    if not self.client_ack:
+                        self.subscription.ack(batch)
         finally:
             self._flushing = False
         if self._warned and self.queued * 2 < self.max_pending:
@@ -373,11 +382,15 @@ class Stream:
             self.dropped += excess
             self.dropped_total += excess
             self.subscription.nack(dropped)
+            if self.metrics is not None:
+                self.metrics.drops.inc(excess)
             return
         notice = self.framing.control(
             "error", {"message": "slow consumer", "max_pending": self.max_pending}
         )
         transport = getattr(self.request, "transport", None)
+        if self.metrics is not None:
+            self.metrics.disconnects.inc()
         self.end("slow consumer", notice)
         if transport is not None:
             # Close once the final line is out; a client that never reads again is

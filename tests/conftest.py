@@ -14,10 +14,10 @@ import pytest_twisted
 import treq
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
-from twisted.web.server import Site
 
 from streamd import config
 from streamd.web import StreamdApp
+from streamd.web.site import make_site
 
 TIMEOUT = 10.0
 
@@ -70,10 +70,8 @@ async def serve():
     async def start(s: dict[str, Any] | None = None) -> Server:
         s = s or settings()
         app = StreamdApp(s, reactor)
-        for source in app.sources.values():
-            await defer.maybeDeferred(source.start)
-        site = Site(app.resource())
-        site.displayTracebacks = False
+        await app.start()
+        site = make_site(app)
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         server = Server(app, port)
         servers.append(server)
@@ -81,10 +79,7 @@ async def serve():
 
     yield start
     for server in servers:
-        for stream in list(server.app.open_streams):
-            stream.source_ended("shutdown")
-        for source in server.app.sources.values():
-            await defer.maybeDeferred(source.stop)
+        await server.app.stop(TIMEOUT)
         await server.port.stopListening()
 
 

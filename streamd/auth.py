@@ -1,0 +1,243 @@
+"""
+Identity and access: who a request is (C{[auth] mode}), and which streams it may read
+and publish. No I/O; the HTTP layer calls L{Auth.identify} and L{Identity.require}.
+
+Modes: C{none} (everyone may do everything; the identity is the client address),
+C{identifier} (the client names itself: C{?identifier=} or a C{Streamd-Identifier}
+header), C{token} (static tokens from the config) and C{jwt} (HS256 tokens signed with
+the configured secret, claims C{sub}, C{read}, C{publish}, C{admin}, C{exp}).
+Tokens come from C{Authorization: Bearer}, the C{streamd_token} cookie, or
+C{?access_token=} (a browser's EventSource cannot set headers).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from streamd.config import ConfigError, Key
+from streamd.errors import HTTPError
+
+TOKEN_COOKIE = b"streamd_token"
+IDENTIFIER_HEADER = b"streamd-identifier"
+
+AUTH_KEYS = {
+    k.name: k
+    for k in [
+        Key("mode", "enum", "none", choices=("none", "identifier", "token", "jwt")),
+        Key("jwt_secret", "str", "", secret=True),
+        Key("max_connections_per_identity", "int", 0, minimum=0),
+        Key("admins", "list", []),
+    ]
+}
+TOKEN_KEYS = {
+    k.name: k
+    for k in [
+        Key("token", "str", None, secret=True),
+        Key("identity", "str", None),
+        Key("read", "list", ["*"]),
+        Key("publish", "list", []),
+        Key("admin", "bool", False),
+    ]
+}
+
+
+class Unauthorized(HTTPError):
+    status = 401
+
+    def __init__(self, message: str, challenge: str) -> None:
+        super().__init__(message, headers={b"WWW-Authenticate": challenge.encode()})
+
+
+class Forbidden(HTTPError):
+    status = 403
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is asking, and the stream-name patterns (globs) it may read and publish."""
+
+    name: str
+    read: tuple[str, ...] = ("*",)
+    publish: tuple[str, ...] = ("*",)
+    admin: bool = False
+
+    def may(self, action: str, stream: str) -> bool:
+        patterns = self.read if action == "read" else self.publish
+        return any(fnmatchcase(stream, p) for p in patterns)
+
+    def require(self, action: str, stream: str) -> Identity:
+        if not self.may(action, stream):
+            raise Forbidden(f"{self.name!r} may not {action} {stream!r}")
+        return self
+
+
+@dataclass
+class Auth:
+    """The configured mode and its credentials."""
+
+    mode: str = "none"
+    jwt_secret: bytes = b""
+    tokens: dict[str, Identity] = field(default_factory=dict)
+    admins: tuple[str, ...] = ()
+    max_connections_per_identity: int = 0
+
+    @classmethod
+    def from_settings(cls, table: dict[str, Any]) -> Auth:
+        tokens = {
+            t["token"]: Identity(t["identity"], tuple(t["read"]), tuple(t["publish"]),
+                                 t["admin"])
+            for t in table.get("tokens", [])
+        }
+        return cls(
+            mode=table["mode"],
+            jwt_secret=table["jwt_secret"].encode(),
+            tokens=tokens,
+            admins=tuple(table["admins"]),
+            max_connections_per_identity=table["max_connections_per_identity"],
+        )
+
+    def identify(self, request, now: float) -> Identity:
+        """Who sent C{request}; raises L{Unauthorized} (401) when that cannot be told."""
+        if self.mode == "none":
+            addr = request.getClientAddress()
+            return Identity(getattr(addr, "host", None) or str(addr))
+        if self.mode == "identifier":
+            values = request.args.get(b"identifier") or []
+            name = values[-1] if values else request.getHeader(IDENTIFIER_HEADER)
+            if not name:
+                raise Unauthorized("identifier missing", 'Identifier realm="streamd"')
+            name = name.decode("utf-8", "replace")
+            return Identity(name, admin=name in self.admins)
+        token = bearer_token(request)
+        if token is None:
+            raise Unauthorized("credentials missing: send a bearer token",
+                               'Bearer realm="streamd"')
+        if self.mode == "token":
+            identity = self._static(token)
+        else:
+            identity = self._jwt(token, now)
+        if identity is None:
+            raise Unauthorized("invalid token",
+                               'Bearer realm="streamd", error="invalid_token"')
+        return identity
+
+    def _static(self, token: str) -> Identity | None:
+        found = None
+        for known, identity in self.tokens.items():
+            # Compare every token in constant time: no early exit on a match.
+            if hmac.compare_digest(known.encode(), token.encode()):
+                found = identity
+        return found
+
+    def _jwt(self, token: str, now: float) -> Identity | None:
+        claims = verify_hs256(token, self.jwt_secret, now)
+        if claims is None or not isinstance(claims.get("sub"), str):
+            return None
+
+        def globs(name: str) -> tuple[str, ...]:
+            v = claims.get(name, [])
+            v = [v] if isinstance(v, str) else v
+            return tuple(p for p in v if isinstance(p, str))
+
+        return Identity(claims["sub"], globs("read"), globs("publish"),
+                        claims.get("admin") is True or claims["sub"] in self.admins)
+
+
+def bearer_token(request) -> str | None:
+    header = request.getHeader(b"authorization")
+    if header:
+        scheme, _, value = header.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    cookie = request.getCookie(TOKEN_COOKIE)
+    if cookie:
+        return cookie.decode("latin-1")
+    values = request.args.get(b"access_token")
+    if values and values[-1]:
+        return values[-1].decode("latin-1")
+    return None
+
+
+def _b64(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def verify_hs256(token: str, secret: bytes, now: float) -> dict[str, Any] | None:
+    """The claims of a valid, unexpired HS256 JWT; None for anything else."""
+    parts = token.split(".")
+    if len(parts) != 3 or not secret:
+        return None
+    try:
+        header = json.loads(_b64(parts[0]))
+        signature = _b64(parts[2])
+        claims = json.loads(_b64(parts[1]))
+    except (ValueError, binascii.Error):
+        return None
+    # Only HS256: a token must not choose its own algorithm ("none", RS256 with our
+    # secret as a public key, ...).
+    if not isinstance(header, dict) or header.get("alg") != "HS256":
+        return None
+    expected = hmac.new(secret, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
+    if not hmac.compare_digest(signature, expected) or not isinstance(claims, dict):
+        return None
+    exp = claims.get("exp")
+    if exp is not None and (not isinstance(exp, (int, float)) or now >= exp):
+        return None
+    nbf = claims.get("nbf")
+    if nbf is not None and (not isinstance(nbf, (int, float)) or now < nbf):
+        return None
+    return claims
+
+
+def sign_hs256(claims: dict[str, Any], secret: bytes) -> str:
+    """Make a token (for tests, scripts and the README)."""
+
+    def enc(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    head = enc(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = enc(json.dumps(claims).encode())
+    sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{enc(sig)}"
+
+
+def validate_table(table: Any, where: str) -> dict[str, Any]:
+    """The C{[auth]} table, checked (one error naming the key)."""
+    if not isinstance(table, dict):
+        raise ConfigError(where, "expected a table")
+    out = {k: key.default for k, key in AUTH_KEYS.items()}
+    for name, value in table.items():
+        if name == "tokens":
+            continue
+        if name not in AUTH_KEYS:
+            raise ConfigError(f"{where}.{name}", "unknown key")
+        out[name] = AUTH_KEYS[name].validate(value, f"{where}.{name}")
+    tokens = table.get("tokens", [])
+    if not isinstance(tokens, list):
+        raise ConfigError(f"{where}.tokens", "expected [[auth.tokens]] tables")
+    out["tokens"] = []
+    for i, t in enumerate(tokens):
+        w = f"{where}.tokens[{i}]"
+        if not isinstance(t, dict):
+            raise ConfigError(w, "expected a table")
+        entry = {k: key.default for k, key in TOKEN_KEYS.items()}
+        for name, value in t.items():
+            if name not in TOKEN_KEYS:
+                raise ConfigError(f"{w}.{name}", "unknown key")
+            entry[name] = TOKEN_KEYS[name].validate(value, f"{w}.{name}")
+        for required in ("token", "identity"):
+            if not entry[required]:
+                raise ConfigError(f"{w}.{required}", "required")
+        out["tokens"].append(entry)
+    if out["mode"] == "token" and not out["tokens"]:
+        raise ConfigError(f"{where}.tokens", "mode token needs at least one [[auth.tokens]]")
+    if out["mode"] == "jwt" and len(out["jwt_secret"]) < 16:
+        raise ConfigError(f"{where}.jwt_secret", "mode jwt needs a secret of 16+ characters")
+    return out

@@ -1,0 +1,222 @@
+"""
+Value channels and channel subscriptions with snapshots.
+
+A value channel holds one current JSON value; setting it publishes the change. A
+subscription names a set of channels: its stream starts with one snapshot line of their
+current values, then one line per change, and says C{{"Updates": false}} after C{idle}
+seconds without one. Channels can be added to and removed from an open subscription.
+
+L{MemoryChannels} keeps values in this process. A store shared by several instances
+(e.g. Redis: a hash plus pub/sub) implements the same three methods: C{get}, C{set},
+C{watch}.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+
+from zope.interface import implementer
+
+from streamd.errors import NotFound
+from streamd.interfaces import ISource, ISubscription
+from streamd.message import Message
+
+Watcher = Callable[[str, bytes], None]
+
+
+class MemoryChannels:
+    """Current values by channel name, and who watches which channel."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.watchers: dict[str, set[Watcher]] = {}
+
+    def get(self, name: str) -> bytes | None:
+        return self.values.get(name)
+
+    def set(self, name: str, value: bytes) -> None:
+        self.values[name] = value
+        for watcher in list(self.watchers.get(name, ())):
+            watcher(name, value)
+
+    def watch(self, name: str, watcher: Watcher) -> Callable[[], None]:
+        """Call C{watcher(name, value)} on each change; returns the unwatch function."""
+        self.watchers.setdefault(name, set()).add(watcher)
+
+        def unwatch() -> None:
+            group = self.watchers.get(name)
+            if group is not None:
+                group.discard(watcher)
+                if not group:
+                    del self.watchers[name]
+
+        return unwatch
+
+
+def _line(values: dict[str, bytes | None]) -> bytes:
+    """C{{"X": 2, "Y": null}} from raw JSON values, without re-encoding them."""
+    import json
+
+    parts = [json.dumps(k).encode() + b":" + (v if v is not None else b"null")
+             for k, v in values.items()]
+    return b"{" + b",".join(parts) + b"}"
+
+
+@implementer(ISubscription)
+class _Feed:
+    """One open stream of a subscription: the consumer, and what it watches."""
+
+    def __init__(self, subscription: ChannelSubscription, consumer) -> None:
+        self.subscription = subscription
+        self.consumer = consumer
+        self.unwatch: dict[str, Callable[[], None]] = {}
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def ack(self, messages) -> None:
+        pass
+
+    def nack(self, messages) -> None:
+        pass
+
+    def cancel(self) -> None:
+        for unwatch in self.unwatch.values():
+            unwatch()
+        self.unwatch.clear()
+        self.subscription._feed_ended(self)
+
+
+@implementer(ISource)
+class ChannelSubscription:
+    """
+    A named set of channels; also the source of its own stream (L{streamd.stream.Stream}
+    reads it like any other source, so limit, heartbeat and flow control apply).
+    """
+
+    kind = "channels"
+    durable = False
+
+    def __init__(self, id: str, channels: Iterable[str], store, clock) -> None:
+        self.id = id
+        self.name = id
+        self.channels: list[str] = list(dict.fromkeys(channels))
+        self.store = store
+        self.clock = clock
+        self.feeds: set[_Feed] = set()
+        self.last_active = clock.seconds()
+        self.seq = 0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        for feed in list(self.feeds):
+            feed.consumer.source_ended("shutdown")
+
+    def status(self):
+        return ("ok", None)
+
+    def publish(self, payloads, params=None):  # pragma: no cover - not routed
+        raise NotImplementedError
+
+    def _message(self, values: dict[str, bytes | None]) -> Message:
+        self.seq += 1
+        return Message(str(self.seq), self.id, _line(values))
+
+    def subscribe(self, consumer, since=None) -> _Feed:
+        feed = _Feed(self, consumer)
+        self.feeds.add(feed)
+        self.last_active = self.clock.seconds()
+        consumer.deliver([self._message({c: self.store.get(c) for c in self.channels})])
+        for name in self.channels:
+            self._watch(feed, name)
+        return feed
+
+    def _watch(self, feed: _Feed, name: str) -> None:
+        def changed(channel: str, value: bytes) -> None:
+            feed.consumer.deliver([self._message({channel: value})])
+
+        feed.unwatch[name] = self.store.watch(name, changed)
+
+    def _feed_ended(self, feed: _Feed) -> None:
+        self.feeds.discard(feed)
+        self.last_active = self.clock.seconds()
+
+    def change(self, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
+        """Add and remove channels; open streams get the added channels' values."""
+        added = [c for c in dict.fromkeys(add) if c not in self.channels]
+        removed = set(remove) & set(self.channels)
+        self.channels = [c for c in self.channels if c not in removed] + added
+        self.last_active = self.clock.seconds()
+        for feed in list(self.feeds):
+            for name in removed:
+                unwatch = feed.unwatch.pop(name, None)
+                if unwatch is not None:
+                    unwatch()
+            for name in added:
+                self._watch(feed, name)
+            if added:
+                feed.consumer.deliver([self._message({c: self.store.get(c) for c in added})])
+
+    def end(self) -> None:
+        for feed in list(self.feeds):
+            feed.consumer.source_ended("subscription deleted")
+
+
+class Subscriptions:
+    """
+    Every subscription of this instance, by id. One that has no open stream for
+    C{expire} seconds is forgotten (L{expire}).
+    """
+
+    def __init__(self, store, clock, expire: float = 3600.0, max_channels: int = 1000):
+        self.store = store
+        self.clock = clock
+        self.expire_after = expire
+        self.max_channels = max_channels
+        self.by_id: dict[str, ChannelSubscription] = {}
+        self._sweep = None
+
+    def create(self, channels: Iterable[str]) -> ChannelSubscription:
+        sub = ChannelSubscription(secrets.token_urlsafe(12), channels, self.store, self.clock)
+        self.by_id[sub.id] = sub
+        if self._sweep is None:
+            self._schedule()
+        return sub
+
+    def _schedule(self) -> None:
+        self._sweep = self.clock.callLater(min(self.expire_after, 60.0), self._swept)
+
+    def _swept(self) -> None:
+        self.expire()
+        self._sweep = None
+        if self.by_id:
+            self._schedule()
+
+    def close(self) -> None:
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+
+    def get(self, id: str) -> ChannelSubscription:
+        sub = self.by_id.get(id)
+        if sub is None:
+            raise NotFound(f"no subscription {id!r} (it may have expired)")
+        return sub
+
+    def delete(self, id: str) -> None:
+        self.get(id).end()
+        del self.by_id[id]
+
+    def expire(self) -> list[str]:
+        """Forget subscriptions idle (no open stream) for longer than C{expire}."""
+        horizon = self.clock.seconds() - self.expire_after
+        gone = [i for i, s in self.by_id.items() if not s.feeds and s.last_active < horizon]
+        for i in gone:
+            del self.by_id[i]
+        return gone

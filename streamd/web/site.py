@@ -1,0 +1,83 @@
+"""
+The Site that serves a L{StreamdApp}: CORS for browsers on other origins, and an access
+log that never records a credential.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+_SECRET_PARAMS = re.compile(rb"((?:^|[?&])(?:access_token|token)=)[^&]*", re.I)
+
+#: Request headers a browser may send cross-origin (answering a preflight).
+ALLOW_HEADERS = b"Authorization, Content-Type, Last-Event-ID, Streamd-Identifier"
+ALLOW_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
+EXPOSE_HEADERS = b"Streamd-Session"
+
+
+def redact(uri: bytes) -> bytes:
+    """C{uri} with the value of any token parameter replaced."""
+    return _SECRET_PARAMS.sub(rb"\1REDACTED", uri)
+
+
+def access_log_line(timestamp: str, request) -> str:
+    """Twisted's combined log format, with credentials taken out of the URI."""
+    original = request.uri
+    request.uri = redact(original)
+    try:
+        return http.combinedLogFormatter(timestamp, request)
+    finally:
+        request.uri = original
+
+
+class CORS(Resource):
+    """
+    Wraps the app: answers preflights, and marks responses (streams, publishes and
+    errors alike) as readable by an allowed origin. An origin not listed gets no CORS
+    headers at all; credentials (cookies) are allowed only for listed origins, not
+    for C{*}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner, origins: list[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.any = "*" in origins
+        self.origins = {o.encode() for o in origins if o != "*"}
+
+    def render(self, request):
+        origin = request.getHeader(b"origin")
+        listed = origin is not None and origin in self.origins
+        if origin is not None and (listed or self.any):
+            if listed:
+                request.setHeader(b"Access-Control-Allow-Origin", origin)
+                request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+            else:
+                request.setHeader(b"Access-Control-Allow-Origin", b"*")
+            request.setHeader(b"Vary", b"Origin")
+            request.setHeader(b"Access-Control-Expose-Headers", EXPOSE_HEADERS)
+            if request.method == b"OPTIONS" and request.getHeader(
+                b"access-control-request-method"
+            ):
+                request.setResponseCode(204)
+                request.setHeader(b"Access-Control-Allow-Methods", ALLOW_METHODS)
+                request.setHeader(b"Access-Control-Allow-Headers", ALLOW_HEADERS)
+                request.setHeader(b"Access-Control-Max-Age", b"600")
+                return b""
+        return self.inner.render(request)
+
+
+def make_site(app, reactor=None) -> Site:
+    """The Site for C{app} (a L{streamd.web.StreamdApp})."""
+    resource = app.app.resource()
+    if app.settings["cors_origins"]:
+        resource = CORS(resource, app.settings["cors_origins"])
+    kwargs = {"reactor": reactor} if reactor is not None else {}
+    site = Site(resource, logFormatter=access_log_line, **kwargs)
+    site.displayTracebacks = False
+    return site

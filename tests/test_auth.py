@@ -1,0 +1,194 @@
+"""Identity and access: each mode's 401/403/429 paths, the happy paths, CORS."""
+
+import time
+
+import pytest
+import pytest_twisted
+import treq
+from conftest import StreamReader, open_stream, settings, within
+
+from streamd import config
+from streamd.auth import Auth, sign_hs256, verify_hs256
+from streamd.web.site import redact
+
+ensure = pytest_twisted.ensureDeferred
+SECRET = "0123456789abcdef-secret"
+
+TOKENS = {
+    "mode": "token",
+    "admins": [],
+    "tokens": [
+        {"token": "alice-token", "identity": "alice", "read": ["news*"], "publish": ["news"]},
+        {"token": "ops-token", "identity": "ops", "read": ["*"], "admin": True},
+    ],
+}
+
+
+async def status(method, url, **kw):
+    r = await within(getattr(treq, method)(url, **kw))
+    body = await treq.json_content(r)
+    return r, body
+
+
+@ensure
+async def test_identifier_mode(serve):
+    server = await serve(settings(auth={"mode": "identifier"}))
+    r, body = await status("get", server.url + "/streams/a")
+    assert r.code == 401 and body["error"]["message"] == "identifier missing"
+    assert r.headers.getRawHeaders("www-authenticate")
+    s1 = await open_stream(server.url + "/streams/a?identifier=app1")
+    s2 = await open_stream(server.url + "/streams/a", {"Streamd-Identifier": "app2"})
+    await server.wait_open_streams(2)
+    assert dict(server.app.connections) == {"app1": 1, "app2": 1}
+    s1.close()
+    s2.close()
+
+
+@ensure
+async def test_token_mode_401_403_and_happy_paths(serve):
+    server = await serve(settings(auth=TOKENS))
+    url = server.url
+    r, body = await status("get", url + "/streams/news")
+    assert r.code == 401
+    assert r.headers.getRawHeaders("www-authenticate") == ['Bearer realm="streamd"']
+    r, body = await status("get", url + "/streams/news", headers={"Authorization": "Bearer x"})
+    assert r.code == 401 and "invalid_token" in r.headers.getRawHeaders("www-authenticate")[0]
+    r, body = await status("get", url + "/streams/weather",
+                           headers={"Authorization": "Bearer alice-token"})
+    assert r.code == 403 and "alice" in body["error"]["message"]
+    r, body = await status("post", url + "/streams/news-archive/messages", data=b"1",
+                           headers={"Authorization": "Bearer alice-token",
+                                    "Content-Type": "application/json"})
+    assert r.code == 403  # may read news*, may publish only news
+    # The three ways to present a token.
+    a = await open_stream(url + "/streams/news", {"Authorization": "Bearer alice-token"})
+    b = await open_stream(url + "/streams/news?access_token=alice-token")
+    c = await open_stream(url + "/streams/news-eu", {"Cookie": "streamd_token=alice-token"})
+    await server.wait_open_streams(3)
+    r, body = await status("post", url + "/streams/news/messages", data=b'"hi"',
+                           headers={"Authorization": "Bearer alice-token",
+                                    "Content-Type": "application/json"})
+    assert r.code == 202
+    for reader in (a, b):
+        assert (await reader.wait_for(1))[0]["data"] == "hi"
+    # GET / lists connected identities to an admin only.
+    r, body = await status("get", url + "/", headers={"Authorization": "Bearer ops-token"})
+    assert body["identities"] == {"alice": 3}
+    r, body = await status("get", url + "/", headers={"Authorization": "Bearer alice-token"})
+    assert "identities" not in body
+    for reader in (a, b, c):
+        reader.close()
+
+
+@ensure
+async def test_jwt_mode_claims_and_expiry(serve):
+    server = await serve(settings(auth={"mode": "jwt", "jwt_secret": SECRET}))
+    url = server.url + "/streams/orders"
+    now = time.time()
+    good = sign_hs256({"sub": "svc", "read": ["orders"], "exp": now + 60}, SECRET.encode())
+    expired = sign_hs256({"sub": "svc", "read": ["orders"], "exp": now - 1}, SECRET.encode())
+    wrong = sign_hs256({"sub": "svc", "read": ["orders"]}, b"another-secret-entirely")
+    other = sign_hs256({"sub": "svc", "read": ["billing"]}, SECRET.encode())
+    for token, code in ((expired, 401), (wrong, 401), (other, 403)):
+        r, _ = await status("get", url, headers={"Authorization": f"Bearer {token}"})
+        assert r.code == code
+    reader = await open_stream(url + f"?access_token={good}&heartbeat=0.05")
+    assert "heartbeat" in (await reader.wait_for(1))[0]
+    reader.close()
+
+
+def test_jwt_rejects_alg_none_and_tampering():
+    token = sign_hs256({"sub": "a"}, b"k" * 16)
+    head, body, sig = token.split(".")
+    assert verify_hs256(token, b"k" * 16, 0) == {"sub": "a"}
+    none_head = "eyJhbGciOiJub25lIn0"  # {"alg":"none"}
+    assert verify_hs256(f"{none_head}.{body}.", b"k" * 16, 0) is None
+    forged = sign_hs256({"sub": "admin"}, b"k" * 16).split(".")[1]
+    assert verify_hs256(f"{head}.{forged}.{sig}", b"k" * 16, 0) is None
+
+
+@ensure
+async def test_max_connections_per_identity_is_429_with_retry_after(serve):
+    server = await serve(settings(auth={"mode": "identifier",
+                                        "max_connections_per_identity": 1}))
+    first = await open_stream(server.url + "/streams/a?identifier=me")
+    await server.wait_open_streams(1)
+    r, body = await status("get", server.url + "/streams/a?identifier=me")
+    assert r.code == 429 and r.headers.getRawHeaders("retry-after") == ["10"]
+    other = await open_stream(server.url + "/streams/a?identifier=you")
+    first.close()
+    other.close()
+    await server.wait_open_streams(0)
+    again = await open_stream(server.url + "/streams/a?identifier=me")
+    again.close()
+
+
+@ensure
+async def test_cors_preflight_and_stream_for_listed_origin_only(serve):
+    server = await serve(settings(cors_origins=["https://app.example"]))
+    url = server.url + "/streams/c"
+    r = await within(treq.request("OPTIONS", url, headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "last-event-id"}))
+    assert r.code == 204
+    h = r.headers
+    assert h.getRawHeaders("access-control-allow-origin") == ["https://app.example"]
+    assert h.getRawHeaders("access-control-allow-credentials") == ["true"]
+    assert "Last-Event-ID" in h.getRawHeaders("access-control-allow-headers")[0]
+    # What an EventSource on that origin sends: a GET with Origin and Accept.
+    es = await within(treq.get(url, unbuffered=True, headers={
+        "Origin": "https://app.example", "Accept": "text/event-stream"}))
+    assert es.headers.getRawHeaders("access-control-allow-origin") == ["https://app.example"]
+    StreamReader(es).close()
+    # Errors carry the header too, so the page can read them.
+    r = await within(treq.get(url + "?limit=0", headers={"Origin": "https://app.example"}))
+    assert r.code == 400 and r.headers.getRawHeaders("access-control-allow-origin")
+    # Another origin gets no CORS headers at all.
+    r = await within(treq.get(url + "?limit=0", headers={"Origin": "https://evil.example"}))
+    assert not r.headers.getRawHeaders("access-control-allow-origin")
+
+
+@ensure
+async def test_cors_any_origin_without_credentials(serve):
+    server = await serve(settings(cors_origins=["*"]))
+    r = await within(treq.get(server.url + "/", headers={"Origin": "https://x.example"}))
+    assert r.headers.getRawHeaders("access-control-allow-origin") == ["*"]
+    assert not r.headers.getRawHeaders("access-control-allow-credentials")
+
+
+def test_access_log_never_has_tokens():
+    assert redact(b"/streams/a?x=1&access_token=s3cr3t&y=2") == \
+        b"/streams/a?x=1&access_token=REDACTED&y=2"
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"mode": "token"}, "auth.tokens"),
+        ({"mode": "jwt", "jwt_secret": "short"}, "auth.jwt_secret"),
+        ({"mode": "magic"}, "auth.mode"),
+        ({"mode": "token", "tokens": [{"identity": "x"}]}, "auth.tokens[0].token"),
+    ],
+)
+def test_auth_config_errors(table, key):
+    with pytest.raises(config.ConfigError) as e:
+        config.build({"auth": table}, {})
+    assert e.value.key == key
+
+
+def test_secret_values_never_echoed_in_config_errors():
+    with pytest.raises(config.ConfigError) as e:
+        config.build({"auth": {"mode": "jwt", "jwt_secret": 12345678901234567}}, {})
+    assert "12345678901234567" not in str(e.value)
+
+
+def test_none_mode_identity_is_the_client_address():
+    class Req:
+        args = {}
+
+        def getClientAddress(self):
+            from twisted.internet.address import IPv4Address
+
+            return IPv4Address("TCP", "10.1.2.3", 5000)
+
+    assert Auth().identify(Req(), 0).name == "10.1.2.3"
