@@ -223,11 +223,20 @@ async def test_paused_client_no_receive_while_paused(serve, moto, sqs_proxy):  #
     big, config = two_queues(moto, sqs_proxy)
     server = await serve(config)
     slow, stream, ticker = await stalled_reader(server, moto, sqs_proxy, big)
-    paused_polls = sqs_proxy.calls["ReceiveMessage", big]
     tick = server.app.sources["tick"].queue_url
-    base = sqs_proxy.calls["ReceiveMessage", tick]
-    await within(sqs_proxy.when(lambda c: c["ReceiveMessage", tick] >= base + 3), 10)
-    assert sqs_proxy.calls["ReceiveMessage", big] == paused_polls
+    for _ in range(5):
+        paused_polls = sqs_proxy.calls["ReceiveMessage", big]
+        written = stream.written
+        base = sqs_proxy.calls["ReceiveMessage", tick]
+        await within(sqs_proxy.when(
+            lambda c, b=base: c["ReceiveMessage", tick] >= b + 3), 10)
+        # The kernel may still grow the client's buffer and let a few more writes
+        # through; judge only a window in which the stream stayed paused throughout.
+        if stream.written == written and stream.source_paused:
+            assert sqs_proxy.calls["ReceiveMessage", big] == paused_polls
+            break
+    else:
+        raise AssertionError("the stream never stayed paused for three ticks")
     # What streamd holds for it: what the stream queued plus at most one batch.
     visible, in_flight = moto.counts(big)
     assert in_flight <= stream.written + stream.queued + 10
