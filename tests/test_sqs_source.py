@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqs_fake import FakeSQS, Recorder
+from sqs_fake import FakeSQS, Recorder, fired
 from twisted.internet.task import Clock
 
 from streamd import config
@@ -259,20 +259,13 @@ def test_since_is_refused():
 def test_publish_in_batches_with_fifo_ids():
     source, fake, clock = make(queue_url=QURL + ".fifo")
     with pytest.raises(BadRequest):
-        _result(source.publish([b"{}"], {}))
-    ids = _result(source.publish([b'{"n":%d}' % i for i in range(3)],
+        fired(source.publish([b"{}"], {}))
+    ids = fired(source.publish([b'{"n":%d}' % i for i in range(3)],
                                  {"group_id": "g", "deduplication_id": "d"}))
     assert ids == ["m1", "m2", "m3"]
     assert [e["MessageDeduplicationId"] for e in fake.sent] == ["d-0", "d-1", "d-2"]
     assert {e["MessageGroupId"] for e in fake.sent} == {"g"}
 
-
-def _result(d):
-    out = []
-    d.addBoth(out.append)
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 def test_filtered_out_in_queue_delivery_goes_to_another_client_then_waits():
