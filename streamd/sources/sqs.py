@@ -154,8 +154,7 @@ class SQSSource:
         self.running = True
         self._tasks = [ensureDeferred(self._poll()) for _ in range(self.pollers)]
         self._schedule_extend()
-        first = ensureDeferred(self._check())
-        return first
+        return ensureDeferred(self._check())
 
     def stop(self) -> Deferred:
         """Stop polling, end the streams, give back every message not written."""
@@ -216,19 +215,22 @@ class SQSSource:
         return d
 
     async def _poll(self) -> None:
-        while self.running:
-            try:
-                if self.down or not self._ready():
-                    await self._changed()
-                    continue
-                batch = await self._receive()
-                if batch:
-                    await self._dispatch(batch)
-            except CancelledError:
-                return
-            except Exception:
-                log.failure("stream {name}: poller failed", name=self.name)
-                await deferLater(self.clock, PROBE_CAP, lambda: None)
+        try:
+            while self.running:
+                try:
+                    if self.down or not self._ready():
+                        await self._changed()
+                        continue
+                    batch = await self._receive()
+                    if batch:
+                        await self._dispatch(batch)
+                except CancelledError:
+                    raise
+                except Exception:
+                    log.failure("stream {name}: poller failed", name=self.name)
+                    await deferLater(self.clock, PROBE_CAP, lambda: None)
+        except CancelledError:
+            pass  # stop(): what this poller held is given back there
 
     async def _receive(self) -> list[Message]:
         try:
@@ -275,7 +277,9 @@ class SQSSource:
             self._next = (self._next + 1) % len(ready)
             targets = [ready[self._next]]
         for msg in batch:
-            self.held[msg.handle].owners.update(targets)
+            held = self.held.get(msg.handle)
+            if held is not None:
+                held.owners.update(targets)
         for sub in targets:
             # A stream may write, ack, give back or even end during deliver.
             if sub in self.subscribers:
