@@ -379,8 +379,11 @@ class SQSSource:
             self._track(self._change(releases, 0))
 
     def _track(self, coro) -> None:
+        # Background SQS calls (deletes, visibility changes): stop() waits for them.
         d = ensureDeferred(coro)
         self._ops.add(d)
+        d.addErrback(lambda f: log.failure("stream {name}: SQS call failed", f,
+                                           name=self.name))
         d.addBoth(lambda _: self._ops.discard(d))
 
     async def _delete(self, handles: list[str]) -> None:
