@@ -76,6 +76,15 @@ def _send_chunks(entries: list[dict[str, Any]]):
         yield chunk
 
 
+def _outcome(e: SQSError) -> str:
+    """A bounded label for the request metric."""
+    if e.code in ("Timeout", "ConnectionError"):
+        return e.code.lower()
+    if e.status is not None and e.status >= 500:
+        return "server_error"
+    return "throttled" if e.retryable else "client_error"
+
+
 def _cancelled(e: Exception) -> bool:
     if isinstance(e, CancelledError):
         return True
@@ -94,7 +103,8 @@ class SQSClient:
 
     def __init__(self, http, protocol: SQSProtocol, credentials: Credentials, clock, *,
                  max_attempts: int = 6, base_delay: float = 0.1, max_delay: float = 5.0,
-                 timeout: float = 30.0, random: Callable[[], float] = random.random) -> None:
+                 timeout: float = 30.0, random: Callable[[], float] = random.random,
+                 metrics=None) -> None:
         self.http = http
         self.protocol = protocol
         self.credentials = credentials
@@ -104,12 +114,13 @@ class SQSClient:
         self.max_delay = max_delay
         self.timeout = timeout
         self.random = random
+        self.metrics = metrics  # streamd.metrics.Metrics, or None
         self.calls: Counter[str] = Counter()
 
     @classmethod
     def connect(cls, reactor, queue_url: str, region: str | None = None,
                 endpoint: str | None = None, profile: str | None = None,
-                connections: int = 4) -> SQSClient:
+                connections: int = 4, metrics=None) -> SQSClient:
         """A client with its own persistent connection pool and the standard chain."""
         import treq
         from twisted.web.client import Agent, HTTPConnectionPool
@@ -120,7 +131,7 @@ class SQSClient:
         http = treq.client.HTTPClient(Agent(reactor, pool=pool))
         region = region or region_of(queue_url) or "us-east-1"
         return cls(http, SQSProtocol(region, endpoint),
-                   Credentials.from_chain(reactor, profile), reactor)
+                   Credentials.from_chain(reactor, profile), reactor, metrics=metrics)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number C{attempt} (1-based): full jitter."""
@@ -149,6 +160,22 @@ class SQSClient:
 
     async def _send(self, operation: str, request, timeout: float) -> dict[str, Any]:
         self.calls[operation] += 1
+        outcome = "error"
+        try:
+            answer = await self._exchange_parsed(operation, request, timeout)
+            outcome = "ok"
+            return answer
+        except SQSError as e:
+            outcome = _outcome(e)
+            raise
+        except CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.sqs_requests.labels(operation, outcome).inc()
+
+    async def _exchange_parsed(self, operation: str, request, timeout: float):
         d: Deferred = ensureDeferred(self._exchange(request))
         timed_out = []
 

@@ -303,6 +303,10 @@ async def test_5xx_answers_are_retried_and_nothing_is_lost(serve, moto, queue,  
     assert sorted(m["id"] for m in reader.messages()) == sorted(ids)
     await settled(moto, queue, (0, 0))
     assert sqs_proxy.injected == 5
+    text = (await treq.content(await within(treq.get(server.url + "/metrics")))).decode()
+    for op, n in (("SendMessageBatch", 1), ("ReceiveMessage", 2), ("DeleteMessageBatch", 2)):
+        assert f'streamd_sqs_requests_total{{operation="{op}",outcome="server_error"}} ' \
+            f'{n:.1f}' in text
     reader.close()
 
 

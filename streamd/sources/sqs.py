@@ -111,8 +111,10 @@ class SQSSource:
     kind = "sqs"
     durable = True
 
-    def __init__(self, name: str, settings: dict[str, Any], client: SQSClient, clock) -> None:
+    def __init__(self, name: str, settings: dict[str, Any], client: SQSClient, clock,
+                 metrics=None) -> None:
         self.name = name
+        self.metrics = metrics  # streamd.metrics.Metrics, or None
         self.client = client
         self.clock = clock
         self.queue_url: str = settings["queue_url"]
@@ -143,9 +145,13 @@ class SQSSource:
         client = SQSClient.connect(
             services.reactor, settings["queue_url"], settings["region"],
             settings["endpoint_url"], settings["profile"],
-            connections=settings["pollers"] + 4,
+            connections=settings["pollers"] + 4, metrics=services.metrics,
         )
-        return cls(settings["name"], settings, client, services.reactor)
+        return cls(settings["name"], settings, client, services.reactor, services.metrics)
+
+    def _count(self, series: str) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, series).labels(self.name, self.kind).inc()
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -240,6 +246,7 @@ class SQSSource:
                 system_attributes=SYSTEM_ATTRIBUTES,
             )
         except SQSError as e:
+            self._count("source_errors")
             if e.unusable:
                 self._set_down(e)
             else:  # the client already retried: rest before polling again
@@ -391,6 +398,7 @@ class SQSSource:
             failed = await self.client.delete_batch(self.queue_url, handles)
         except SQSError as e:
             failed = handles
+            self._count("source_errors")
             log.warn("stream {name}: delete failed: {error}", name=self.name, error=str(e))
         if failed:
             log.warn("stream {name}: {n} messages not deleted; SQS will redeliver them",
@@ -400,6 +408,7 @@ class SQSSource:
         try:
             await self.client.change_visibility_batch(self.queue_url, handles, timeout)
         except SQSError as e:
+            self._count("source_errors")
             # Not fatal: the message reappears when its visibility timeout ends.
             log.warn("stream {name}: visibility change failed: {error}", name=self.name,
                      error=str(e))
@@ -441,6 +450,7 @@ class SQSSource:
 
     def _set_up(self) -> None:
         if self.down is not None:
+            self._count("source_reconnects")
             log.info("stream {name} is up again", name=self.name)
             self.down = None
             self._wake()
