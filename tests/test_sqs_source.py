@@ -307,3 +307,13 @@ def test_partial_delete_batches_linger_full_ones_go_at_once():
     r.sub.ack(r.delivered[10:])
     clock.advance(ACK_LINGER)
     assert len(fake.deleted) == 13
+
+
+def test_implements_the_source_interfaces():
+    from zope.interface.verify import verifyObject
+
+    from streamd.interfaces import ISource, ISubscription
+
+    source, fake, clock = make()
+    assert verifyObject(ISource, source)
+    assert verifyObject(ISubscription, attach(source).sub)
