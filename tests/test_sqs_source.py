@@ -19,6 +19,7 @@ from streamd.framing import NDJSON
 from streamd.sources.sqs import (
     ACK_LINGER,
     EMPTY_PAUSE,
+    PROBE_CAP,
     PROBE_FIRST,
     SKIP_DELAY,
     SQSSource,
@@ -317,3 +318,30 @@ def test_implements_the_source_interfaces():
     source, fake, clock = make()
     assert verifyObject(ISource, source)
     assert verifyObject(ISubscription, attach(source).sub)
+
+
+def test_unreachable_endpoint_is_down_until_it_answers_again():
+    source, fake, clock = make()
+    r = attach(source)
+    fake.error = SQSError("ConnectionError", "ConnectionRefusedError")
+    fake.put("1")  # answers the poll in flight
+    assert source.status() == ("down", "ConnectionError: ConnectionRefusedError")
+    fake.error = None
+    clock.advance(PROBE_FIRST)
+    assert source.status() == ("ok", None)
+    fake.put("2")
+    assert r.ids() == ["m1", "m2"]
+
+
+def test_throttled_through_all_retries_rests_but_stays_up():
+    source, fake, clock = make()
+    attach(source)
+    fake.error = SQSError("ThrottlingException", "slow down", 400)
+    fake.put("1")
+    polls = fake.calls["ReceiveMessage"]
+    assert source.status() == ("ok", None)
+    fake.error = None
+    clock.advance(PROBE_CAP - 0.1)
+    assert fake.calls["ReceiveMessage"] == polls  # resting
+    clock.advance(0.1)
+    assert fake.calls["ReceiveMessage"] == polls + 1

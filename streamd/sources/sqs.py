@@ -247,9 +247,9 @@ class SQSSource:
             )
         except SQSError as e:
             self._count("source_errors")
-            if e.unusable:
+            if e.unusable or e.status is None:  # gone, refused, or no answer at all
                 self._set_down(e)
-            else:  # the client already retried: rest before polling again
+            else:  # throttled or 5xx through all the client's retries: rest a while
                 log.warn("stream {name}: receive failed: {error}", name=self.name,
                          error=str(e))
                 await deferLater(self.clock, PROBE_CAP, lambda: None)
