@@ -10,20 +10,16 @@ everyone else's, so each watcher sees it once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from streamd import redis
+from streamd.channels import Watched
 from streamd.sources.redis_pubsub import Hub
 
 log = Logger()
 
-Watcher = Callable[[str, bytes], None]
-
-
-class RedisChannels:
+class RedisChannels(Watched):
     """
     The C{[channels] backend = "redis"} store: C{get}, C{set} and C{watch} like
     L{streamd.channels.MemoryChannels}.
@@ -39,8 +35,8 @@ class RedisChannels:
         self.topic = prefix.encode() + b":changes"
         self.channels = [self.topic]
         self.patterns: list[bytes] = []
+        super().__init__()
         self.values: dict[str, bytes] = {}
-        self.watchers: dict[str, set[Watcher]] = {}
         self.hub: Hub | None = None
 
     def start(self):
@@ -68,7 +64,7 @@ class RedisChannels:
         for name, value in fresh.items():
             if self.values.get(name) != value:
                 self.values[name] = value
-                self._notify(name, value)
+                self.notify(name, value)
 
     def get(self, name: str) -> bytes | None:
         return self.values.get(name)
@@ -79,22 +75,6 @@ class RedisChannels:
         yield self.conn.command("HSET", self.hash, name.encode(), value)
         yield self.conn.command("PUBLISH", self.topic, name.encode() + b"\n" + value)
 
-    def watch(self, name: str, watcher: Watcher) -> Callable[[], None]:
-        self.watchers.setdefault(name, set()).add(watcher)
-
-        def unwatch() -> None:
-            group = self.watchers.get(name)
-            if group is not None:
-                group.discard(watcher)
-                if not group:
-                    del self.watchers[name]
-
-        return unwatch
-
-    def _notify(self, name: str, value: bytes) -> None:
-        for watcher in list(self.watchers.get(name, ())):
-            watcher(name, value)
-
     # -- called by the Hub ---------------------------------------------------------
 
     def received(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
@@ -102,7 +82,7 @@ class RedisChannels:
         if not sep:
             return
         self.values[name.decode()] = value
-        self._notify(name.decode(), value)
+        self.notify(name.decode(), value)
 
     def outage(self, since: float, until: float) -> None:
         # Changes published while we were away are lost to pub/sub; the hash has them.

@@ -11,6 +11,9 @@ created on first use and kept in C{services.shared}. It holds:
     every unrelated command behind it;
   - on request, subscriber connections for pub/sub.
 
+Also here: how a Redis value becomes a message body (L{as_json}), and the bookkeeping
+of the sources that share it (L{acquire}, L{release}, L{Faults}).
+
 Every connection is bytes-exact (C{charset=None}: no decoding;
 C{convertNumbers=False}: "007" stays "007") and reconnects with a short backoff
 (C{reconnect_initial}, growing to C{reconnect_max}: txredisapi's own default grows
@@ -26,10 +29,12 @@ from collections.abc import Callable
 from typing import Any
 
 import txredisapi
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 
+from streamd import resp
 from streamd.config import ConfigError
 from streamd.message import InvalidPayload, normalize_json
 
@@ -49,8 +54,7 @@ class _Factory(txredisapi.RedisFactory):
             password=settings["password"], replyTimeout=reply_timeout or None,
             convertNumbers=False, username=settings["username"],
         )
-        if protocol is not None:
-            self.protocol = protocol
+        self.protocol = protocol or resp.Protocol
         self.initialDelay = settings["reconnect_initial"]
         self.maxDelay = settings["reconnect_max"]
         self.on_change = on_change
@@ -84,10 +88,6 @@ class Dedicated:
         self.owner = owner
         self.factory = factory
 
-    @property
-    def up(self) -> bool:
-        return self.factory.size > 0
-
     def command(self, *args):
         """Send one command; a Deferred of its reply (bytes, ints, lists)."""
         return self.factory.handler.execute_command(*args)
@@ -115,6 +115,7 @@ class RedisConnection:
         self.users = 0
         self.factories: list[_Factory] = []
         self.listeners: list[Callable[[bool], None]] = []
+        self.waiters: list[tuple[Callable[[], bool], Deferred]] = []
         self._was_up = False
         #: objects built on this connection by the sources (the pub/sub hub), closed
         #: and dropped with it
@@ -131,7 +132,11 @@ class RedisConnection:
         endpoint = HostnameEndpoint(self.reactor, s["host"], s["port"],
                                     timeout=s["connect_timeout"])
         if s["tls"]:
-            endpoint = wrapClientTLS(optionsForClientTLS(s["host"]), endpoint)
+            trust = None
+            if s["tls_ca"]:
+                with open(s["tls_ca"], "rb") as f:
+                    trust = Certificate.loadPEM(f.read())
+            endpoint = wrapClientTLS(optionsForClientTLS(s["host"], trustRoot=trust), endpoint)
         return endpoint
 
     def _factory(self, poolsize: int, reply_timeout: float | None, protocol=None) -> _Factory:
@@ -140,7 +145,35 @@ class RedisConnection:
         self.factories.append(factory)
         return factory
 
+    def wait_for(self, predicate: Callable[[], bool]) -> Deferred:
+        """
+        A Deferred that fires (with True) once C{predicate()} holds, checked at each
+        change of connection state (L{changed}), or (with False) after
+        C{connect_timeout}: start-up waits a little for Redis, never for ever.
+        """
+        if predicate():
+            return succeed(True)
+        d = Deferred()
+        entry = (predicate, d)
+        self.waiters.append(entry)
+
+        def give_up():
+            if entry in self.waiters:
+                self.waiters.remove(entry)
+                d.callback(False)
+        self.reactor.callLater(self.settings["connect_timeout"], give_up)
+        return d
+
+    def changed(self) -> None:
+        """Something connected or disconnected: wake the waiters whose wait is over."""
+        for entry in list(self.waiters):
+            predicate, d = entry
+            if predicate():
+                self.waiters.remove(entry)
+                d.callback(True)
+
     def _changed(self) -> None:
+        self.changed()
         up = self.up
         if up != self._was_up:
             self._was_up = up
@@ -174,7 +207,7 @@ class RedisConnection:
         return Dedicated(self, self._factory(1, block + timeout if timeout else None))
 
     def subscriber(self, protocol) -> _Factory:
-        """A pub/sub connection speaking C{protocol} (a SubscriberProtocol subclass)."""
+        """A pub/sub connection speaking C{protocol} (a L{resp.SubscriberProtocol} subclass)."""
         return self._factory(1, None, protocol)
 
     def forget(self, factory: _Factory) -> None:
@@ -183,8 +216,6 @@ class RedisConnection:
             self.factories.remove(factory)
 
     def close(self):
-        from twisted.internet.defer import gatherResults
-
         factories, self.factories = self.factories, []
         return gatherResults([f.disconnect() for f in factories], consumeErrors=True)
 
@@ -206,14 +237,9 @@ def json_object(value: dict[str, Any]) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def param(params: Any, name: str) -> str | None:
-    """One query parameter of a publish request (a list of values or a value)."""
-    value = (params or {}).get(name)
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    if isinstance(value, bytes):
-        value = value.decode()
-    return value
+def param(params: dict[str, str] | None, name: str) -> str | None:
+    """One query parameter of a publish request."""
+    return (params or {}).get(name)
 
 
 def default_instance(settings: dict[str, Any]) -> str:
@@ -242,6 +268,37 @@ def acquire(services, stream: dict[str, Any]) -> RedisConnection:
         conn = shared[name] = RedisConnection(declared[name], services.reactor)
     conn.users += 1
     return conn
+
+
+class Faults:
+    """
+    A Redis source's reconnections and errors, counted in C{/metrics}
+    (C{streamd_source_reconnects}, C{streamd_source_errors}) when the app has metrics.
+    """
+
+    def __init__(self, services, stream: str, kind: str, conn: RedisConnection) -> None:
+        m = getattr(services, "metrics", None)
+        self.reconnects = m.source_reconnects.labels(stream, kind) if m else None
+        self.errors = m.source_errors.labels(stream, kind) if m else None
+        self.conn = conn
+        self.was_down = False
+        conn.listeners.append(self._changed)
+
+    def _changed(self, up: bool) -> None:
+        if not up:
+            self.was_down = True
+        elif self.was_down:
+            self.was_down = False
+            if self.reconnects is not None:
+                self.reconnects.inc()
+
+    def error(self) -> None:
+        if self.errors is not None:
+            self.errors.inc()
+
+    def close(self) -> None:
+        if self._changed in self.conn.listeners:
+            self.conn.listeners.remove(self._changed)
 
 
 def release(services, conn: RedisConnection):

@@ -21,12 +21,16 @@ from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 
 from streamd.aws import Credentials, SQSError, SQSProtocol, region_of
 
 #: SQS's limit of entries in one batch call.
 BATCH = 10
+
+#: SQS's limit on the bodies of one SendMessageBatch call (256 KiB).
+BATCH_BYTES = 256 * 1024
 
 #: Seconds a request may take beyond its long-poll wait before it counts as lost.
 MARGIN = 10.0
@@ -36,6 +40,49 @@ _NETWORK_ERRORS = (
     neterror.DNSLookupError, ResponseFailed, ResponseNeverReceived, RequestNotSent,
     RequestTransmissionFailed, neterror.TimeoutError,
 )
+
+
+#: Errors whose AWS message may quote the canonical request (and so a session token).
+_SIGNATURE_ERRORS = frozenset({"SignatureDoesNotMatch", "IncompleteSignature",
+                               "InvalidSignatureException"})
+
+
+def _scrub(e: SQSError, credentials) -> None:
+    """Keep credential values out of an error that may be logged or shown."""
+    if e.code in _SIGNATURE_ERRORS:
+        e.message = "signature rejected: check the secret key and the clock"
+    for secret in (credentials.secret_key, credentials.token):
+        if secret and secret in e.message:
+            e.message = e.message.replace(secret, "(hidden)")
+    e.args = (f"{e.code}: {e.message}" if e.message else e.code,)
+
+
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+def _send_chunks(entries: list[dict[str, Any]]):
+    """Entries with their C{Id}s, grouped by SQS's per-call count and size limits."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for i, entry in enumerate(entries):
+        n = len(entry["MessageBody"].encode())
+        if chunk and (len(chunk) == BATCH or size + n > BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append({"Id": str(i), **entry})
+        size += n
+    if chunk:
+        yield chunk
+
+
+def _outcome(e: SQSError) -> str:
+    """A bounded label for the request metric."""
+    if e.code in ("Timeout", "ConnectionError"):
+        return e.code.lower()
+    if e.status is not None and e.status >= 500:
+        return "server_error"
+    return "throttled" if e.retryable else "client_error"
 
 
 def _cancelled(e: Exception) -> bool:
@@ -56,7 +103,8 @@ class SQSClient:
 
     def __init__(self, http, protocol: SQSProtocol, credentials: Credentials, clock, *,
                  max_attempts: int = 6, base_delay: float = 0.1, max_delay: float = 5.0,
-                 timeout: float = 30.0, random: Callable[[], float] = random.random) -> None:
+                 timeout: float = 30.0, random: Callable[[], float] = random.random,
+                 metrics=None) -> None:
         self.http = http
         self.protocol = protocol
         self.credentials = credentials
@@ -66,22 +114,24 @@ class SQSClient:
         self.max_delay = max_delay
         self.timeout = timeout
         self.random = random
+        self.metrics = metrics  # streamd.metrics.Metrics, or None
         self.calls: Counter[str] = Counter()
 
     @classmethod
     def connect(cls, reactor, queue_url: str, region: str | None = None,
                 endpoint: str | None = None, profile: str | None = None,
-                connections: int = 4) -> SQSClient:
+                connections: int = 4, metrics=None) -> SQSClient:
         """A client with its own persistent connection pool and the standard chain."""
         import treq
         from twisted.web.client import Agent, HTTPConnectionPool
 
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = connections
+        pool._factory = _QuietFactory  # one log line per connection is noise, not news
         http = treq.client.HTTPClient(Agent(reactor, pool=pool))
         region = region or region_of(queue_url) or "us-east-1"
         return cls(http, SQSProtocol(region, endpoint),
-                   Credentials.from_chain(reactor, profile), reactor)
+                   Credentials.from_chain(reactor, profile), reactor, metrics=metrics)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number C{attempt} (1-based): full jitter."""
@@ -103,12 +153,29 @@ class SQSClient:
             try:
                 return await self._send(operation, request, timeout or self.timeout)
             except SQSError as e:
+                _scrub(e, credentials)
                 if not e.retryable or attempt >= self.max_attempts:
                     raise
             await deferLater(self.clock, self.backoff(attempt), lambda: None)
 
     async def _send(self, operation: str, request, timeout: float) -> dict[str, Any]:
         self.calls[operation] += 1
+        outcome = "error"
+        try:
+            answer = await self._exchange_parsed(operation, request, timeout)
+            outcome = "ok"
+            return answer
+        except SQSError as e:
+            outcome = _outcome(e)
+            raise
+        except CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.sqs_requests.labels(operation, outcome).inc()
+
+    async def _exchange_parsed(self, operation: str, request, timeout: float):
         d: Deferred = ensureDeferred(self._exchange(request))
         timed_out = []
 
@@ -184,14 +251,12 @@ class SQSClient:
 
     async def send_batch(self, queue_url: str, entries: list[dict[str, Any]]) -> list[Any]:
         """
-        SendMessageBatch in calls of 10. C{entries} are SendMessageBatchRequestEntry
-        dicts without C{Id}; returns, in order, each MessageId or the L{SQSError} that
-        refused that entry.
+        SendMessageBatch in calls of at most 10 entries and L{BATCH_BYTES}. C{entries}
+        are SendMessageBatchRequestEntry dicts without C{Id}; returns, in order, each
+        MessageId or the L{SQSError} that refused that entry.
         """
         out: list[Any] = [None] * len(entries)
-        for start in range(0, len(entries), BATCH):
-            chunk = [{"Id": str(start + i), **e}
-                     for i, e in enumerate(entries[start:start + BATCH])]
+        for chunk in _send_chunks(entries):
             answer = await self.call("SendMessageBatch",
                                      {"QueueUrl": queue_url, "Entries": chunk})
             for ok in answer.get("Successful", []):

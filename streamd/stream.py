@@ -276,8 +276,10 @@ class Stream:
         if acked and self.subscription is not None:
             self.subscription.ack(acked)
         if not self.ended:
-            self._update_demand()
-            self._maybe_finish()
+            self._flush()  # acks make room in the window
+            if not self.ended:
+                self._update_demand()
+                self._maybe_finish()
         return len(acked), len(ids) - len(acked)
 
     # -- internals ---------------------------------------------------------------
@@ -306,13 +308,18 @@ class Stream:
             pending = self.pending
             framing = self.framing
             while pending and not self.paused and not self.ended:
+                # In client-ack mode at most max_unacked messages are outstanding: the
+                # rest wait here (written once acks make room), not in the socket.
+                room = self.max_unacked - len(self.unacked) if self.client_ack else -1
+                if room == 0:
+                    break
                 parts = []
                 batch = []
                 size = 0
                 if self.dropped:
                     parts.append(framing.control("dropped", self.dropped))
                     self.dropped = 0
-                while pending and size < WRITE_BATCH_BYTES:
+                while pending and size < WRITE_BATCH_BYTES and len(batch) != room:
                     item = pending.popleft()
                     if type(item) is bytes:
                         frame = item

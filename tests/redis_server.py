@@ -18,6 +18,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -46,20 +47,39 @@ class RedisServer:
     @ivar proc: the running process, or None while stopped.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls_dir: str | None = None,
+                 persist_dir: str | None = None) -> None:
         self.port = port or free_port()
+        #: with an append-only file here (fsync'd at every write), data survives a restart
+        self.persist_dir = persist_dir
         self.proc: subprocess.Popen | None = None
+        #: with TLS only (the port speaks TLS): the CA that signed the server's
+        #: certificate for "localhost" (see L{make_certificates})
+        self.tls_dir = tls_dir
+        self.ca = make_certificates(tls_dir) if tls_dir else None
 
     @property
     def url(self) -> str:
+        if self.tls_dir:
+            return f"rediss://localhost:{self.port}/0"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _listen_args(self) -> list[str]:
+        if not self.tls_dir:
+            return ["--port", str(self.port)]
+        d = self.tls_dir
+        return ["--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", f"{d}/server.pem", "--tls-key-file", f"{d}/server.key",
+                "--tls-ca-cert-file", f"{d}/ca.pem", "--tls-auth-clients", "no"]
 
     def start(self) -> None:
         """Start the server and return once it accepts connections (bounded wait)."""
         assert self.proc is None, "already running"
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            [REDIS_SERVER, *self._listen_args(), "--bind", "127.0.0.1", "--save", "",
+             *(["--appendonly", "yes", "--appendfsync", "always", "--dir", self.persist_dir]
+               if self.persist_dir else ["--appendonly", "no"]),
+             "--daemonize", "no"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         # Wait on the server's own "ready" log line, not on a fixed delay.
@@ -98,6 +118,9 @@ class RedisServer:
     def command(self, *args) -> object:
         """Send one command over a fresh connection and return the parsed reply."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT) as s:
+            if self.ca:
+                s = ssl.create_default_context(cafile=self.ca).wrap_socket(
+                    s, server_hostname="localhost")
             s.sendall(encode_command(*args))
             reader = s.makefile("rb")
             return read_reply(reader)
@@ -109,6 +132,22 @@ class RedisServer:
             capture_output=True, timeout=START_TIMEOUT, check=True,
         )
         return done.stdout.decode()
+
+
+def make_certificates(d: str) -> str:
+    """A CA and a certificate it signed for localhost / 127.0.0.1, in C{d}; the CA's path."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True,
+                       timeout=START_TIMEOUT)
+    with open(os.path.join(d, "san.txt"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=streamd test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=localhost")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.txt")
+    return os.path.join(d, "ca.pem")
 
 
 def _drain(stream) -> None:

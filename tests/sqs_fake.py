@@ -17,6 +17,16 @@ from twisted.internet.defer import Deferred, fail, succeed
 from streamd.aws import SQSError
 
 
+def fired(d: Deferred):
+    """The result of a Deferred that must already have fired (raises its failure)."""
+    out: list = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
+
+
 class FakeSQS:
     def __init__(self) -> None:
         self.visible: deque[dict[str, Any]] = deque()

@@ -17,6 +17,7 @@ import pytest_twisted
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ParamValidationError
+from sqs_fake import fired
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 
 from streamd.aws import (
@@ -168,16 +169,6 @@ def test_parse_answer_and_errors():
     assert e.value.retryable and e.value.status == 503
 
 
-def done(d: Deferred):
-    """The result of a Deferred that must already have fired (no reactor needed)."""
-    results: list = []
-    d.addBoth(results.append)
-    assert results, "not fired"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
-
-
 def _refreshable(expiry, now, refresh):
     return RefreshableCredentials(
         "AKID1", "secret1", "token1", expiry, refresh, "test", time_fetcher=lambda: now[0]
@@ -203,14 +194,14 @@ def test_credentials_resolved_off_thread_once_and_refreshed_before_expiry():
     source = _refreshable(t0 + datetime.timedelta(hours=1), now, refresh)
     creds = Credentials(run_blocking, lambda: source)
 
-    first = done(ensureDeferred(creds.get()))
+    first = fired(ensureDeferred(creds.get()))
     assert (first.access_key, first.token) == ("AKID1", "token1")
     assert len(ran_blocking) == 1
-    done(ensureDeferred(creds.get()))
+    fired(ensureDeferred(creds.get()))
     assert len(ran_blocking) == 1  # still fresh: no thread, no resolution
 
     now[0] = t0 + datetime.timedelta(minutes=50)  # inside the 15-minute advisory window
-    second = done(ensureDeferred(creds.get()))
+    second = fired(ensureDeferred(creds.get()))
     assert second.access_key == "AKID2" and len(ran_blocking) == 2
     assert refreshed == [now[0]]
 

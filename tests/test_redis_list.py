@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest_twisted
@@ -17,7 +19,7 @@ from conftest import (
     wait_until,
     within,
 )
-from redis_server import redis_fixture  # noqa: F401
+from redis_server import RedisServer, redis_fixture  # noqa: F401
 from test_daemon import start as start_daemon
 from twisted.internet import defer
 
@@ -175,6 +177,31 @@ async def test_redis_restart_during_a_stream(redis, serve):
 
 
 @ensure
+async def test_acks_across_a_redis_restart_nothing_lost_nothing_dropped(tmp_path, serve):
+    redis = RedisServer(persist_dir=str(tmp_path))  # keeps its data over a restart
+    redis.start()
+    try:
+        server = await serve(config(redis, ack="client", heartbeat=0))
+        redis.command("RPUSH", "jobs", "1", "2", "3", "4")
+        reader = await open_stream(server.url + "/streams/jobs")
+        items = await reader.wait_for(4)
+        await ack(server, reader, [items[0]["id"]])
+        await wait_until(lambda: llen(redis, PROCESSING) == 3)
+        redis.restart()
+        await wait_until(lambda: server.app.sources["jobs"].status()[0] == "ok")
+        # Acknowledged after the restart: removed; the reader goes on where it was.
+        await ack(server, reader, [items[1]["id"], items[2]["id"]])
+        await wait_until(lambda: llen(redis, PROCESSING) == 1)
+        redis.command("RPUSH", "jobs", "5")
+        assert (await reader.wait_for(5))[4]["data"] == 5
+        reader.close()  # 4 and 5 were never acknowledged: back in the list, in order
+        await wait_until(lambda: llen(redis, PROCESSING) == 0)
+        assert redis.command("LRANGE", "jobs", 0, -1) == [b"4", b"5"]
+    finally:
+        redis.stop()
+
+
+@ensure
 async def test_shutdown_while_redis_is_down_does_not_hang(redis, serve):
     server = await serve(config(redis))
     reader = await open_stream(server.url + "/streams/jobs")
@@ -195,6 +222,20 @@ async def test_processing_list_of_a_dead_instance_is_taken_back(redis, serve):
     assert redis.command("SMEMBERS", "jobs:streamd:instances") == [b"test"]
 
 
+async def healthy(port: int) -> None:
+    """Wait (bounded) until a daemon's sources are up: it connects to Redis after listening."""
+    await wait_until(lambda: _health(port) == 200)
+
+
+def _health(port: int) -> int:
+    # A blocking request is fine here: the daemon is another process.
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 @ensure
 async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
         redis, tmp_path, monkeypatch):
@@ -208,6 +249,7 @@ async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
     redis.command("RPUSH", "jobs", "1", "2", "3", "4")
     proc, port = start_daemon(tmp_path, "--config", str(conf))
     try:
+        await healthy(port)
         reader = await open_stream(f"http://127.0.0.1:{port}/streams/jobs")
         await reader.wait_for(4)  # held, never acknowledged
         assert llen(redis, PROCESSING) == 4 and llen(redis) == 0
@@ -223,6 +265,7 @@ async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
     again.mkdir()
     proc, port = start_daemon(again, "--config", str(conf))
     try:
+        await healthy(port)
         # ...and a restarted streamd with the same instance name takes it back.
         reader = await open_stream(f"http://127.0.0.1:{port}/streams/jobs?ack=write&limit=4")
         await within(reader.done)
@@ -233,3 +276,22 @@ async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@ensure
+async def test_filtered_clients_share_the_queue_by_filter(redis, serve):
+    server = await serve(config(redis))
+    ra = await open_stream(server.url + "/streams/jobs?where.kind=a")
+    rb = await open_stream(server.url + "/streams/jobs?where.kind=b")
+    await wait_until(lambda: redis.cli("CLIENT", "LIST").count("cmd=blmove") == 2)
+    kinds = ["a", "b"] * 10 + ["c"]
+    redis.command("RPUSH", "jobs", *[json.dumps({"kind": k, "n": n}) for n, k in enumerate(kinds)])
+    await wait_until(lambda: len(ra.items) + len(rb.items) == 20)
+    assert sorted(m["data"]["n"] for m in ra.messages()) == list(range(0, 20, 2))
+    assert sorted(m["data"]["n"] for m in rb.messages()) == list(range(1, 20, 2))
+    # The one nobody wants is held back (not lost, not spun on), then returned to the list.
+    await wait_until(lambda: llen(redis, PROCESSING) + llen(redis) == 1)
+    assert b'"kind": "c"' in (redis.command("LRANGE", PROCESSING, 0, -1) or [b""])[0] + (
+        redis.command("LRANGE", "jobs", 0, -1) or [b""])[0]
+    ra.close()
+    rb.close()

@@ -1,11 +1,13 @@
 """redis-pubsub end to end: a private redis-server, streamd in-process, real HTTP clients."""
 
+import shutil
 import time
 
+import pytest
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
-from redis_server import redis_fixture  # noqa: F401
+from redis_server import RedisServer, redis_fixture  # noqa: F401
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -103,5 +105,28 @@ async def test_redis_restart_resubscribes_with_a_gap_notice(redis, serve):
     redis.cli("PUBLISH", "news", "2")
     items = await reader.wait_for(3)
     assert items[2]["data"] == 2
+    await wait_until(lambda: server.app.sources["news"].status()[0] == "ok", seconds=2)
     assert (await within(treq.get(server.url + "/health"))).code == 200
+    metrics = await (await within(treq.get(server.url + "/metrics"))).text()
+    assert ('streamd_source_reconnects_total{source="redis-pubsub",stream="news"} 1.0'
+            in metrics)
     reader.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+@ensure
+async def test_rediss_url_with_a_private_ca(tmp_path, serve):
+    tls = RedisServer(tls_dir=str(tmp_path))  # speaks TLS only
+    tls.start()
+    try:
+        s = settings({"news": {"source": "redis-pubsub", "channels": ["news"]}},
+                     redis={"url": tls.url, "tls_ca": tls.ca})
+        server = await serve(s)
+        reader = await open_stream(server.url + "/streams/news")
+        await wait_until(lambda: numsub(tls, "news") == 1)
+        await publish(server.url + "/streams/news/messages", {"tls": True})
+        items = await reader.wait_for(1)
+        assert items[0]["data"] == {"tls": True}
+        reader.close()
+    finally:
+        tls.stop()

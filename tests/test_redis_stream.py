@@ -6,7 +6,7 @@ import time
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
-from redis_server import redis_fixture  # noqa: F401
+from redis_server import RedisServer, redis_fixture  # noqa: F401
 from test_redis_list import idle, reads
 
 ensure = pytest_twisted.ensureDeferred
@@ -92,6 +92,14 @@ async def test_start_positions_and_trimmed_gap(redis, serve):
     await within(trimmed.done)
     assert trimmed.items[0] == {"gap": {"since": ids[0], "missed": None, "reason": "trimmed"}}
     assert [m["data"] for m in trimmed.items[1:]] == [4, 5]
+    # An id from the future (the stream was re-created): said so, then new entries.
+    future = await open_stream(server.url + "/streams/events?since=99999999999999-0&limit=1")
+    await wait_until(lambda: bool(future.items))
+    assert future.items[0]["gap"]["reason"] == "unknown id"
+    await wait_until(lambda: "cmd=xread" in redis.cli("CLIENT", "LIST"))
+    xadd(redis, "6")
+    await within(future.done)
+    assert future.items[1]["data"] == 6
     bad = await within(treq.get(server.url + "/streams/events?since=yesterday"))
     assert bad.code == 400
 
@@ -205,3 +213,50 @@ async def test_redis_restart_during_a_stream_cursor_and_group(redis, serve):
     assert [m["data"] for m in await group.wait_for(2)] == [1, 2]
     cursor.close()
     group.close()
+
+
+@ensure
+async def test_group_mode_filtered_clients_share_the_entries(redis, serve):
+    server = await serve(config(redis, group="workers"))
+    ra = await open_stream(server.url + "/streams/events?where.kind=a")
+    rb = await open_stream(server.url + "/streams/events?where.kind=b")
+    await wait_until(lambda: redis.cli("CLIENT", "LIST").count("cmd=xreadgroup") == 2)
+    kinds = ["a", "b"] * 10
+    await publish(server.url + "/streams/events/messages",
+                  *[{"kind": k, "n": n} for n, k in enumerate(kinds)])
+    await wait_until(lambda: len(ra.items) + len(rb.items) == 20)
+    assert sorted(m["data"]["n"] for m in ra.messages()) == list(range(0, 20, 2))
+    assert sorted(m["data"]["n"] for m in rb.messages()) == list(range(1, 20, 2))
+    await wait_until(lambda: redis.command("XPENDING", "events", "workers")[0] == 0)
+    ra.close()
+    rb.close()
+
+
+@ensure
+async def test_group_acks_across_a_redis_restart(tmp_path, serve):
+    redis = RedisServer(persist_dir=str(tmp_path))  # keeps its data over a restart
+    redis.start()
+    try:
+        server = await serve(config(redis, group="workers", ack="client", heartbeat=0))
+        reader = await open_stream(server.url + "/streams/events")
+        await wait_until(lambda: "cmd=xreadgroup" in redis.cli("CLIENT", "LIST"))
+        ids = [xadd(redis, str(n)) for n in range(3)]
+        await reader.wait_for(3)
+        redis.restart()
+        await wait_until(lambda: server.app.sources["events"].status()[0] == "ok")
+        session = reader.response.headers.getRawHeaders("streamd-session")[0]
+        resp = await within(treq.post(
+            server.url + "/streams/events/ack",
+            json.dumps({"session": session, "ids": ids[:2]}).encode(),
+            headers={"Content-Type": "application/json"}))
+        assert (await treq.json_content(resp))["acked"] == 2
+        await wait_until(lambda: redis.command("XPENDING", "events", "workers")[0] == 1)
+        later = xadd(redis, "3")
+        assert (await reader.wait_for(4))[3]["id"] == later  # reading goes on
+        reader.close()
+        await server.wait_open_streams(0)
+        again = await open_stream(server.url + "/streams/events?ack=write&limit=2")
+        await within(again.done)  # the unacknowledged two, for the next client
+        assert sorted(m["id"] for m in again.items) == [ids[2], later]
+    finally:
+        redis.stop()

@@ -10,6 +10,7 @@ import json
 import pytest
 import pytest_twisted
 from botocore.exceptions import ParamValidationError
+from sqs_fake import fired
 from sqs_server import moto, queue  # noqa: F401  (fixtures)
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, ensureDeferred
@@ -70,20 +71,11 @@ def run(coro):
     return ensureDeferred(coro)
 
 
-def result(d):
-    out: list = []
-    d.addBoth(out.append)
-    assert out, "not finished"
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
-
-
 def test_receive_sends_a_signed_long_poll_and_returns_messages(fake):
     sqs, clock, client = fake
     sqs.script["ReceiveMessage"] = [(200, {"Messages": [
         {"MessageId": "m1", "ReceiptHandle": "r1", "Body": '{"n": 1}'}]})]
-    msgs = result(run(client.receive(QURL, max_messages=7, wait=20, visibility=45,
+    msgs = fired(run(client.receive(QURL, max_messages=7, wait=20, visibility=45,
                                      system_attributes=["SentTimestamp"])))
     assert [m["MessageId"] for m in msgs] == ["m1"]
     op, params, headers = sqs.seen[0]
@@ -106,7 +98,7 @@ def test_throttling_and_5xx_are_retried_with_growing_delays(fake):
     clock.advance(0.199)
     assert len(sqs.seen) == 2  # the second delay doubles
     clock.advance(0.001)
-    assert result(d) == [] and len(sqs.seen) == 3
+    assert fired(d) == [] and len(sqs.seen) == 3
 
 
 def test_jitter_scales_the_delay():
@@ -119,7 +111,7 @@ def test_missing_queue_is_not_retried(fake):
     sqs, clock, client = fake
     sqs.script["ReceiveMessage"] = [(400, error("QueueDoesNotExist"))]
     with pytest.raises(SQSError) as e:
-        result(run(client.receive(QURL)))
+        fired(run(client.receive(QURL)))
     assert e.value.code == "QueueDoesNotExist" and e.value.unusable
     assert len(sqs.seen) == 1
 
@@ -130,7 +122,7 @@ def test_gives_up_after_max_attempts(fake):
     d = run(client.delete_batch(QURL, ["h"]))
     clock.pump([1.0] * 10)
     with pytest.raises(SQSError) as e:
-        result(d)
+        fired(d)
     assert e.value.status == 503 and len(sqs.seen) == 4
 
 
@@ -144,13 +136,13 @@ def test_a_poll_that_never_answers_times_out_after_the_wait_and_is_retried(fake)
     assert len(sqs.seen) == 1
     clock.advance(0.1001)
     assert len(sqs.seen) == 2
-    assert result(d) == []
+    assert fired(d) == []
 
 
 def test_bad_parameters_send_nothing(fake):
     sqs, clock, client = fake
     with pytest.raises(ParamValidationError):
-        result(run(client.receive(QURL, max_messages="ten")))
+        fired(run(client.receive(QURL, max_messages="ten")))
     assert sqs.seen == []
 
 
@@ -160,7 +152,7 @@ def test_cancel_stops_without_retrying(fake):
     d = run(client.receive(QURL))
     d.cancel()
     with pytest.raises(CancelledError):
-        result(d)
+        fired(d)
     clock.advance(100)
     assert len(sqs.seen) == 1
 
@@ -173,7 +165,7 @@ def test_batches_go_ten_at_a_time_and_report_failures(fake):
         (200, {}), (200, {"Failed": [{"Id": "22", "Code": "X", "SenderFault": True}]}),
     ]
     handles = [f"h{i}" for i in range(23)]
-    assert result(run(client.delete_batch(QURL, handles))) == ["h3", "h22"]
+    assert fired(run(client.delete_batch(QURL, handles))) == ["h3", "h22"]
     sizes = [len(p["Entries"]) for _, p, _ in sqs.seen]
     assert sizes == [10, 10, 3]
     assert sqs.seen[2][1]["Entries"][2] == {"Id": "22", "ReceiptHandle": "h22"}
@@ -187,7 +179,7 @@ def test_send_batch_returns_ids_in_order_and_failures(fake):
         "Failed": [{"Id": "2", "Code": "InvalidMessageContents", "SenderFault": True,
                     "Message": "bad"}],
     })]
-    out = result(run(client.send_batch(QURL, [{"MessageBody": "1"}, {"MessageBody": "2"},
+    out = fired(run(client.send_batch(QURL, [{"MessageBody": "1"}, {"MessageBody": "2"},
                                               {"MessageBody": "3"}])))
     assert out[:2] == ["a", "b"]
     assert isinstance(out[2], SQSError) and out[2].code == "InvalidMessageContents"
@@ -248,3 +240,35 @@ async def test_missing_queue_against_moto(moto, aws_env):  # noqa: F811
     with pytest.raises(SQSError) as e:
         await client.queue_attributes(moto.endpoint + "/123456789012/nope")
     assert e.value.unusable
+
+
+def test_send_batch_respects_the_size_limit_too(fake):
+    sqs, clock, client = fake
+    sqs.script["SendMessageBatch"] = [
+        (200, {"Successful": [{"Id": "0", "MessageId": "a", "MD5OfMessageBody": "x"},
+                              {"Id": "1", "MessageId": "b", "MD5OfMessageBody": "x"}]}),
+        (200, {"Successful": [{"Id": "2", "MessageId": "c", "MD5OfMessageBody": "x"}]}),
+    ]
+    big = json.dumps("x" * 100_000)
+    out = fired(run(client.send_batch(QURL, [{"MessageBody": big}] * 3)))
+    assert out == ["a", "b", "c"]
+    assert [[e["Id"] for e in p["Entries"]] for _, p, _ in sqs.seen] == [["0", "1"], ["2"]]
+
+
+def test_errors_never_carry_credential_values():
+    sqs = ScriptedSQS()
+    client = SQSClient(StubTreq(sqs), SQSProtocol("us-east-1"),
+                       Credentials.static("AKIDTEST", "s3cr3t-key", "s3ss10n-tok"), Clock())
+    sqs.script["ReceiveMessage"] = [
+        (403, {"__type": "com.amazonaws.sqs#SignatureDoesNotMatch",
+               "message": "canonical request: x-amz-security-token:s3ss10n-tok"}),
+    ]
+    sqs.script["GetQueueAttributes"] = [
+        (400, {"__type": "com.amazonaws.sqs#InvalidParameterValue",
+               "message": "odd value s3cr3t-key"}),
+    ]
+    for d in (run(client.receive(QURL)), run(client.queue_attributes(QURL))):
+        with pytest.raises(SQSError) as e:
+            fired(d)
+        text = str(e.value) + e.value.message
+        assert "s3ss10n-tok" not in text and "s3cr3t-key" not in text

@@ -9,14 +9,22 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqs_fake import FakeSQS, Recorder
+from sqs_fake import FakeSQS, Recorder, fired
 from twisted.internet.task import Clock
 
 from streamd import config
 from streamd.aws import SQSError
 from streamd.errors import BadRequest, Unavailable
 from streamd.framing import NDJSON
-from streamd.sources.sqs import EMPTY_PAUSE, PROBE_FIRST, SKIP_DELAY, SQSSource, body_json
+from streamd.sources.sqs import (
+    ACK_LINGER,
+    EMPTY_PAUSE,
+    PROBE_CAP,
+    PROBE_FIRST,
+    SKIP_DELAY,
+    SQSSource,
+    body_json,
+)
 from streamd.stream import Stream
 from streamd.testing import FakeRequest
 
@@ -90,13 +98,13 @@ def test_delete_only_after_ack_and_nack_makes_visible_at_once():
     source, fake, clock = make()
     r = attach(source)
     fake.put("1", "2", "3")
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     assert fake.deleted == []
     r.sub.pause()
     r.sub.ack(r.delivered[:2])
     r.sub.nack(r.delivered[2:])
     assert fake.deleted == []  # batched to the end of this reactor turn
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     assert fake.deleted == ["m1", "m2"] and fake.released == ["m3"]
     assert fake.calls["DeleteMessageBatch"] == 1
     r.sub.resume()
@@ -123,11 +131,11 @@ def test_broadcast_deletes_when_every_client_is_done_and_one_wrote_it():
     assert a.ids() == b.ids() == ["m1", "m2"]
     assert a.delivered[0] is b.delivered[0]  # one Message: encoded once for both
     a.sub.ack(a.delivered)
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     assert fake.deleted == []
     b.sub.nack(b.delivered[:1])
     b.sub.ack(b.delivered[1:])
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     assert sorted(fake.deleted) == ["m1", "m2"] and fake.released == []
 
 
@@ -142,7 +150,7 @@ def test_broadcast_nacked_by_all_is_given_back():
     assert a.ids() == b.ids() == ["m1"]  # broadcast: paused clients get it queued too
     a.sub.nack(a.delivered)
     b.sub.cancel()  # gone without acking: counts as given back
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     assert fake.released == ["m1"] and fake.deleted == []
 
 
@@ -152,12 +160,12 @@ def test_cancel_gives_back_what_was_not_acked_and_last_client_gone_releases_held
     fake.put("1", "2")
     r.sub.ack(r.delivered[:1])
     r.sub.cancel()
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     assert fake.deleted == ["m1"] and fake.released[0] == "m2"
     # The poll in flight when the last client left received m2 again (and will get
     # m3): a batch that finds no client goes straight back.
     fake.put("3")
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     assert fake.counts() == (2, 0)
     assert fake.calls["ReceiveMessage"] == 2  # and no client: no further polls
 
@@ -167,7 +175,7 @@ def test_visibility_extended_for_messages_held_past_half_the_timeout():
     r = attach(source)
     fake.put("1", "2")
     r.sub.ack(r.delivered[:1])
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     clock.advance(5)
     assert fake.extended == []
     clock.advance(5)  # 10 s = half the timeout
@@ -188,7 +196,7 @@ def test_stop_ends_streams_and_gives_back_everything_not_written():
         r.sub.pause()
     fake.put("3", "4")  # answers the poll in flight: held for a client
     d = source.stop()
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     assert d.called
     assert a.ended == b.ended == ["shutdown"]
     assert fake.deleted == ["m1"]
@@ -237,7 +245,7 @@ def test_limit_on_a_real_stream_takes_exactly_n_and_gives_back_the_rest():
     stream = Stream(request, source, NDJSON, clock, limit=3, heartbeat=0)
     stream.start()
     fake.put(*[json.dumps({"n": i}) for i in range(10)])
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     assert len(request.lines()) == 3 and stream.ended
     assert sorted(fake.deleted) == ["m1", "m2", "m3"]
     assert fake.counts() == (7, 0)
@@ -252,20 +260,13 @@ def test_since_is_refused():
 def test_publish_in_batches_with_fifo_ids():
     source, fake, clock = make(queue_url=QURL + ".fifo")
     with pytest.raises(BadRequest):
-        _result(source.publish([b"{}"], {}))
-    ids = _result(source.publish([b'{"n":%d}' % i for i in range(3)],
+        fired(source.publish([b"{}"], {}))
+    ids = fired(source.publish([b'{"n":%d}' % i for i in range(3)],
                                  {"group_id": "g", "deduplication_id": "d"}))
     assert ids == ["m1", "m2", "m3"]
     assert [e["MessageDeduplicationId"] for e in fake.sent] == ["d-0", "d-1", "d-2"]
     assert {e["MessageGroupId"] for e in fake.sent} == {"g"}
 
-
-def _result(d):
-    out = []
-    d.addBoth(out.append)
-    if hasattr(out[0], "raiseException"):
-        out[0].raiseException()
-    return out[0]
 
 
 def test_filtered_out_in_queue_delivery_goes_to_another_client_then_waits():
@@ -276,7 +277,7 @@ def test_filtered_out_in_queue_delivery_goes_to_another_client_then_waits():
     first.sub.skip(first.delivered[:1])  # its filter does not want m1
     assert second.ids() == ["m1"]
     second.sub.skip(second.delivered)  # nobody connected wants it
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     # Hidden for a while instead of bouncing between SQS and streamd in a loop.
     assert fake.extended == [("m1", SKIP_DELAY)] and fake.released == []
     assert "m1" not in {m.message.id for m in source.held.values()}
@@ -289,5 +290,58 @@ def test_filtered_out_in_broadcast_counts_as_handled():
     a.sub.skip(a.delivered)
     b.sub.ack(b.delivered[:1])
     b.sub.skip(b.delivered[1:])
-    clock.advance(0)
+    clock.advance(ACK_LINGER)
     assert sorted(fake.deleted) == ["m1", "m2"] and fake.released == []
+
+
+def test_partial_delete_batches_linger_full_ones_go_at_once():
+    source, fake, clock = make()
+    r = attach(source)
+    fake.put(*"0123456789abc")
+    r.sub.pause()
+    r.sub.ack(r.delivered[:3])
+    clock.advance(0)
+    assert fake.deleted == []  # waiting a moment for more acks
+    r.sub.ack(r.delivered[3:10])
+    clock.advance(0)
+    assert len(fake.deleted) == 10 and fake.calls["DeleteMessageBatch"] == 1
+    r.sub.ack(r.delivered[10:])
+    clock.advance(ACK_LINGER)
+    assert len(fake.deleted) == 13
+
+
+def test_implements_the_source_interfaces():
+    from zope.interface.verify import verifyObject
+
+    from streamd.interfaces import ISource, ISubscription
+
+    source, fake, clock = make()
+    assert verifyObject(ISource, source)
+    assert verifyObject(ISubscription, attach(source).sub)
+
+
+def test_unreachable_endpoint_is_down_until_it_answers_again():
+    source, fake, clock = make()
+    r = attach(source)
+    fake.error = SQSError("ConnectionError", "ConnectionRefusedError")
+    fake.put("1")  # answers the poll in flight
+    assert source.status() == ("down", "ConnectionError: ConnectionRefusedError")
+    fake.error = None
+    clock.advance(PROBE_FIRST)
+    assert source.status() == ("ok", None)
+    fake.put("2")
+    assert r.ids() == ["m1", "m2"]
+
+
+def test_throttled_through_all_retries_rests_but_stays_up():
+    source, fake, clock = make()
+    attach(source)
+    fake.error = SQSError("ThrottlingException", "slow down", 400)
+    fake.put("1")
+    polls = fake.calls["ReceiveMessage"]
+    assert source.status() == ("ok", None)
+    fake.error = None
+    clock.advance(PROBE_CAP - 0.1)
+    assert fake.calls["ReceiveMessage"] == polls  # resting
+    clock.advance(0.1)
+    assert fake.calls["ReceiveMessage"] == polls + 1

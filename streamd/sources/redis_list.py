@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import txredisapi
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -31,6 +30,7 @@ from streamd import redis
 from streamd.errors import Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
+from streamd.sources.redis_reader import SKIP_DELAY, Reader, share_out
 
 log = Logger()
 
@@ -67,93 +67,37 @@ return n
 
 
 @implementer(ISubscription)
-class ListSubscription:
-    """
-    One client of a list stream, with its own reading connection.
+class ListSubscription(Reader):
+    """One client of a list stream, with its own reading connection."""
 
-    @ivar reading: a read loop is running (at most one at a time).
-    """
-
-    def __init__(self, source: RedisListSource, consumer) -> None:
-        self.source = source
-        self.consumer = consumer
-        self.reader = source.conn.dedicated(source.block)
-        self.paused = False
-        self.cancelled = False
-        self.reading = False
-
-    def _kick(self) -> None:
-        if not (self.reading or self.paused or self.cancelled):
-            self.reading = True
-            Deferred.fromCoroutine(self._read())
-
-    async def _read(self) -> None:
-        try:
-            await self._loop()
-        except Exception:
-            log.failure("redis-list {name}: reader failed", name=self.source.name)
-            if not self.cancelled:
-                # Not a Redis condition we know: retry later rather than spin.
-                self.source.clock.callLater(1.0, self._kick)
-        finally:
-            self.reading = False
-            if self.cancelled:
-                self.reader.close()
-
-    async def _loop(self) -> None:
+    async def read_once(self) -> list:
         src = self.source
-        while not (self.paused or self.cancelled):
-            try:
-                values = await self.reader.command(
-                    "EVAL", TAKE, 2, src.key, src.processing, src.batch)
-                if not values:
-                    value = await self.reader.command(
-                        "BLMOVE", src.key, src.processing, "LEFT", "RIGHT", src.block)
-                    values = [] if value is None else [value]
-            except txredisapi.ConnectionError:
-                # Lost (Redis restarted, reply timeout): the next command waits for
-                # the reconnection. A value moved just before the loss stays in the
-                # processing list until this instance's next start.
-                continue
-            except txredisapi.ResponseError as e:
-                self.consumer.source_ended(f"redis: {e}")
-                return
-            if not values:
-                continue
-            if self.cancelled:
-                src.give_back(values)
-                return
-            self.consumer.deliver([src.message(v) for v in values])
+        values = await self.reader.command("EVAL", TAKE, 2, src.key, src.processing, src.batch)
+        if values:
+            return values
+        value = await self.reader.command(
+            "BLMOVE", src.key, src.processing, "LEFT", "RIGHT", src.block)
+        # A value moved just before a lost connection stays in the processing list
+        # until this instance's next start.
+        return [] if value is None else [value]
 
-    def pause(self) -> None:
-        self.paused = True
+    def received(self, values: list) -> None:
+        self.consumer.deliver([self.source.message(v) for v in values])
 
-    def resume(self) -> None:
-        self.paused = False
-        self._kick()
+    def returned(self, values: list) -> None:
+        self.source.give_back(values)
 
     def ack(self, messages) -> None:
         self.source.remove([m.handle for m in messages])
+        self.source.settled(messages)
 
     def nack(self, messages) -> None:
         self.source.give_back([m.handle for m in messages])
+        self.source.settled(messages)
 
-    def cancel(self) -> None:
-        """
-        Stop reading. A BLMOVE in flight is let finish (at most C{block} seconds) so
-        that what it takes is given back rather than stranded.
-        """
-        if self.cancelled:
-            return
-        self.cancelled = True
-        self.source.subscribers.discard(self)
-        if not self.reading:
-            self.reader.close()
-
-    def close_now(self) -> None:
-        self.cancelled = True
-        self.source.subscribers.discard(self)
-        self.reader.close()
+    def skip(self, messages) -> None:
+        """Filtered out: another client may want them (see L{RedisListSource.skip})."""
+        self.source.skip(self, messages)
 
 
 @implementer(ISource)
@@ -162,6 +106,7 @@ class RedisListSource:
 
     kind = "redis-list"
     durable = True
+    faults: redis.Faults | None = None
 
     def __init__(self, name: str, conn: redis.RedisConnection, key: str, instance: str,
                  clock, block: float = 1.0, batch: int = 10, instance_ttl: float = 15.0,
@@ -181,6 +126,10 @@ class RedisListSource:
         self.seq = 0
         self.subscribers: set[ListSubscription] = set()
         self.pending: set[Deferred] = set()
+        #: message id -> clients whose filter refused it (see L{skip})
+        self.refused: dict[str, set] = {}
+        #: give-backs delayed because no client's filter wanted the message
+        self.parked: set = set()
         self.heartbeat = LoopingCall(self._heartbeat)
         self.heartbeat.clock = clock
 
@@ -188,16 +137,21 @@ class RedisListSource:
     def from_config(cls, settings: dict[str, Any], services) -> RedisListSource:
         conn = redis.acquire(services, settings)
         instance = settings["instance"] or redis.default_instance(services.settings)
-        return cls(settings["name"], conn, settings["key"], instance, services.reactor,
+        source = cls(settings["name"], conn, settings["key"], instance, services.reactor,
                    settings["block"], settings["batch"], settings["instance_ttl"],
                    lambda: redis.release(services, conn))
+        source.faults = redis.Faults(services, settings["name"], cls.kind, conn)
+        return source
 
     def start(self):
-        """Take back what this instance held before a restart, then keep alive."""
+        """
+        Take back what this instance held before a restart, then keep alive; fires
+        once Redis answers (or after connect_timeout).
+        """
         d = self._track(self.conn.command("EVAL", RECOVER, 2, self.key, self.processing))
         d.addCallback(self._recovered, self.processing)
         self.heartbeat.start(self.instance_ttl / 3, now=True)
-        return None
+        return self.conn.wait_for(lambda: self.conn.up)
 
     def _recovered(self, count, processing) -> None:
         if count:
@@ -250,7 +204,32 @@ class RedisListSource:
                 "EVAL", GIVE_BACK, 2, self.key, self.processing, *handles)
             ).addErrback(self._lost, "nack")
 
+    def settled(self, messages) -> None:
+        if self.refused:
+            for m in messages:
+                self.refused.pop(m.id, None)
+
+    def skip(self, sub: ListSubscription, messages) -> None:
+        """
+        A client's filter rejected these: offered to the other clients; a message no
+        client wants stays held for L{SKIP_DELAY} seconds, then goes back to
+        the list (at once, the readers would only take it again).
+        """
+        offers, unwanted = share_out(sub, self.subscribers, messages, self.refused)
+        for target, msgs in offers.items():
+            target.consumer.deliver(msgs)
+        if unwanted:
+            handles = [m.handle for m in unwanted]
+
+            def unpark():
+                self.parked.discard(call)
+                self.give_back(handles)
+            call = self.clock.callLater(SKIP_DELAY, unpark)
+            self.parked.add(call)
+
     def _lost(self, failure, what: str) -> None:
+        if self.faults is not None:
+            self.faults.error()
         # The message stays in the processing list: moved back at the next start.
         log.warn("redis-list {name}: {what} failed: {e}", name=self.name, what=what,
                  e=failure.getErrorMessage())
@@ -266,6 +245,9 @@ class RedisListSource:
             sub.close_now()
         if self.heartbeat.running:
             self.heartbeat.stop()
+        for call in self.parked:
+            call.cancel()  # the processing list is given back whole below
+        self.parked.clear()
         if self.conn.up:
             # Let the acks and give-backs already sent land, then give back what is
             # still held (reads cut short by the shutdown) and leave the registry;
@@ -276,6 +258,8 @@ class RedisListSource:
                 await cleanup
             except Exception as e:
                 log.warn("redis-list {name}: clean stop failed: {e}", name=self.name, e=e)
+        if self.faults is not None:
+            self.faults.close()
         if self.on_stop:
             await maybeDeferred(self.on_stop)
 
@@ -297,7 +281,7 @@ class RedisListSource:
             raise Unavailable(self.conn.status()[1] or "redis is down")
         sub = ListSubscription(self, consumer)
         self.subscribers.add(sub)
-        sub._kick()
+        sub.start()
         return sub
 
     def publish(self, payloads: list[bytes], params=None) -> Deferred:

@@ -6,7 +6,7 @@ Broadcast and at-most-once: every client gets every message published while it i
 connected, nothing is kept, and nothing is delivered twice. Redis cannot be paused
 per subscriber without starving the others, so a slow client's messages queue in its
 stream (C{max_pending}) and its C{slow_policy} decides what it gets when the queue is
-full: disconnected, or the oldest messages dropped with a gap notice.
+full: disconnected, or the oldest messages dropped (it is told how many).
 
 One subscriber connection per Redis connection serves every pub/sub stream on it
 (L{Hub}); a channel is subscribed while at least one client wants it and
@@ -23,10 +23,12 @@ import txredisapi
 from twisted.internet.defer import gatherResults
 from zope.interface import implementer
 
-from streamd import redis
+from streamd import redis, resp
+from streamd.config import ConfigError
 from streamd.errors import BadRequest, Unavailable
-from streamd.interfaces import ISource, ISubscription
+from streamd.interfaces import ISource
 from streamd.message import Message
+from streamd.sources.memory import MemorySubscription
 
 
 def _quiet(d) -> None:
@@ -34,7 +36,7 @@ def _quiet(d) -> None:
     d.addErrback(lambda f: f.trap(txredisapi.ConnectionError))
 
 
-class _Protocol(txredisapi.SubscriberProtocol):
+class _Protocol(resp.SubscriberProtocol):
     """Hands messages and connection changes to the factory's L{Hub}."""
 
     def connectionMade(self):
@@ -45,6 +47,16 @@ class _Protocol(txredisapi.SubscriberProtocol):
     def connectionLost(self, why):
         self.factory.hub.lost(self)
         super().connectionLost(why)
+
+    def dataReceived(self, data, unpause=False):
+        # Everything one read of the socket holds reaches a client in one write.
+        hub = self.factory.hub
+        hub.batching = True
+        try:
+            super().dataReceived(data, unpause)
+        finally:
+            hub.batching = False
+            hub.flush()
 
     def messageReceived(self, pattern, channel, message):
         self.factory.hub.message(pattern, channel, message)
@@ -64,7 +76,11 @@ class Hub:
         self.channels: dict[bytes, set[RedisPubSubSource]] = {}
         self.patterns: dict[bytes, set[RedisPubSubSource]] = {}
         self.proto: _Protocol | None = None
+        self.conn = conn
         self.outage_since: float | None = None
+        #: inside one read of the socket: sources collect messages until L{flush}
+        self.batching = False
+        self.filled: set[RedisPubSubSource] = set()
         self.factory = conn.subscriber(_Protocol)
         self.factory.hub = self
 
@@ -118,6 +134,7 @@ class Hub:
 
     def connected(self, proto: _Protocol) -> None:
         self.proto = proto
+        self.conn.changed()
         if self.channels:
             _quiet(proto.subscribe(list(self.channels)))
         if self.patterns:
@@ -147,29 +164,27 @@ class Hub:
         if sources:
             for source in list(sources):
                 source.received(channel, data, pattern)
+                self.filled.add(source)
+            if not self.batching:
+                self.flush()
+
+    def flush(self) -> None:
+        """End of a read: listeners that batch (pub/sub sources) deliver now."""
+        filled, self.filled = self.filled, set()
+        for source in filled:
+            # Other listeners (the Redis channels store) take each message as it comes.
+            flush = getattr(source, "flush", None)
+            if flush is not None:
+                flush()
 
 
-@implementer(ISubscription)
-class PubSubSubscription:
-    """A client of a pub/sub stream: pause and ack cost nothing (see the module doc)."""
+class PubSubSubscription(MemorySubscription):
+    """
+    A client of a pub/sub stream: like a memory stream's, pause and ack cost nothing
+    (see the module doc); leaving may unsubscribe Redis.
+    """
 
-    __slots__ = ("source", "consumer")
-
-    def __init__(self, source: RedisPubSubSource, consumer) -> None:
-        self.source = source
-        self.consumer = consumer
-
-    def pause(self) -> None:
-        pass
-
-    def resume(self) -> None:
-        pass
-
-    def ack(self, messages) -> None:
-        pass
-
-    def nack(self, messages) -> None:
-        pass
+    __slots__ = ()
 
     def cancel(self) -> None:
         self.source.leave(self)
@@ -186,6 +201,7 @@ class RedisPubSubSource:
 
     kind = "redis-pubsub"
     durable = False
+    faults: redis.Faults | None = None
 
     def __init__(self, name: str, conn: redis.RedisConnection, channels: list[str],
                  patterns: list[str], clock, on_stop=None) -> None:
@@ -196,28 +212,33 @@ class RedisPubSubSource:
         self.clock = clock
         self.on_stop = on_stop
         self.seq = 0
+        self.batch: list[Message] = []
         self.subscribers: set[PubSubSubscription] = set()
         self.hub: Hub | None = None
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], services) -> RedisPubSubSource:
         if not settings["channels"] and not settings["patterns"]:
-            from streamd.config import ConfigError
-
             raise ConfigError(f"streams.{settings['name']}.channels",
                               "give channels and/or patterns to subscribe to")
         conn = redis.acquire(services, settings)
-        return cls(settings["name"], conn, settings["channels"], settings["patterns"],
+        source = cls(settings["name"], conn, settings["channels"], settings["patterns"],
                    services.reactor, lambda: redis.release(services, conn))
+        source.faults = redis.Faults(services, settings["name"], cls.kind, conn)
+        return source
 
-    def start(self) -> None:
-        self.hub = Hub.of(self.conn, self.clock)
+    def start(self):
+        """Open the subscriber connection; fires once up (or after connect_timeout)."""
+        hub = self.hub = Hub.of(self.conn, self.clock)
+        return self.conn.wait_for(lambda: self.conn.up and hub.up)
 
     def stop(self):
         for sub in list(self.subscribers):
             sub.consumer.source_ended("shutdown")
         for sub in list(self.subscribers):
             self.leave(sub)
+        if self.faults is not None:
+            self.faults.close()
         return self.on_stop() if self.on_stop else None
 
     def status(self) -> tuple[str, str | None]:
@@ -245,12 +266,18 @@ class RedisPubSubSource:
                 self.hub.remove(self)
 
     def received(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
-        """One message from Redis: encoded once, delivered to every client."""
+        """One message from Redis, queued for L{flush}."""
         self.seq += 1
         attributes = {"channel": channel.decode("utf-8", "replace")}
         if pattern is not None:
             attributes["pattern"] = pattern.decode("utf-8", "replace")
-        batch = [Message(str(self.seq), self.name, redis.as_json(data), attributes)]
+        self.batch.append(Message(str(self.seq), self.name, redis.as_json(data), attributes))
+
+    def flush(self) -> None:
+        """Deliver what arrived: each message encoded once, one batch per client."""
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
         # A consumer may end its stream (slow policy) while we deliver.
         for sub in list(self.subscribers):
             sub.consumer.deliver(batch)

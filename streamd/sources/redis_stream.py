@@ -25,6 +25,7 @@ from typing import Any
 
 import txredisapi
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -32,6 +33,7 @@ from streamd import redis
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
+from streamd.sources.redis_reader import Reader, share_out
 
 log = Logger()
 
@@ -54,7 +56,7 @@ def before(entry_id: bytes) -> str:
 
 
 @implementer(ISubscription)
-class StreamSubscription:
+class StreamSubscription(Reader):
     """
     One client of a stream stream, with its own reading connection.
 
@@ -64,8 +66,7 @@ class StreamSubscription:
 
     def __init__(self, source: RedisStreamSource, consumer, since: str | None,
                  consumer_name: str | None) -> None:
-        self.source = source
-        self.consumer = consumer
+        super().__init__(source, consumer)
         self.since = since
         self.cursor: str | None = None
         self.consumer_name = consumer_name
@@ -74,54 +75,34 @@ class StreamSubscription:
         #: consumer name (left by this streamd before a restart); None once done
         self.history: str | None = "0-0"
         self.last_claim = float("-inf")
-        self.reader = source.conn.dedicated(source.block)
-        self.paused = False
-        self.cancelled = False
-        self.reading = False
+        #: group mode: ids (bytes) delivered to the client and not yet acked or nacked
+        self.held: set[bytes] = set()
 
-    def _kick(self) -> None:
-        if not (self.reading or self.paused or self.cancelled):
-            self.reading = True
-            Deferred.fromCoroutine(self._read())
+    async def read_once(self) -> list:
+        if self.source.group:
+            return await self._read_group()
+        return await self._read_cursor()
 
-    async def _read(self) -> None:
-        try:
-            await self._loop()
-        except Exception:
-            log.failure("redis-stream {name}: reader failed", name=self.source.name)
-            if not self.cancelled:
-                # Not a Redis condition we know: retry later rather than spin.
-                self.source.clock.callLater(1.0, self._kick)
-        finally:
-            self.reading = False
-            if self.cancelled:
-                self.reader.close()
+    def recover(self, error) -> bool:
+        if "NOGROUP" not in str(error):
+            return False
+        # The group is gone (Redis restarted without persistence): what the stream
+        # holds now was all added since, so the group is re-created at 0.
+        self.source.group_ready = False
+        self.source.recreate_at = "0"
+        return True
 
-    async def _loop(self) -> None:
+    def received(self, entries: list) -> None:
         src = self.source
-        while not (self.paused or self.cancelled):
-            try:
-                if src.group:
-                    entries = await self._read_group()
-                else:
-                    entries = await self._read_cursor()
-            except txredisapi.ConnectionError:
-                # Lost (Redis restarted, reply timeout): the next command waits for
-                # the reconnection; the position is kept here (cursor) or in Redis.
-                continue
-            except txredisapi.ResponseError as e:
-                if "NOGROUP" in str(e):
-                    # The group is gone (Redis restarted without persistence).
-                    src.group_ready = False
-                    continue
-                self.consumer.source_ended(f"redis: {e}")
-                return
-            if not entries:
-                continue
-            if self.cancelled:
-                src.give_back([e[0] for e in entries])
-                return
-            self.consumer.deliver([src.message(eid, fields) for eid, fields in entries])
+        if src.group:
+            # An entry this client already holds (claimed back from itself) is not
+            # sent twice.
+            entries = [e for e in entries if e[0] not in self.held]
+            self.held.update(e[0] for e in entries)
+        self.consumer.deliver([src.message(eid, fields) for eid, fields in entries])
+
+    def returned(self, entries: list) -> None:
+        self.source.give_back([e[0] for e in entries])
 
     async def _read_cursor(self):
         src = self.source
@@ -165,37 +146,32 @@ class StreamSubscription:
             "BLOCK", int(src.block * 1000), "STREAMS", src.key, ">")
         return reply[0][1] if reply else []
 
-    def pause(self) -> None:
-        self.paused = True
-
-    def resume(self) -> None:
-        self.paused = False
-        self._kick()
-
     def ack(self, messages) -> None:
         if self.source.group:
+            self._release(messages)
             self.source.remove([m.handle for m in messages])
 
     def nack(self, messages) -> None:
         if self.source.group:
+            self._release(messages)
             self.source.give_back([m.handle for m in messages])
 
-    def cancel(self) -> None:
-        """Stop reading; a read in flight finishes (at most C{block} seconds) first."""
-        if self.cancelled:
-            return
-        self._leave()
-        if not self.reading:
-            self.reader.close()
+    def skip(self, messages) -> None:
+        """Filtered out: group mode offers them to the other clients (cursor mode: done)."""
+        if self.source.group:
+            self._release(messages)
+            self.source.skip(self, messages)
 
-    def close_now(self) -> None:
-        if not self.cancelled:
-            self._leave()
-        self.reader.close()
+    def _release(self, messages) -> None:
+        held = self.held
+        for m in messages:
+            held.discard(m.handle.encode())
+        if self.source.refused:
+            for m in messages:
+                self.source.refused.pop(m.id, None)
 
-    def _leave(self) -> None:
-        self.cancelled = True
-        self.source.subscribers.discard(self)
+    def leave(self) -> None:
+        super().leave()
         if self.consumer_name is not None:
             self.source.free_names.append(self.consumer_name)
 
@@ -205,6 +181,7 @@ class RedisStreamSource:
     """One Redis stream, in cursor or group mode (see the module doc)."""
 
     kind = "redis-stream"
+    faults: redis.Faults | None = None
 
     def __init__(self, name: str, conn: redis.RedisConnection, key: str, clock, *,
                  group: str = "", instance: str = "", start: str = "$",
@@ -225,34 +202,56 @@ class RedisStreamSource:
         self.on_stop = on_stop
         self.durable = bool(group)
         self.group_ready = False
+        self.recreate_at: str | None = None
         self.consumers = 0
         #: consumer names of clients that left, reused so that the group's consumer
         #: list stays as long as the most clients ever connected at once
         self.free_names: list[str] = []
         self.subscribers: set[StreamSubscription] = set()
+        #: message id -> clients whose filter refused it (group mode, see L{skip})
+        self.refused: dict[str, set] = {}
+        self.refresher = LoopingCall(self._refresh)
+        self.refresher.clock = clock
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], services) -> RedisStreamSource:
         conn = redis.acquire(services, settings)
         instance = settings["instance"] or redis.default_instance(services.settings)
-        return cls(settings["name"], conn, settings["key"], services.reactor,
+        source = cls(settings["name"], conn, settings["key"], services.reactor,
                    group=settings["group"], instance=instance, start=settings["start"],
                    block=settings["block"], batch=settings["batch"],
                    claim_idle=settings["claim_idle"], maxlen=settings["maxlen"],
                    field=settings["field"], on_stop=lambda: redis.release(services, conn))
+        source.faults = redis.Faults(services, settings["name"], cls.kind, conn)
+        return source
 
-    def start(self) -> None:
+    def start(self):
+        """Create the group if needed; fires once Redis answers (or after connect_timeout)."""
         if self.group:
             self.ensure_group().addErrback(
                 lambda f: log.warn("redis-stream {name}: cannot create group: {e}",
                                    name=self.name, e=f.getErrorMessage()))
+            self.refresher.start(self.claim_idle / 3, now=False)
+        return self.conn.wait_for(lambda: self.conn.up)
+
+    def _refresh(self) -> None:
+        """
+        Reset the idle time of the entries our clients hold (a paused client, or one
+        slow to acknowledge, is alive): XAUTOCLAIM takes only entries of a client or
+        streamd that died.
+        """
+        for sub in self.subscribers:
+            if sub.held:
+                self.conn.command(
+                    "XCLAIM", self.key, self.group, sub.consumer_name, 0, *sub.held,
+                    "JUSTID").addErrback(self._lost, "refresh")
 
     def ensure_group(self) -> Deferred:
         """Create the consumer group (and the stream) unless they exist."""
         return Deferred.fromCoroutine(self._ensure_group())
 
     async def _ensure_group(self) -> None:
-        start = self.start_at
+        start = self.recreate_at or self.start_at
         if start.startswith("-"):
             start = await self._back(int(start[1:]))
         try:
@@ -297,8 +296,11 @@ class RedisStreamSource:
         first = info.get(b"recorded-first-entry-id") or b"0-0"
         after = parse_id(since)
         if after > last:
+            # Not an id of this stream (it was re-created, say): go on with new entries
+            # rather than wait for the clock to pass that id.
             consumer.gap({"since": since, "missed": None, "reason": "unknown id"})
-        elif after < deleted:
+            return info[b"last-generated-id"].decode()
+        if after < deleted:
             consumer.gap({"since": since, "missed": None, "reason": "deleted"})
         elif after < parse_id(first.decode()) and not await self.conn.command(
                 "XRANGE", self.key, since, since):
@@ -307,6 +309,8 @@ class RedisStreamSource:
         return since
 
     def stop(self) -> Deferred:
+        if self.refresher.running:
+            self.refresher.stop()
         for sub in list(self.subscribers):
             sub.consumer.source_ended("shutdown")
         for sub in list(self.subscribers):
@@ -314,6 +318,8 @@ class RedisStreamSource:
         return Deferred.fromCoroutine(self._release())
 
     async def _release(self) -> None:
+        if self.faults is not None:
+            self.faults.close()
         if self.on_stop:
             await maybeDeferred(self.on_stop)
 
@@ -343,7 +349,7 @@ class RedisStreamSource:
                              '(ms-seq), "$", "0" or "-N"')
         sub = StreamSubscription(self, consumer, since, name)
         self.subscribers.add(sub)
-        sub._kick()
+        sub.start()
         return sub
 
     def message(self, entry_id: bytes, fields: list[bytes]) -> Message:
@@ -374,7 +380,26 @@ class RedisStreamSource:
                 "IDLE", RETURNED_IDLE_MS, "JUSTID",
             ).addErrback(self._lost, "give back")
 
+    def skip(self, sub: StreamSubscription, messages) -> None:
+        """
+        Group mode, a client's filter rejected these: offered to the other clients;
+        an entry no client wants stays pending in the group, claimable by any
+        streamd's XAUTOCLAIM after C{claim_idle}.
+        """
+        offers, unwanted = share_out(sub, self.subscribers, messages, self.refused)
+        for target, msgs in offers.items():
+            # Its refresh makes the entry the target's in the group.
+            target.held.update(m.handle.encode() for m in msgs)
+            target.consumer.deliver(msgs)
+        if unwanted:
+            self.conn.command(
+                "XCLAIM", self.key, self.group, f"{self.instance}:returned", 0,
+                *[m.handle for m in unwanted], "JUSTID",
+            ).addErrback(self._lost, "skip")
+
     def _lost(self, failure, what: str) -> None:
+        if self.faults is not None:
+            self.faults.error()
         # Still pending in the group: claimed by XAUTOCLAIM after claim_idle.
         log.warn("redis-stream {name}: {what} failed: {e}", name=self.name, what=what,
                  e=failure.getErrorMessage())

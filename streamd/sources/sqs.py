@@ -31,7 +31,7 @@ from streamd.aws import SQSError
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import InvalidPayload, Message, normalize_json
-from streamd.sqs_client import SQSClient
+from streamd.sqs_client import BATCH, SQSClient
 
 log = Logger()
 
@@ -43,6 +43,9 @@ _INT_ATTRIBUTES = ("ApproximateReceiveCount", "SentTimestamp")
 #: Seconds a message that no connected client's filter wants stays hidden before SQS
 #: offers it again (visibility 0 would have streamd receive and return it in a loop).
 SKIP_DELAY = 5
+
+#: Seconds a partial batch of deletes waits for more acks before it is sent.
+ACK_LINGER = 0.05
 
 #: Seconds between empty receives when long polling is off (wait_time_seconds = 0).
 EMPTY_PAUSE = 1.0
@@ -108,8 +111,10 @@ class SQSSource:
     kind = "sqs"
     durable = True
 
-    def __init__(self, name: str, settings: dict[str, Any], client: SQSClient, clock) -> None:
+    def __init__(self, name: str, settings: dict[str, Any], client: SQSClient, clock,
+                 metrics=None) -> None:
         self.name = name
+        self.metrics = metrics  # streamd.metrics.Metrics, or None
         self.client = client
         self.clock = clock
         self.queue_url: str = settings["queue_url"]
@@ -140,9 +145,13 @@ class SQSSource:
         client = SQSClient.connect(
             services.reactor, settings["queue_url"], settings["region"],
             settings["endpoint_url"], settings["profile"],
-            connections=settings["pollers"] + 4,
+            connections=settings["pollers"] + 4, metrics=services.metrics,
         )
-        return cls(settings["name"], settings, client, services.reactor)
+        return cls(settings["name"], settings, client, services.reactor, services.metrics)
+
+    def _count(self, series: str) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, series).labels(self.name, self.kind).inc()
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -151,8 +160,7 @@ class SQSSource:
         self.running = True
         self._tasks = [ensureDeferred(self._poll()) for _ in range(self.pollers)]
         self._schedule_extend()
-        first = ensureDeferred(self._check())
-        return first
+        return ensureDeferred(self._check())
 
     def stop(self) -> Deferred:
         """Stop polling, end the streams, give back every message not written."""
@@ -213,19 +221,22 @@ class SQSSource:
         return d
 
     async def _poll(self) -> None:
-        while self.running:
-            try:
-                if self.down or not self._ready():
-                    await self._changed()
-                    continue
-                batch = await self._receive()
-                if batch:
-                    await self._dispatch(batch)
-            except CancelledError:
-                return
-            except Exception:
-                log.failure("stream {name}: poller failed", name=self.name)
-                await deferLater(self.clock, PROBE_CAP, lambda: None)
+        try:
+            while self.running:
+                try:
+                    if self.down or not self._ready():
+                        await self._changed()
+                        continue
+                    batch = await self._receive()
+                    if batch:
+                        await self._dispatch(batch)
+                except CancelledError:
+                    raise
+                except Exception:
+                    log.failure("stream {name}: poller failed", name=self.name)
+                    await deferLater(self.clock, PROBE_CAP, lambda: None)
+        except CancelledError:
+            pass  # stop(): what this poller held is given back there
 
     async def _receive(self) -> list[Message]:
         try:
@@ -235,9 +246,10 @@ class SQSSource:
                 system_attributes=SYSTEM_ATTRIBUTES,
             )
         except SQSError as e:
-            if e.unusable:
+            self._count("source_errors")
+            if e.unusable or e.status is None:  # gone, refused, or no answer at all
                 self._set_down(e)
-            else:  # the client already retried: rest before polling again
+            else:  # throttled or 5xx through all the client's retries: rest a while
                 log.warn("stream {name}: receive failed: {error}", name=self.name,
                          error=str(e))
                 await deferLater(self.clock, PROBE_CAP, lambda: None)
@@ -272,7 +284,9 @@ class SQSSource:
             self._next = (self._next + 1) % len(ready)
             targets = [ready[self._next]]
         for msg in batch:
-            self.held[msg.handle].owners.update(targets)
+            held = self.held.get(msg.handle)
+            if held is not None:
+                held.owners.update(targets)
         for sub in targets:
             # A stream may write, ack, give back or even end during deliver.
             if sub in self.subscribers:
@@ -346,9 +360,19 @@ class SQSSource:
         self._wake()  # a poller holding a batch may now give it back
 
     def _schedule_flush(self) -> None:
-        # Acks from one turn of the reactor go out together, 10 per call.
-        if self._flush_call is None and (self._to_delete or self._to_release):
-            self._flush_call = self.clock.callLater(0, self._flush)
+        # Give-backs go out at the end of this reactor turn (redelivery "at once"), and so
+        # do full batches of deletes; a partial batch of deletes waits a moment for more
+        # acks, which saves calls when a slow client acks a few messages at a time.
+        if self._to_release or len(self._to_delete) >= BATCH:
+            delay = 0.0
+        elif self._to_delete:
+            delay = ACK_LINGER
+        else:
+            return
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(delay, self._flush)
+        elif delay == 0.0:
+            self._flush_call.reset(0)
 
     def _flush(self) -> None:
         if self._flush_call is not None and self._flush_call.active():
@@ -362,8 +386,11 @@ class SQSSource:
             self._track(self._change(releases, 0))
 
     def _track(self, coro) -> None:
+        # Background SQS calls (deletes, visibility changes): stop() waits for them.
         d = ensureDeferred(coro)
         self._ops.add(d)
+        d.addErrback(lambda f: log.failure("stream {name}: SQS call failed", f,
+                                           name=self.name))
         d.addBoth(lambda _: self._ops.discard(d))
 
     async def _delete(self, handles: list[str]) -> None:
@@ -371,6 +398,7 @@ class SQSSource:
             failed = await self.client.delete_batch(self.queue_url, handles)
         except SQSError as e:
             failed = handles
+            self._count("source_errors")
             log.warn("stream {name}: delete failed: {error}", name=self.name, error=str(e))
         if failed:
             log.warn("stream {name}: {n} messages not deleted; SQS will redeliver them",
@@ -380,6 +408,7 @@ class SQSSource:
         try:
             await self.client.change_visibility_batch(self.queue_url, handles, timeout)
         except SQSError as e:
+            self._count("source_errors")
             # Not fatal: the message reappears when its visibility timeout ends.
             log.warn("stream {name}: visibility change failed: {error}", name=self.name,
                      error=str(e))
@@ -421,6 +450,7 @@ class SQSSource:
 
     def _set_up(self) -> None:
         if self.down is not None:
+            self._count("source_reconnects")
             log.info("stream {name} is up again", name=self.name)
             self.down = None
             self._wake()
