@@ -15,7 +15,7 @@ from klein import Klein
 from twisted.internet.defer import DeferredList, TimeoutError, maybeDeferred
 from twisted.logger import Logger
 
-from streamd import __version__, config, filters, framing, metrics
+from streamd import __version__, config, filters, metrics
 from streamd.auth import Auth
 from streamd.channels import MemoryChannels, Subscriptions
 from streamd.errors import (
@@ -38,10 +38,9 @@ from streamd.web.common import (
     arg,
     bool_arg,
     install_error_handler,
-    int_arg,
     json_response,
-    number_arg,
     query,
+    stream_options,
 )
 from streamd.web.common import content_type as request_content_type
 from streamd.web.events import EventsAPI
@@ -306,22 +305,8 @@ class StreamdApp:
                      sample: bool = False):
         identity = self.identify(request, "read", name)
         source, settings = self._source(name)
-        fmt = arg(params, "format")
-        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
-        chosen = framing.choose(fmt, accept)
-        if chosen is None:
-            raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
-        limit = int_arg(params, "limit", 1)
-        heartbeat = number_arg(params, "heartbeat", 0)
-        if heartbeat is None:
-            heartbeat = settings["heartbeat"]
-        elif 0 < heartbeat < 0.05:
-            raise BadRequest("heartbeat: must be 0 (off) or at least 0.05 seconds")
-        since = arg(params, "since")
-        if since is None:
-            last = request.getHeader(b"last-event-id")
-            if last:
-                since = last.decode("latin-1").strip() or None
+        chosen, limit, heartbeat, since = stream_options(request, params,
+                                                         settings["heartbeat"])
         ack = arg(params, "ack") or settings.get("ack", "write")
         if ack not in ("write", "client"):
             raise BadRequest(f"ack: expected write or client, got {ack!r}")

@@ -117,3 +117,30 @@ def render_error(request, failure) -> bytes:
                     method=request.method, uri=request.uri)
         status, message = 500, "internal error"
     return json_response(request, status, {"error": {"status": status, "message": message}})
+
+
+def stream_options(request, params: dict[str, list[str]], default_heartbeat: float):
+    """
+    What every streaming route reads the same way: the framing (C{?format=}, else
+    C{Accept}), C{limit}, C{heartbeat}, and the id to resume after (C{?since=}, else
+    C{Last-Event-ID}). Returns C{(framing, limit, heartbeat, since)}.
+    """
+    from streamd import framing
+
+    fmt = arg(params, "format")
+    accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+    chosen = framing.choose(fmt, accept)
+    if chosen is None:
+        raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
+    limit = int_arg(params, "limit", 1)
+    heartbeat = number_arg(params, "heartbeat", 0)
+    if heartbeat is None:
+        heartbeat = default_heartbeat
+    elif 0 < heartbeat < 0.05:
+        raise BadRequest("heartbeat: must be 0 (off) or at least 0.05 seconds")
+    since = arg(params, "since")
+    if since is None:
+        last = request.getHeader(b"last-event-id")
+        if last:
+            since = last.decode("latin-1").strip() or None
+    return chosen, limit, heartbeat, since

@@ -19,7 +19,6 @@ from typing import Any
 from klein import Klein
 from twisted.internet.defer import ensureDeferred
 
-from streamd import framing
 from streamd.errors import BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType
 from streamd.message import InvalidPayload, decode_body
 from streamd.store import make_store
@@ -42,7 +41,7 @@ from streamd.web.common import (
     install_error_handler,
     int_arg,
     json_response,
-    number_arg,
+    stream_options,
 )
 from streamd.web.common import query as query_params
 
@@ -202,22 +201,8 @@ class EventsAPI:
         identity = self._identify(request, "read")
         filters = self._filters(request, STREAM_PARAMS)
         params = query_params(request)
-        fmt = arg(params, "format")
-        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
-        chosen = framing.choose(fmt, accept)
-        if chosen is None:
-            raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
-        limit = int_arg(params, "limit", 1)
-        heartbeat = number_arg(params, "heartbeat", 0)
-        if heartbeat is None:
-            heartbeat = self.settings["heartbeat"]
-        elif 0 < heartbeat < 0.05:
-            raise BadRequest("heartbeat: must be 0 (off) or at least 0.05 seconds")
-        since = arg(params, "since")
-        if since is None:
-            last = request.getHeader(b"last-event-id")
-            if last:
-                since = last.decode("latin-1").strip() or None
+        chosen, limit, heartbeat, since = stream_options(request, params,
+                                                         self.settings["heartbeat"])
         try:
             since_id = None if since is None else parse_id(since, "since")
         except QueryError as e:
