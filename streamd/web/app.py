@@ -29,6 +29,7 @@ from streamd.message import InvalidPayload, decode_body
 from streamd.sources import Services, make_source
 from streamd.stream import Stream
 from streamd.web import channels as channels_routes
+from streamd.web import openapi, page
 from streamd.web.common import (
     BODY_TYPES,
     JSON_TYPES,
@@ -122,6 +123,8 @@ class StreamdApp:
 
     @app.route("/", methods=["GET"])
     def index(self, request):
+        if page.prefers_html(request):
+            return page.render_page(request)
         info = self._info()
         try:
             identity = self.identify(request)
@@ -301,6 +304,7 @@ class StreamdApp:
 
 
 channels_routes.mount(StreamdApp.app)
+openapi.mount(StreamdApp.app)
 install_error_handler(StreamdApp.app)
 
 
