@@ -19,6 +19,15 @@ from streamd import __version__
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
 
+def _any_case(*words: str) -> str:
+    # JSON Schema's regex dialect has no case-insensitive flag: spell each letter both ways.
+    spelled = ("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in w)
+               for w in words)
+    return "^(" + "|".join(spelled) + ")?$"
+
+
+_BOOLEAN = _any_case("1", "0", "true", "false", "yes", "no", "on", "off")
+
 _ERRORS = {
     400: "Bad parameter or body (the message names it)",
     401: "Credentials missing or invalid (with WWW-Authenticate)",
@@ -82,8 +91,9 @@ _STREAM_PARAMS = [
            "Any `where.FIELD=VALUE` parameter (repeatable) filters on a field too."),
     _query("sample", {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
            "Keep this share of messages, chosen by id (the same for every client)."),
-    _query("stall_warnings", {"type": "boolean"},
-           "Warn when this client's queue passes half of `max_pending`."),
+    _query("stall_warnings", {"type": "string", "pattern": _BOOLEAN},
+           "Warn when this client's queue passes half of `max_pending` (true, false, "
+           "1, 0, yes, no, on, off, any case; empty means true)."),
     {"name": "Last-Event-ID", "in": "header", "required": False,
      "schema": {"type": "string"},
      "description": "Resume after this id (what EventSource sends by itself)."},
@@ -144,17 +154,20 @@ _STREAM_RESPONSES = {
     **_errors(400, 401, 403, 404, 429, 503),
 }
 
+_SCALAR = {"type": ["string", "number", "boolean"]}
+_SCALARS = {"anyOf": [_SCALAR, {"type": "array", "items": _SCALAR}]}
+
 _FILTER_BODY = {
     "type": "object",
-    "description": "Filters too long for a URL. Lists are joined with commas.",
+    "description": "Filters too long for a URL, as the query parameters of the same names "
+                   "(a list is joined with commas); `where` maps a field to its values.",
     "properties": {
-        "track": {"type": "array", "items": {"type": "string"}},
-        "follow": {"type": "array", "items": {"type": "string"}},
-        "locations": {"type": "array", "items": {"type": "number"}},
-        "where": {"type": "object", "additionalProperties": {
-            "type": "array", "items": {"type": ["string", "number", "boolean"]}}},
-        "sample": {"type": "number"},
+        "track": _SCALARS,
+        "follow": _SCALARS,
+        "locations": _SCALARS,
+        "where": {"type": "object", "additionalProperties": _SCALARS},
     },
+    "additionalProperties": _SCALARS,
 }
 
 _SUB_STREAM = {
