@@ -215,6 +215,13 @@ def test_a_url_that_is_not_utf8_is_a_json_400(daemon, target):
     assert "Traceback" not in daemon.new_log()
 
 
+def test_a_host_that_is_not_utf8_is_a_json_400(daemon):
+    status, ctype, body = _get(daemon, "/health", headers={"Host": "caf\xe9.example"})
+    assert (status, ctype) == (400, "application/json")
+    assert json.loads(body)["error"]["message"] == "URL: not valid UTF-8"
+    assert "Traceback" not in daemon.new_log()
+
+
 def test_an_empty_ack_is_refused(daemon):
     status, _, body = _get(daemon, "/streams/demo?ack=")
     assert status == 400
