@@ -19,26 +19,17 @@ from collections.abc import Callable, Iterable
 from zope.interface import implementer
 
 from streamd.errors import NotFound
-from streamd.interfaces import ISource, ISubscription
+from streamd.interfaces import ISource, ISubscription, Unacknowledged
 from streamd.message import Message
 
 Watcher = Callable[[str, bytes], None]
 
 
-class MemoryChannels:
-    """Current values by channel name, and who watches which channel."""
+class Watched:
+    """Who watches which channel: the part every channel store shares."""
 
     def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
         self.watchers: dict[str, set[Watcher]] = {}
-
-    def get(self, name: str) -> bytes | None:
-        return self.values.get(name)
-
-    def set(self, name: str, value: bytes) -> None:
-        self.values[name] = value
-        for watcher in list(self.watchers.get(name, ())):
-            watcher(name, value)
 
     def watch(self, name: str, watcher: Watcher) -> Callable[[], None]:
         """Call C{watcher(name, value)} on each change; returns the unwatch function."""
@@ -53,6 +44,25 @@ class MemoryChannels:
 
         return unwatch
 
+    def notify(self, name: str, value: bytes) -> None:
+        for watcher in list(self.watchers.get(name, ())):
+            watcher(name, value)
+
+
+class MemoryChannels(Watched):
+    """Current values by channel name, in this process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, bytes] = {}
+
+    def get(self, name: str) -> bytes | None:
+        return self.values.get(name)
+
+    def set(self, name: str, value: bytes) -> None:
+        self.values[name] = value
+        self.notify(name, value)
+
 
 def _line(values: dict[str, bytes | None]) -> bytes:
     """C{{"X": 2, "Y": null}} from raw JSON values, without re-encoding them."""
@@ -64,25 +74,15 @@ def _line(values: dict[str, bytes | None]) -> bytes:
 
 
 @implementer(ISubscription)
-class _Feed:
+class _Feed(Unacknowledged):
     """One open stream of a subscription: the consumer, and what it watches."""
+
+    __slots__ = ("subscription", "consumer", "unwatch")
 
     def __init__(self, subscription: ChannelSubscription, consumer) -> None:
         self.subscription = subscription
         self.consumer = consumer
         self.unwatch: dict[str, Callable[[], None]] = {}
-
-    def pause(self) -> None:
-        pass
-
-    def resume(self) -> None:
-        pass
-
-    def ack(self, messages) -> None:
-        pass
-
-    def nack(self, messages) -> None:
-        pass
 
     def cancel(self) -> None:
         for unwatch in self.unwatch.values():

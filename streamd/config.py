@@ -10,10 +10,13 @@ top-level values for that stream.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from streamd.store.base import RESERVED
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -144,15 +147,45 @@ STREAM_KEYS = [
 SERVICE_KEYS = [
     Key("listen", "list", ["tcp:8080"], "endpoint to listen on (repeatable)"),
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
+    Key("log_format", "enum", "text", "text, or json (one object per line)",
+        choices=("text", "json")),
+    Key("shutdown_timeout", "number", 10.0, "seconds SIGTERM waits for streams to end",
+        minimum=0),
     Key("cors_origins", "list", [], "origins whose browsers may use the API ('*': any)"),
+    Key("data_dir", "str", "./streamd-data",
+        "directory of the embedded event store (created on first use)"),
     Key("dynamic_streams", "bool", None,
         "serve undeclared stream names as memory streams (default: only when no "
         "[streams] are declared)"),
 ]
 
+def _url(value: Any, required: bool = False) -> str | None:
+    if value is None:
+        return "required" if required else None
+    if not value.startswith(("http://", "https://")):
+        return f"expected an http:// or https:// URL, got {value!r}"
+    return None
+
+
 #: Keys each source kind accepts in its stream table (beyond C{source} and STREAM_KEYS).
 SOURCE_KEYS: dict[str, list[Key]] = {
     "memory": [],
+    "sqs": [
+        Key("queue_url", "str", None, "the queue's URL",
+            check=lambda v: _url(v, required=True)),
+        Key("region", "str", None, "AWS region (default: from the queue URL, else us-east-1)"),
+        Key("endpoint_url", "str", None, "SQS endpoint (moto, LocalStack, ElasticMQ)",
+            check=_url),
+        Key("profile", "str", None, "AWS profile of the shared config files"),
+        Key("max_messages", "int", 10, "messages per ReceiveMessage", minimum=1, maximum=10),
+        Key("wait_time_seconds", "int", 20, "long-poll seconds", minimum=0, maximum=20),
+        Key("visibility_timeout", "int", 30, "seconds a received message stays hidden",
+            minimum=1, maximum=43200),
+        Key("pollers", "int", 1, "concurrent ReceiveMessage calls", minimum=1, maximum=64),
+        Key("attributes", "list", ["All"], "message attribute names to request"),
+        Key("delivery", "enum", "queue", "queue: one client per message; broadcast: all",
+            choices=("queue", "broadcast")),
+    ],
 }
 
 TOP_KEYS = {k.name: k for k in SERVICE_KEYS + STREAM_KEYS}
@@ -228,7 +261,10 @@ def flat_table(keys: list[Key]) -> Callable[[Any, str], dict[str, Any]]:
 
 
 CHANNEL_KEYS = [
-    Key("backend", "enum", "memory", "where channel values live", choices=("memory",)),
+    Key("backend", "enum", "memory", "where channel values live: this process, or Redis "
+        "(shared by several instances)", choices=("memory", "redis")),
+    Key("connection", "str", "default", "the [redis] connection of the redis backend"),
+    Key("prefix", "str", "streamd:channels", "the redis backend's hash (and channel prefix)"),
     Key("idle", "number", 10.0, "seconds without a change before {\"Updates\": false}",
         minimum=0.05),
     Key("expire", "number", 3600.0, "seconds a subscription with no open stream is kept",
@@ -276,3 +312,52 @@ def stream_defaults(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     out = {k.name: settings[k.name] for k in STREAM_KEYS}
     out.update(name=name, source="memory")
     return out
+
+
+_STORE_KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_store_keys(keys: list[str]) -> str | None:
+    for k in keys:
+        if not _STORE_KEY_NAME.match(k):
+            return f"{k!r}: use letters, digits and _ . - (starting with a letter or _)"
+        if k in RESERVED:
+            return f"{k!r} is a query parameter name; index another field"
+    if len(set(keys)) != len(keys):
+        return "a key is listed twice"
+    return None
+
+
+#: The event store's table, C{[store]} (see L{streamd.store}).
+STORE_KEYS = [
+    Key("backend", "enum", "sqlite", "where events are kept",
+        choices=("sqlite", "memory", "redis")),
+    Key("keys", "list", ["kind", "user"], "event fields to index (filterable)",
+        check=_check_store_keys),
+    Key("max_events", "int", 0, "keep at most this many events (0: no limit)", minimum=0),
+    Key("max_age", "number", 0.0, "drop events older than this, seconds (0: no limit)",
+        minimum=0),
+    Key("redis_url", "str", "redis://127.0.0.1:6379/0", "the redis backend's server"),
+    Key("redis_prefix", "str", "streamd:events:", "prefix of the redis backend's keys"),
+]
+
+
+def _store_table(table: Any, where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(where, "expected a table")
+    known = {k.name: k for k in STORE_KEYS}
+    out = {k.name: k.default for k in STORE_KEYS}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{where}.{key}", "unknown key")
+        out[key] = known[key].validate(value, f"{where}.{key}")
+    if out["backend"] == "redis" and not out["redis_url"].startswith("redis://"):
+        raise ConfigError(f"{where}.redis_url", "expected redis://host[:port][/db]")
+    return out
+
+
+EXTRA_TABLES["store"] = _store_table
+
+
+# Registers the [redis] table and the redis-* source keys (kept in their own module).
+import streamd.redis_settings  # noqa: E402,F401

@@ -103,3 +103,76 @@ class ISource(Interface):
         a Deferred firing with their ids, or the ids directly. C{params} holds the
         request's query parameters (for source-specific options).
         """
+
+
+class IStore(Interface):
+    """
+    The event store: events kept in insertion order, indexed by the configured keys,
+    queried newest first ("AND across keys, OR within a key").
+
+    Ids are integers that order events (insertion time in milliseconds times 1000,
+    plus a sequence); every method that touches storage returns a Deferred so that a
+    backend can do its I/O off the reactor thread or over the network.
+    """
+
+    keys = Attribute("The indexed fields, in configuration order (a tuple of str).")
+    backend = Attribute("memory, sqlite or redis.")
+
+    def start():
+        """Open the storage (a Deferred, or None)."""
+
+    def stop():
+        """Close the storage (a Deferred, or None)."""
+
+    def status():
+        """C{("ok", None)} or C{("down", reason)}."""
+
+    def insert(events):
+        """
+        Store these events (a list of L{streamd.store.base.NewEvent}) and fire with
+        the stored L{streamd.store.base.Event}s, ids assigned, in insertion order.
+        Listeners (L{listen}) are told after the events are stored.
+        """
+
+    def query(query):
+        """
+        Fire with the events matching a L{streamd.store.base.Query}, newest first,
+        sliced by its C{start}/C{end} after the C{before} cursor.
+        """
+
+    def after(filters, since, limit):
+        """
+        Fire with at most C{limit} events matching C{filters} with ids greater than
+        C{since}, oldest first (the catch-up of a live tail).
+        """
+
+    def listen(callback):
+        """
+        Call C{callback(events)} with every batch of events inserted through this
+        store, in id order, once stored. Returns a function that stops listening.
+        """
+
+
+class Unacknowledged:
+    """
+    The subscription side of an at-most-once broadcast source (memory, pub/sub,
+    channel values): nothing to pause at the source, nothing to ack or give back.
+    A paused client's messages queue in its stream, bounded by its slow policy.
+    """
+
+    __slots__ = ()
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def ack(self, messages) -> None:
+        pass
+
+    def nack(self, messages) -> None:
+        pass
+
+    def skip(self, messages) -> None:
+        pass

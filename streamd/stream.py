@@ -66,6 +66,7 @@ class Stream:
         filter=None,
         stall_warnings: bool = False,
         name: str = "",
+        metrics=None,
     ) -> None:
         self.request = request
         self.source = source
@@ -84,6 +85,7 @@ class Stream:
         self.stall_warnings = stall_warnings
         self.name = name
         self.identity = ""  # who reads it (set by the HTTP layer), for limits and logs
+        self.metrics = metrics  # a streamd.metrics.StreamMetrics, or None
         self._warned = False
 
         self.pending: deque[Message | bytes] = deque()
@@ -252,6 +254,8 @@ class Stream:
 
     def pauseProducing(self) -> None:
         self.paused = True
+        if self.metrics is not None:
+            self.metrics.pauses.inc()
         self._update_demand()
 
     def resumeProducing(self) -> None:
@@ -272,8 +276,10 @@ class Stream:
         if acked and self.subscription is not None:
             self.subscription.ack(acked)
         if not self.ended:
-            self._update_demand()
-            self._maybe_finish()
+            self._flush()  # acks make room in the window
+            if not self.ended:
+                self._update_demand()
+                self._maybe_finish()
         return len(acked), len(ids) - len(acked)
 
     # -- internals ---------------------------------------------------------------
@@ -302,13 +308,18 @@ class Stream:
             pending = self.pending
             framing = self.framing
             while pending and not self.paused and not self.ended:
+                # In client-ack mode at most max_unacked messages are outstanding: the
+                # rest wait here (written once acks make room), not in the socket.
+                room = self.max_unacked - len(self.unacked) if self.client_ack else -1
+                if room == 0:
+                    break
                 parts = []
                 batch = []
                 size = 0
                 if self.dropped:
                     parts.append(framing.control("dropped", self.dropped))
                     self.dropped = 0
-                while pending and size < WRITE_BATCH_BYTES:
+                while pending and size < WRITE_BATCH_BYTES and len(batch) != room:
                     item = pending.popleft()
                     if type(item) is bytes:
                         frame = item
@@ -327,8 +338,12 @@ class Stream:
                 # The write may pause us (Twisted's buffer passed 64 KiB): the loop
                 # then stops and the rest waits in pending.
                 self.request.write(b"".join(parts))
-                if batch and not self.client_ack:
-                    self.subscription.ack(batch)
+                if batch:
+                    if self.metrics is not None:
+                        self.metrics.out.inc(len(batch))
+                        self.metrics.bytes.inc(size)
+                    if not self.client_ack:
+                        self.subscription.ack(batch)
         finally:
             self._flushing = False
         if self._warned and self.queued * 2 < self.max_pending:
@@ -374,11 +389,15 @@ class Stream:
             self.dropped += excess
             self.dropped_total += excess
             self.subscription.nack(dropped)
+            if self.metrics is not None:
+                self.metrics.drops.inc(excess)
             return
         notice = self.framing.control(
             "error", {"message": "slow consumer", "max_pending": self.max_pending}
         )
         transport = getattr(self.request, "transport", None)
+        if self.metrics is not None:
+            self.metrics.disconnects.inc()
         self.end("slow consumer", notice)
         if transport is not None:
             # Close once the final line is out; a client that never reads again is

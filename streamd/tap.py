@@ -18,15 +18,11 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 
-from streamd import config
+from streamd import config, logs
 from streamd.web import StreamdApp
 from streamd.web.site import make_site
 
 log = Logger()
-
-#: At shutdown, how long clients get to receive their last lines before the
-#: reactor drops their connections.
-SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
 class Options(usage.Options):
@@ -55,6 +51,10 @@ class Options(usage.Options):
             # One line naming the key, not twistd's whole usage text.
             sys.stderr.write(f"streamd: config error: {e}\n")
             raise SystemExit(2) from None
+        parent = getattr(self, "parent", None)
+        json_logs = self["settings"]["log_format"] == "json"
+        if json_logs and parent is not None and parent.get("logger") is None:
+            parent["logger"] = logs.use_json(parent.get("logfile"))
 
 
 def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -92,10 +92,7 @@ class StreamdService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        for source in self.app.sources.values():
-            defer.maybeDeferred(source.start).addErrback(
-                lambda f, s=source: log.failure("source {name} failed to start", f,
-                                                name=s.name))
+        defer.ensureDeferred(self.app.start())
         for desc in self.settings["listen"]:
             d = serverFromString(self.reactor, desc).listen(self.site)
             d.addCallbacks(self._listening, self._listen_failed,
@@ -120,22 +117,20 @@ class StreamdService(service.Service):
     @defer.inlineCallbacks
     def stopService(self):
         """
-        Stop accepting, tell every open stream (a C{shutdown} line, then the
-        terminating chunk), give durable messages back, and wait (bounded) until the
-        last bytes reached the clients: the reactor drops connections unflushed.
+        Stop accepting; tell every open stream (a C{shutdown} line, then the terminating
+        chunk), which gives its unwritten durable messages back; stop the sources (they
+        return what they hold); then wait until the last bytes reached the clients, as
+        the reactor drops connections unflushed. All within C{shutdown_timeout}.
         """
         super().stopService()
+        deadline = self.reactor.seconds() + self.settings["shutdown_timeout"]
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
-        self.app.subscriptions.close()
         transports = [s.request.transport for s in self.app.open_streams]
-        stops = [defer.maybeDeferred(s.stop) for s in self.app.sources.values()]
-        for stream in list(self.app.open_streams):
-            stream.source_ended("shutdown")
-        yield defer.DeferredList(stops)
+        yield defer.ensureDeferred(
+            self.app.stop(max(0.0, deadline - self.reactor.seconds())))
         for t in transports:
             if t is not None:
                 t.loseConnection()
-        deadline = self.reactor.seconds() + SHUTDOWN_FLUSH_SECONDS
         while self.reactor.seconds() < deadline and any(
             t is not None and not t.disconnected for t in transports
         ):

@@ -70,8 +70,7 @@ async def serve():
     async def start(s: dict[str, Any] | None = None) -> Server:
         s = s or settings()
         app = StreamdApp(s, reactor)
-        for source in app.sources.values():
-            await defer.maybeDeferred(source.start)
+        await app.start()
         site = make_site(app)
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
         server = Server(app, port)
@@ -80,11 +79,7 @@ async def serve():
 
     yield start
     for server in servers:
-        server.app.subscriptions.close()
-        for stream in list(server.app.open_streams):
-            stream.source_ended("shutdown")
-        for source in server.app.sources.values():
-            await defer.maybeDeferred(source.stop)
+        await server.app.stop(TIMEOUT)
         await server.port.stopListening()
 
 

@@ -138,3 +138,42 @@ async def test_subscription_sse(serve):
     assert items[1] == {"data": '{"a":null}'}
     reader.close()
     await wait_until(lambda: not server.app.open_streams)
+
+
+from redis_server import redis_fixture  # noqa: E402,F401
+
+
+@ensure
+async def test_redis_channels_shared_by_two_instances_and_survive_an_outage(redis, serve):
+    conf = settings(redis={"url": redis.url}, channels={"backend": "redis", "idle": 30})
+    a = await serve(conf)
+    b = await serve(conf)
+
+    async def put(server, name, value):
+        r = await within(treq.put(f"{server.url}/channels/{name}",
+                                  data=json.dumps(value).encode(),
+                                  headers={"Content-Type": "application/json"}))
+        assert r.code == 200, await treq.content(r)
+
+    await put(a, "X", 2)
+    await wait_until(lambda: b.app.channels.get("X") == b"2")
+    r = await within(treq.post(b.url + "/subscriptions", data=b'{"channels": ["X", "Y"]}',
+                               headers={"Content-Type": "application/json"}))
+    sub = await treq.json_content(r)
+    reader = await open_stream(b.url + sub["stream"])
+    assert (await reader.wait_for(1))[0] == {"X": 2, "Y": None}
+    await put(a, "Y", 85)  # set through instance A, seen by B's subscriber
+    assert (await reader.wait_for(2))[1] == {"Y": 85}
+    assert redis.command("HGET", "streamd:channels", "Y") == b"85"
+    # Redis goes away; a change another program makes before streamd is back (this
+    # runs with no reactor turn in between, so streamd cannot have reconnected yet)
+    # reaches the subscriber when streamd re-reads the hash on reconnection.
+    redis.stop()
+    await wait_until(lambda: b.app.channels.status()[0] == "down")
+    redis.start()
+    redis.command("HSET", "streamd:channels", "X", "3")
+    assert (await reader.wait_for(3))[2] == {"X": 3}
+    await wait_until(lambda: a.app.channels.status()[0] == "ok")
+    await put(a, "Y", 86)
+    assert (await reader.wait_for(4))[3] == {"Y": 86}
+    reader.close()

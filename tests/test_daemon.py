@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -61,10 +62,20 @@ def test_serves_and_exits_cleanly_on_sigterm(tmp_path):
         open_stream = urllib.request.urlopen(base + "/streams/demo", timeout=10)
         info = json.load(urllib.request.urlopen(base + "/", timeout=10))
         assert info["open_streams"] == 1
+        sse = urllib.request.urlopen(base + "/streams/demo?format=sse", timeout=10)
+        assert sse.readline() == b": streamd\n"
+        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
+        # Each open stream is told, then ended with its terminating chunk.
         assert json.loads(open_stream.readline()) == {"shutdown": True}
         assert open_stream.read() == b""  # a clean end, not a reset
+        assert b"event: shutdown\ndata: true\n\n" in sse.read()
+        # No new connections are accepted.
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(base + "/", timeout=5)
+        # And the process exits 0 within shutdown_timeout (default 10 s).
         assert proc.wait(15) == 0
+        assert time.monotonic() - started < 10
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -5,7 +5,7 @@ import json
 import pytest
 import pytest_twisted
 import treq
-from conftest import open_stream, publish, settings, within
+from conftest import open_stream, publish, settings, wait_until, within
 from twisted.internet.task import Clock
 
 from streamd import config, filters
@@ -206,3 +206,38 @@ async def test_bad_filter_is_400_naming_the_parameter(serve):
     r = await treq.get(server.url + "/streams/tweets?locations=1,2,3")
     assert r.code == 400
     assert (await treq.json_content(r))["error"]["message"].startswith("locations:")
+
+
+# -- a durable source: an SQS queue shared by filtered clients -----------------------------
+
+from sqs_server import moto, queue  # noqa: E402,F401  (fixtures)
+
+
+@ensure
+async def test_filters_on_an_sqs_queue_stream_lose_nothing(serve, moto, queue,  # noqa: F811
+                                                           monkeypatch):
+    """
+    Queue delivery: each client's filter decides which messages it may take; a message
+    one client rejects goes to another, and every message is delivered and deleted once.
+    """
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    server = await serve(settings({"jobs": {
+        "source": "sqs", "queue_url": queue, "endpoint_url": moto.endpoint,
+        "region": "us-east-1", "wait_time_seconds": 1, "fields": ["kind"]}}))
+    url = server.url + "/streams/jobs"
+    a = await open_stream(url + "?where.kind=a")
+    b = await open_stream(url + "?where.kind=b&track=urgent")
+    await server.wait_open_streams(2)
+    sent = [{"kind": "a", "n": i} for i in range(6)] + [{"kind": "b", "n": i, "t": "urgent"}
+                                                        for i in range(6)]
+    await publish(url + "/messages", *sent)
+    await a.wait_for(6)
+    await b.wait_for(6)
+    assert sorted(m["data"]["n"] for m in a.messages()) == list(range(6))
+    assert {m["data"]["kind"] for m in a.messages()} == {"a"}
+    assert {m["data"]["kind"] for m in b.messages()} == {"b"}
+    # All twelve were deleted: nothing visible, nothing in flight.
+    await wait_until(lambda: moto.counts(queue) == (0, 0), 15, interval=0.1)
+    a.close()
+    b.close()

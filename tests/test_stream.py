@@ -232,3 +232,16 @@ def test_message_encoded_once_for_many_streams():
     mem.publish([b'{"k":1}'])
     msg = mem.recent[-1][2]
     assert set(msg.frames) == {"ndjson"}
+
+
+def test_client_ack_window_holds_a_whole_batch_beyond_max_unacked():
+    # A durable source may deliver a batch bigger than the window (an SQS receive of
+    # 10): only max_unacked are written; the rest wait for acks.
+    stream, request, source, _ = make(ack="client", max_unacked=3, session="s")
+    stream.start()
+    source.push(10)
+    assert [m["id"] for m in messages(request)] == ["1", "2", "3"]
+    assert len(stream.unacked) == 3 and stream.queued == 7
+    stream.client_acked(["1", "2"])
+    assert [m["id"] for m in messages(request)] == ["1", "2", "3", "4", "5"]
+    assert len(stream.unacked) == 3

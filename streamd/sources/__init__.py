@@ -14,6 +14,10 @@ from typing import Any
 
 KINDS = {
     "memory": "streamd.sources.memory:MemorySource.from_config",
+    "sqs": "streamd.sources.sqs:SQSSource.from_config",
+    "redis-pubsub": "streamd.sources.redis_pubsub:RedisPubSubSource.from_config",
+    "redis-list": "streamd.sources.redis_list:RedisListSource.from_config",
+    "redis-stream": "streamd.sources.redis_stream:RedisStreamSource.from_config",
 }
 
 
@@ -24,6 +28,7 @@ class Services:
     reactor: Any
     settings: dict[str, Any]
     shared: dict[str, Any] = field(default_factory=dict)  # e.g. named Redis connections
+    metrics: Any = None  # streamd.metrics.Metrics: sources count errors, reconnects, requests
 
 
 def make_source(settings: dict[str, Any], services: Services):

@@ -16,14 +16,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from streamd.errors import BadRequest
-from streamd.interfaces import ISource, ISubscription
+from streamd.interfaces import ISource, ISubscription, Unacknowledged
 from streamd.message import Message
 
 log = Logger()
 
 
 @implementer(ISubscription)
-class MemorySubscription:
+class MemorySubscription(Unacknowledged):
     """A subscriber of a memory stream: pause and ack cost nothing here."""
 
     __slots__ = ("source", "consumer")
@@ -31,21 +31,6 @@ class MemorySubscription:
     def __init__(self, source: MemorySource, consumer) -> None:
         self.source = source
         self.consumer = consumer
-
-    def pause(self) -> None:
-        pass
-
-    def resume(self) -> None:
-        pass
-
-    def ack(self, messages) -> None:
-        pass
-
-    def nack(self, messages) -> None:
-        pass
-
-    def skip(self, messages) -> None:
-        pass
 
     def cancel(self) -> None:
         self.source.subscribers.discard(self)

@@ -12,9 +12,10 @@ from collections import Counter
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import DeferredList, TimeoutError, maybeDeferred
+from twisted.logger import Logger
 
-from streamd import __version__, config, filters, framing
+from streamd import __version__, config, filters, framing, metrics
 from streamd.auth import Auth
 from streamd.channels import MemoryChannels, Subscriptions
 from streamd.errors import (
@@ -26,6 +27,7 @@ from streamd.errors import (
     UnsupportedMediaType,
 )
 from streamd.message import InvalidPayload, decode_body
+from streamd.metrics import Metrics
 from streamd.sources import Services, make_source
 from streamd.stream import Stream
 from streamd.web import channels as channels_routes
@@ -43,6 +45,12 @@ from streamd.web.common import (
     query,
 )
 from streamd.web.common import content_type as request_content_type
+from streamd.web.events import EventsAPI
+
+log = Logger()
+
+#: Seconds between sweeps for dynamic streams that are no longer used.
+REAP_INTERVAL = 60.0
 
 
 class StreamdApp:
@@ -61,7 +69,8 @@ class StreamdApp:
         self.settings = settings
         self.reactor = reactor
         self.started_at = reactor.seconds()
-        self.services = Services(reactor=reactor, settings=settings)
+        self.metrics = Metrics()
+        self.services = Services(reactor=reactor, settings=settings, metrics=self.metrics)
         self.stream_settings: dict[str, dict[str, Any]] = dict(settings["streams"])
         self.sources: dict[str, Any] = {
             name: make_source(s, self.services) for name, s in self.stream_settings.items()
@@ -70,13 +79,62 @@ class StreamdApp:
         self.sessions: dict[str, Stream] = {}
         self.auth = Auth.from_settings(settings["auth"])
         self.connections: Counter[str] = Counter()  # open streams per identity
-        self.channels = MemoryChannels()
+        self.channels = self._channel_store(settings["channels"])
         self.subscriptions = Subscriptions(self.channels, reactor,
                                            settings["channels"]["expire"],
                                            settings["channels"]["max_channels"])
+        self._reaper = None
+        self.events = EventsAPI(settings, reactor, open_streams=self.open_streams)
+
+    def _channel_store(self, table: dict[str, Any]):
+        if table["backend"] != "redis":
+            return MemoryChannels()
+        from streamd import redis
+        from streamd.channels_redis import RedisChannels
+
+        conn = redis.acquire(self.services, {"connection": table["connection"],
+                                             "name": "channels"})
+        return RedisChannels(conn, self.reactor, table["prefix"])
 
     def resource(self):
         return self.app.resource()
+
+    async def start(self) -> None:
+        """Start what the app stands on: the event store, the sources, the channels."""
+
+        async def one(what, start) -> None:
+            try:
+                await maybeDeferred(start)
+            except Exception:
+                log.failure("{what} failed to start", what=what)
+
+        self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
+        await one("the event store", self.events.start)
+        for name, source in self.sources.items():
+            await one(f"source {name}", source.start)
+        if hasattr(self.channels, "start"):
+            await one("the channel store", self.channels.start)
+
+    async def stop(self, timeout: float) -> None:
+        """
+        End every open stream (a C{shutdown} line: they give back what they did not
+        write), then stop the sources (they return what they hold) and the stores,
+        within C{timeout} seconds.
+        """
+        self.subscriptions.close()
+        if self._reaper is not None and self._reaper.active():
+            self._reaper.cancel()
+        for stream in list(self.open_streams):
+            stream.source_ended("shutdown")
+        stops = [maybeDeferred(s.stop) for s in self.sources.values()]
+        stops.append(maybeDeferred(self.events.stop))
+        if hasattr(self.channels, "stop"):
+            stops.append(maybeDeferred(self.channels.stop))
+        done = DeferredList(stops, consumeErrors=True)
+        try:
+            await done.addTimeout(timeout, self.reactor)
+        except TimeoutError:
+            log.warn("sources did not stop within shutdown_timeout")
 
     def identify(self, request, action: str | None = None, name: str | None = None):
         """Who is asking (401 if that cannot be told); with C{action}, 403 unless allowed."""
@@ -103,6 +161,22 @@ class StreamdApp:
         source.start()
         return source, settings
 
+    def _reap(self) -> None:
+        self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
+        self.reap_unused()
+
+    def reap_unused(self) -> None:
+        """
+        Forget dynamic memory streams that nobody reads and whose resume buffer has
+        expired, so that names used once do not accumulate.
+        """
+        for name in [n for n in self.sources if n not in self.settings["streams"]]:
+            source = self.sources[name]
+            source._expire()
+            if not source.subscribers and not source.recent:
+                del self.sources[name]
+                del self.stream_settings[name]
+
     def source_statuses(self) -> dict[str, Any]:
         out = {}
         for name, source in self.sources.items():
@@ -119,6 +193,7 @@ class StreamdApp:
             "uptime": round(self.reactor.seconds() - self.started_at, 3),
             "open_streams": len(self.open_streams),
             "sources": self.source_statuses(),
+            "events": self.events.status(),
         }
 
     @app.route("/", methods=["GET"])
@@ -134,11 +209,36 @@ class StreamdApp:
             info["identities"] = {k: v for k, v in self.connections.items() if v}
         return json_response(request, 200, info)
 
+    @app.route("/metrics", methods=["GET"])
+    def metrics_page(self, request):
+        request.setHeader(b"Content-Type", metrics.CONTENT_TYPE.encode())
+        return self.metrics.render()
+
+    def metrics_label(self, name: str) -> str:
+        """A declared stream's name; one label for all dynamic ones (bounded cardinality)."""
+        return name if name in self.settings["streams"] else metrics.DYNAMIC
+
     @app.route("/health", methods=["GET"])
     def health(self, request):
         info = self._info()
         up = all(s["status"] == "ok" for s in info["sources"].values())
+        up = up and info["events"]["status"] == "ok"
         return json_response(request, 200 if up else 503, info)
+
+    # -- the event store (streamd/web/events.py) ---------------------------------------
+
+    @app.route("/events", branch=True)
+    def events_api(self, request):
+        return self.events.app.resource()
+
+    @app.route("/jsonrpc", methods=["POST"])
+    def jsonrpc(self, request):
+        return self.events.jsonrpc(request)
+
+    @app.route("/", methods=["POST"])
+    def jsonrpc_root(self, request):
+        # AwesomeStream's own client posts its calls to "/".
+        return self.events.jsonrpc(request)
 
     # -- publish ----------------------------------------------------------------------
 
@@ -175,7 +275,11 @@ class StreamdApp:
         if state != "ok":
             raise Unavailable(f"stream {name!r} is down: {reason}")
         params = {k: v[-1] for k, v in query(request).items()}
+        started = self.reactor.seconds()
         ids = await maybeDeferred(source.publish, payloads, params)
+        label = self.metrics_label(name)
+        self.metrics.messages_in.labels(label, source.kind).inc(len(payloads))
+        self.metrics.publish_seconds.labels(label).observe(self.reactor.seconds() - started)
         return json_response(request, 202, {"ids": ids})
 
     # -- stream -------------------------------------------------------------------------
@@ -254,6 +358,7 @@ class StreamdApp:
             filter=stream_filter,
             stall_warnings=stall_warnings,
             name=name,
+            metrics=self.metrics.for_stream(self.metrics_label(name), source.kind),
         )
         return self.start_stream(stream, identity, since)
 
@@ -266,6 +371,8 @@ class StreamdApp:
         stream.identity = identity.name
         done = stream.start(since)
         if not stream.ended:
+            if stream.metrics is not None:
+                stream.metrics.open.inc()
             self.connections[identity.name] += 1
             self.open_streams.add(stream)
             if stream.session is not None:
@@ -273,7 +380,16 @@ class StreamdApp:
         return done
 
     def _stream_ended(self, stream: Stream) -> None:
+        log.info(
+            "stream {stream} ended ({reason}): identity={identity} duration={duration:.3f}s "
+            "messages={messages} bytes={bytes}",
+            stream=stream.name, reason=stream.end_reason, identity=stream.identity,
+            duration=self.reactor.seconds() - stream.started_at, messages=stream.written,
+            bytes=stream.bytes_written,
+        )
         if stream in self.open_streams:
+            if stream.metrics is not None:
+                stream.metrics.open.dec()
             self.open_streams.discard(stream)
             self.connections[stream.identity] -= 1
             if not self.connections[stream.identity]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.defer import maybeDeferred
+
 from streamd import framing
 from streamd.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from streamd.message import InvalidPayload, normalize_json
@@ -60,7 +62,7 @@ def mount(app) -> None:
     """Add the channel and subscription routes to C{app} (StreamdApp's klein app)."""
 
     @app.route("/channels/<name>", methods=["PUT"])
-    def put_channel(root, request, name):
+    async def put_channel(root, request, name):
         _channel_name(name)
         root.identify(request, "publish", name)
         if request_content_type(request) not in ("application/json", ""):
@@ -73,7 +75,7 @@ def mount(app) -> None:
             value = normalize_json(body)
         except InvalidPayload as e:
             raise BadRequest(f"body: {e.reason}") from None
-        root.channels.set(name, value)
+        await maybeDeferred(root.channels.set, name, value)
         return json_response(request, 200, {"channel": name, "value": json.loads(value)})
 
     @app.route("/channels/<name>", methods=["GET"])
@@ -177,5 +179,6 @@ def _stream(root, request, identity, sub):
         retry=root.settings["retry"],
         on_end=root._stream_ended,
         name=f"subscription:{sub.id}",
+        metrics=root.metrics.for_stream("_subscriptions", "channels"),
     )
     return root.start_stream(stream, identity)

@@ -1,0 +1,64 @@
+"""
+Prometheus metrics, recorded where things happen through this one module.
+
+Labels are bounded: a stream label is a declared stream's name, or C{_dynamic} for every
+memory stream created on first use (there may be any number of those); there is no
+per-client label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 (re-export)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+DYNAMIC = "_dynamic"
+
+
+class StreamMetrics:
+    """The children of one stream's series, bound once (the hot path only increments)."""
+
+    __slots__ = ("open", "out", "bytes", "pauses", "disconnects", "drops")
+
+    def __init__(self, m: Metrics, stream: str, source: str) -> None:
+        self.open = m.open_streams.labels(stream)
+        self.out = m.messages_out.labels(stream, source)
+        self.bytes = m.bytes_out.labels(stream)
+        self.pauses = m.pauses.labels(stream)
+        self.disconnects = m.slow_actions.labels(stream, "disconnect")
+        self.drops = m.slow_actions.labels(stream, "drop")
+
+
+class Metrics:
+    """Every series streamd exports, in a registry of its own (one per app)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.open_streams = Gauge("streamd_open_streams", "Open client streams",
+                                  ["stream"], registry=r)
+        self.messages_in = Counter("streamd_messages_in", "Messages taken in from sources "
+                                   "or publishers", ["stream", "source"], registry=r)
+        self.messages_out = Counter("streamd_messages_out", "Messages written to clients",
+                                    ["stream", "source"], registry=r)
+        self.bytes_out = Counter("streamd_bytes_out", "Bytes of messages written to clients",
+                                 ["stream"], registry=r)
+        self.pauses = Counter("streamd_pauses", "Times a client's stream was paused",
+                              ["stream"], registry=r)
+        self.slow_actions = Counter("streamd_slow_policy_actions", "Slow-client policy "
+                                    "actions (disconnect, or messages dropped)",
+                                    ["stream", "action"], registry=r)
+        self.source_errors = Counter("streamd_source_errors", "Errors talking to a source",
+                                     ["stream", "source"], registry=r)
+        self.source_reconnects = Counter("streamd_source_reconnects", "Source reconnections",
+                                         ["stream", "source"], registry=r)
+        self.sqs_requests = Counter("streamd_sqs_requests", "SQS requests",
+                                    ["operation", "outcome"], registry=r)
+        self.publish_seconds = Histogram("streamd_publish_seconds", "Time to publish a "
+                                         "request's messages", ["stream"], registry=r)
+        self.store_seconds = Histogram("streamd_store_seconds", "Event store operation time",
+                                       ["operation"], registry=r)
+
+    def for_stream(self, stream: str, source: str) -> StreamMetrics:
+        return StreamMetrics(self, stream, source)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,169 @@
+"""
+The settings of the Redis sources: the C{[redis]} table of named connections and the
+keys of C{redis-pubsub}, C{redis-list} and C{redis-stream} stream tables.
+
+Plain data and checks, no Twisted: L{streamd.config} imports this module to register
+the table and the source keys, and L{streamd.redis} turns a validated connection
+into live txredisapi connections.
+
+A connection is C{[redis.NAME]} with a C{url}; keys given directly in C{[redis]}
+describe the connection named C{default}, which a stream uses unless it sets
+C{connection = "NAME"}::
+
+    [redis]
+    url = "redis://:secret@127.0.0.1:6379/0"
+
+    [redis.cache]
+    url = "rediss://cache.internal:6380/2"
+    reconnect_max = 1.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from streamd.config import EXTRA_TABLES, SOURCE_KEYS, ConfigError, Key
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """
+    Split C{redis://[[user]:password@]host[:port][/db]} (or C{rediss://} for TLS) into
+    its parts; raise ValueError with a reason a person can act on.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"expected redis://host:port/db or rediss://..., got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"bad port in {url!r}") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database in {url!r} must be a number")
+    return {
+        "host": parts.hostname,
+        "port": port,
+        "db": int(path) if path else 0,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password is not None else None,
+        "tls": parts.scheme == "rediss",
+    }
+
+
+def _check_url(value: str) -> str | None:
+    try:
+        parse_url(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+#: Keys of one Redis connection.
+CONNECTION_KEYS = [
+    Key("url", "str", "redis://127.0.0.1:6379/0",
+        "redis://[[user]:password@]host:port/db; rediss:// for TLS", check=_check_url),
+    Key("connect_timeout", "number", 2.0, "seconds to wait for a TCP (and TLS) connection",
+        minimum=0.01),
+    Key("command_timeout", "number", 10.0,
+        "seconds to wait for the reply to a command once sent (0: forever); blocking "
+        "reads wait this long beyond their own block time", minimum=0),
+    Key("reconnect_initial", "number", 0.1, "seconds before the first reconnection attempt",
+        minimum=0.01),
+    Key("reconnect_max", "number", 0.5, "longest wait between reconnection attempts",
+        minimum=0.01),
+    Key("pool_size", "int", 2, "connections shared by ordinary (non-blocking) commands",
+        minimum=1, maximum=64),
+]
+
+
+def validate_redis_table(table: Any, where: str) -> dict[str, dict[str, Any]]:
+    """
+    Validate C{[redis]} into C{{name: settings}}; settings carry the parsed URL parts
+    too. With no table at all, C{default} is C{redis://127.0.0.1:6379/0}.
+    """
+    if not isinstance(table, dict):
+        raise ConfigError(where, "expected a table")
+    plain = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    named = {k: v for k, v in table.items() if isinstance(v, dict)}
+    if plain and "default" in named:
+        raise ConfigError(f"{where}.default",
+                          "give the default connection either in [redis] or in "
+                          "[redis.default], not both")
+    tables: dict[str, tuple[str, dict[str, Any]]] = {
+        name: (f"{where}.{name}", t) for name, t in named.items()
+    }
+    if plain or "default" not in tables:
+        tables["default"] = (where, plain)
+    known = {k.name: k for k in CONNECTION_KEYS}
+    out: dict[str, dict[str, Any]] = {}
+    for name, (prefix, t) in tables.items():
+        conn: dict[str, Any] = {k.name: k.default for k in CONNECTION_KEYS}
+        for key, value in t.items():
+            if key not in known:
+                raise ConfigError(f"{prefix}.{key}", "unknown key for a Redis connection")
+            conn[key] = known[key].validate(value, f"{prefix}.{key}")
+        if conn["reconnect_max"] < conn["reconnect_initial"]:
+            raise ConfigError(f"{prefix}.reconnect_max",
+                              "must be at least reconnect_initial")
+        conn.update(parse_url(conn["url"]), name=name)
+        out[name] = conn
+    return out
+
+
+def _required(what: str):
+    def check(value: Any) -> str | None:
+        if value is None or value == "":
+            return f"required: {what}"
+        return None
+    return check
+
+
+def _check_stream_start(value: str) -> str | None:
+    if value in ("$", "0") or (value.startswith("-") and value[1:].isdigit()):
+        return None
+    return f'expected "$" (new entries), "0" (all) or "-N" (the last N), got {value!r}'
+
+
+_CONNECTION = Key("connection", "str", "default", "the [redis.NAME] connection to use")
+_INSTANCE = Key(
+    "instance", "str", "",
+    "this streamd's name in Redis (processing lists, consumer names); default: "
+    "host name and listen address, stable across restarts so that a restarted "
+    "streamd takes back what it held")
+_BLOCK = Key("block", "number", 1.0, "seconds one blocking read waits for a message",
+             minimum=0.01, maximum=60)
+_BATCH = Key("batch", "int", 10, "messages taken from Redis per read", minimum=1,
+             maximum=1000)
+
+SOURCE_KEYS["redis-pubsub"] = [
+    _CONNECTION,
+    Key("channels", "list", [], "channels to subscribe to (SUBSCRIBE)"),
+    Key("patterns", "list", [], "glob patterns to subscribe to (PSUBSCRIBE)"),
+]
+SOURCE_KEYS["redis-list"] = [
+    _CONNECTION, _INSTANCE, _BLOCK, _BATCH,
+    Key("key", "str", None, "the list to take messages from",
+        check=_required("the Redis list's key")),
+    Key("instance_ttl", "number", 15.0,
+        "seconds after which another streamd takes back the messages held by a "
+        "streamd that stopped refreshing its heartbeat", minimum=1),
+]
+SOURCE_KEYS["redis-stream"] = [
+    _CONNECTION, _INSTANCE, _BLOCK, _BATCH,
+    Key("key", "str", None, "the Redis stream's key",
+        check=_required("the Redis stream's key")),
+    Key("group", "str", "", "consumer group: each entry to one client (empty: every "
+        "client reads every entry from its own position)"),
+    Key("start", "str", "$", 'where a new client (or a new group) starts: "$" new '
+        'entries, "0" all, "-N" the last N entries', check=_check_stream_start),
+    Key("claim_idle", "number", 30.0, "seconds an entry may stay unacknowledged in the "
+        "group before another client is given it (XAUTOCLAIM)", minimum=0.01),
+    Key("maxlen", "int", 0, "approximate length XADD trims the stream to (0: no trim)",
+        minimum=0),
+    Key("field", "str", "data", "the entry field that holds the message"),
+]
+
+EXTRA_TABLES["redis"] = validate_redis_table

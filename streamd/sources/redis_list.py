@@ -1,0 +1,308 @@
+"""
+The C{redis-list} source: a Redis list used as a work queue (producers RPUSH, as
+C{POST /streams/NAME/messages} does). Each message goes to one client; delivery is
+at-least-once.
+
+A client's reader takes messages with LMOVE/BLMOVE from the head of the list into
+this streamd's processing list (C{KEY:streamd:processing:INSTANCE}), so that a
+message is always in Redis until a client has it: the stream acks it once written
+(or once the client acknowledges it, C{ack = "client"}) and it is LREMed; a message
+not written (client gone, limit reached, stream ended) is nacked and moved back to
+the head of the list at once.
+
+Whatever a crash leaves in a processing list is moved back by the next streamd
+with the same C{instance} name when it starts, or by any streamd on the same key
+once the crashed one's heartbeat key (C{KEY:streamd:alive:INSTANCE}, refreshed every
+C{instance_ttl}/3 seconds) has expired. Each client reads on a connection of its
+own (BLMOVE blocks it) and a paused client issues no reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import txredisapi
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from streamd import redis
+from streamd.errors import Unavailable
+from streamd.interfaces import ISource, ISubscription
+from streamd.message import Message
+
+log = Logger()
+
+#: Move up to ARGV[1] values from the list's head to the processing list's tail.
+TAKE = """
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not v then break end
+  out[#out + 1] = v
+end
+return out
+"""
+
+#: Move these values (ARGV, oldest first) from the processing list back to the
+#: list's head, keeping their order; a value no longer held is left alone.
+GIVE_BACK = """
+local n = 0
+for i = #ARGV, 1, -1 do
+  if redis.call('LREM', KEYS[2], -1, ARGV[i]) > 0 then
+    redis.call('LPUSH', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+#: Move a whole processing list back to the list's head, oldest first.
+RECOVER = """
+local n = 0
+while redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT') do n = n + 1 end
+return n
+"""
+
+
+@implementer(ISubscription)
+class ListSubscription:
+    """
+    One client of a list stream, with its own reading connection.
+
+    @ivar reading: a read loop is running (at most one at a time).
+    """
+
+    def __init__(self, source: RedisListSource, consumer) -> None:
+        self.source = source
+        self.consumer = consumer
+        self.reader = source.conn.dedicated(source.block)
+        self.paused = False
+        self.cancelled = False
+        self.reading = False
+
+    def _kick(self) -> None:
+        if not (self.reading or self.paused or self.cancelled):
+            self.reading = True
+            Deferred.fromCoroutine(self._read())
+
+    async def _read(self) -> None:
+        try:
+            await self._loop()
+        except Exception:
+            log.failure("redis-list {name}: reader failed", name=self.source.name)
+            if not self.cancelled:
+                # Not a Redis condition we know: retry later rather than spin.
+                self.source.clock.callLater(1.0, self._kick)
+        finally:
+            self.reading = False
+            if self.cancelled:
+                self.reader.close()
+
+    async def _loop(self) -> None:
+        src = self.source
+        while not (self.paused or self.cancelled):
+            try:
+                values = await self.reader.command(
+                    "EVAL", TAKE, 2, src.key, src.processing, src.batch)
+                if not values:
+                    value = await self.reader.command(
+                        "BLMOVE", src.key, src.processing, "LEFT", "RIGHT", src.block)
+                    values = [] if value is None else [value]
+            except txredisapi.ConnectionError:
+                # Lost (Redis restarted, reply timeout): the next command waits for
+                # the reconnection. A value moved just before the loss stays in the
+                # processing list until this instance's next start.
+                continue
+            except txredisapi.ResponseError as e:
+                self.consumer.source_ended(f"redis: {e}")
+                return
+            if not values:
+                continue
+            if self.cancelled:
+                src.give_back(values)
+                return
+            self.consumer.deliver([src.message(v) for v in values])
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._kick()
+
+    def ack(self, messages) -> None:
+        self.source.remove([m.handle for m in messages])
+
+    def nack(self, messages) -> None:
+        self.source.give_back([m.handle for m in messages])
+
+    def cancel(self) -> None:
+        """
+        Stop reading. A BLMOVE in flight is let finish (at most C{block} seconds) so
+        that what it takes is given back rather than stranded.
+        """
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self.source.subscribers.discard(self)
+        if not self.reading:
+            self.reader.close()
+
+    def close_now(self) -> None:
+        self.cancelled = True
+        self.source.subscribers.discard(self)
+        self.reader.close()
+
+
+@implementer(ISource)
+class RedisListSource:
+    """One list stream (see the module doc)."""
+
+    kind = "redis-list"
+    durable = True
+
+    def __init__(self, name: str, conn: redis.RedisConnection, key: str, instance: str,
+                 clock, block: float = 1.0, batch: int = 10, instance_ttl: float = 15.0,
+                 on_stop=None) -> None:
+        self.name = name
+        self.conn = conn
+        self.key = key
+        self.instance = instance
+        self.clock = clock
+        self.block = block
+        self.batch = batch
+        self.instance_ttl = instance_ttl
+        self.on_stop = on_stop
+        self.processing = f"{key}:streamd:processing:{instance}"
+        self.alive = f"{key}:streamd:alive:{instance}"
+        self.registry = f"{key}:streamd:instances"
+        self.seq = 0
+        self.subscribers: set[ListSubscription] = set()
+        self.pending: set[Deferred] = set()
+        self.heartbeat = LoopingCall(self._heartbeat)
+        self.heartbeat.clock = clock
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any], services) -> RedisListSource:
+        conn = redis.acquire(services, settings)
+        instance = settings["instance"] or redis.default_instance(services.settings)
+        return cls(settings["name"], conn, settings["key"], instance, services.reactor,
+                   settings["block"], settings["batch"], settings["instance_ttl"],
+                   lambda: redis.release(services, conn))
+
+    def start(self):
+        """Take back what this instance held before a restart, then keep alive."""
+        d = self._track(self.conn.command("EVAL", RECOVER, 2, self.key, self.processing))
+        d.addCallback(self._recovered, self.processing)
+        self.heartbeat.start(self.instance_ttl / 3, now=True)
+        return None
+
+    def _recovered(self, count, processing) -> None:
+        if count:
+            log.info("redis-list {name}: moved {n} unfinished messages from {p} back "
+                     "to {key}", name=self.name, n=count, p=processing, key=self.key)
+
+    def _heartbeat(self):
+        # A failed beat is retried at the next tick; Redis being away is status().
+        ttl_ms = int(self.instance_ttl * 1000)
+        beat = gatherResults([
+            self.conn.command("SET", self.alive, b"1", "PX", ttl_ms),
+            self.conn.command("SADD", self.registry, self.instance),
+        ], consumeErrors=True)
+        beat.addCallback(lambda _: self.conn.command("SMEMBERS", self.registry))
+        beat.addCallback(lambda members: Deferred.fromCoroutine(self._recover_dead(members)))
+        beat.addErrback(lambda f: log.warn("redis-list {name}: heartbeat failed: {e}",
+                                           name=self.name, e=f.getErrorMessage()))
+        return None
+
+    async def _recover_dead(self, members) -> None:
+        for member in members or []:
+            other = member.decode("utf-8", "replace")
+            if other == self.instance:
+                continue
+            if await self.conn.command("EXISTS", f"{self.key}:streamd:alive:{other}"):
+                continue
+            processing = f"{self.key}:streamd:processing:{other}"
+            count = await self.conn.command("EVAL", RECOVER, 2, self.key, processing)
+            await self.conn.command("SREM", self.registry, member)
+            self._recovered(count, processing)
+
+    def _track(self, d: Deferred) -> Deferred:
+        self.pending.add(d)
+
+        def done(result):
+            self.pending.discard(d)
+            return result
+        return d.addBoth(done)
+
+    def remove(self, handles: list[bytes]) -> None:
+        """Acked: these values are done with."""
+        for h in handles:
+            self._track(self.conn.command("LREM", self.processing, 1, h)).addErrback(
+                self._lost, "ack")
+
+    def give_back(self, handles: list[bytes]) -> None:
+        """Not written: back to the head of the list, in their order, for anyone."""
+        if handles:
+            self._track(self.conn.command(
+                "EVAL", GIVE_BACK, 2, self.key, self.processing, *handles)
+            ).addErrback(self._lost, "nack")
+
+    def _lost(self, failure, what: str) -> None:
+        # The message stays in the processing list: moved back at the next start.
+        log.warn("redis-list {name}: {what} failed: {e}", name=self.name, what=what,
+                 e=failure.getErrorMessage())
+
+    def message(self, value: bytes) -> Message:
+        self.seq += 1
+        return Message(str(self.seq), self.name, redis.as_json(value), None, value)
+
+    async def _stop(self) -> None:
+        for sub in list(self.subscribers):
+            sub.consumer.source_ended("shutdown")
+        for sub in list(self.subscribers):
+            sub.close_now()
+        if self.heartbeat.running:
+            self.heartbeat.stop()
+        if self.conn.up:
+            # Let the acks and give-backs already sent land, then give back what is
+            # still held (reads cut short by the shutdown) and leave the registry;
+            # bounded, since Redis may go away meanwhile (the next start recovers).
+            cleanup = Deferred.fromCoroutine(self._clean_stop())
+            cleanup.addTimeout(self.conn.settings["connect_timeout"], self.clock)
+            try:
+                await cleanup
+            except Exception as e:
+                log.warn("redis-list {name}: clean stop failed: {e}", name=self.name, e=e)
+        if self.on_stop:
+            await maybeDeferred(self.on_stop)
+
+    async def _clean_stop(self) -> None:
+        await gatherResults(list(self.pending), consumeErrors=True)
+        await self.conn.command("EVAL", RECOVER, 2, self.key, self.processing)
+        await self.conn.command("DEL", self.alive)
+        await self.conn.command("SREM", self.registry, self.instance)
+
+    def stop(self) -> Deferred:
+        return Deferred.fromCoroutine(self._stop())
+
+    def status(self) -> tuple[str, str | None]:
+        return self.conn.status()
+
+    def subscribe(self, consumer, since: str | None = None) -> ListSubscription:
+        """A new reader of the queue; C{since} means nothing for a queue and is ignored."""
+        if not self.conn.up:
+            raise Unavailable(self.conn.status()[1] or "redis is down")
+        sub = ListSubscription(self, consumer)
+        self.subscribers.add(sub)
+        sub._kick()
+        return sub
+
+    def publish(self, payloads: list[bytes], params=None) -> Deferred:
+        """RPUSH the payloads (one command: all or none); list entries have no ids."""
+        if not self.conn.up:
+            raise Unavailable(self.conn.status()[1] or "redis is down")
+        d = self.conn.command("RPUSH", self.key, *payloads)
+        return d.addCallback(lambda _: [None for _ in payloads])

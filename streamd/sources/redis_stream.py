@@ -1,0 +1,397 @@
+"""
+The C{redis-stream} source: a Redis stream (XADD, as C{POST /streams/NAME/messages}
+does), read in one of two ways.
+
+Cursor mode (no C{group}): broadcast. Every client reads every entry from its own
+position; a message's id is its entry id, so a client that reconnects with
+C{Last-Event-ID} (or C{?since=ID}) resumes exactly after it, with a gap notice if
+entries after it were trimmed away. A new client starts at C{start}, or at
+C{?since=$} (new entries), C{?since=0} (all), C{?since=-N} (the last N).
+
+Group mode (C{group = "NAME"}): a queue, at-least-once. Clients read with
+XREADGROUP as consumers of the group; an entry is XACKed once written (or once the
+client acknowledges it, C{ack = "client"}); an entry not written is made claimable
+at once, and entries left unacknowledged longer than C{claim_idle} (a client or a
+streamd that died) are taken over with XAUTOCLAIM.
+
+Each client reads on a connection of its own (XREAD BLOCK holds it), and a paused
+client issues no reads.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import txredisapi
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from streamd import redis
+from streamd.errors import BadRequest, Unavailable
+from streamd.interfaces import ISource, ISubscription
+from streamd.message import Message
+
+log = Logger()
+
+ENTRY_ID = re.compile(r"^\d+(-\d+)?$")
+#: Idle time given to a nacked entry so that the next XAUTOCLAIM takes it at once.
+RETURNED_IDLE_MS = 10**12
+
+
+def parse_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def before(entry_id: bytes) -> str:
+    """The id just before C{entry_id} (XREAD reads after the id it is given)."""
+    ms, seq = parse_id(entry_id.decode())
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-18446744073709551615" if ms else "0-0"
+
+
+@implementer(ISubscription)
+class StreamSubscription:
+    """
+    One client of a stream stream, with its own reading connection.
+
+    @ivar cursor: cursor mode: the id of the last entry read; None until resolved.
+    @ivar consumer_name: group mode: this client's consumer name in the group.
+    """
+
+    def __init__(self, source: RedisStreamSource, consumer, since: str | None,
+                 consumer_name: str | None) -> None:
+        self.source = source
+        self.consumer = consumer
+        self.since = since
+        self.cursor: str | None = None
+        self.consumer_name = consumer_name
+        self.claim_cursor = "0-0"
+        #: group mode: where we are in re-reading entries still pending for this
+        #: consumer name (left by this streamd before a restart); None once done
+        self.history: str | None = "0-0"
+        self.last_claim = float("-inf")
+        self.reader = source.conn.dedicated(source.block)
+        self.paused = False
+        self.cancelled = False
+        self.reading = False
+
+    def _kick(self) -> None:
+        if not (self.reading or self.paused or self.cancelled):
+            self.reading = True
+            Deferred.fromCoroutine(self._read())
+
+    async def _read(self) -> None:
+        try:
+            await self._loop()
+        except Exception:
+            log.failure("redis-stream {name}: reader failed", name=self.source.name)
+            if not self.cancelled:
+                # Not a Redis condition we know: retry later rather than spin.
+                self.source.clock.callLater(1.0, self._kick)
+        finally:
+            self.reading = False
+            if self.cancelled:
+                self.reader.close()
+
+    async def _loop(self) -> None:
+        src = self.source
+        while not (self.paused or self.cancelled):
+            try:
+                if src.group:
+                    entries = await self._read_group()
+                else:
+                    entries = await self._read_cursor()
+            except txredisapi.ConnectionError:
+                # Lost (Redis restarted, reply timeout): the next command waits for
+                # the reconnection; the position is kept here (cursor) or in Redis.
+                continue
+            except txredisapi.ResponseError as e:
+                if "NOGROUP" in str(e):
+                    # The group is gone (Redis restarted without persistence).
+                    src.group_ready = False
+                    continue
+                self.consumer.source_ended(f"redis: {e}")
+                return
+            if not entries:
+                continue
+            if self.cancelled:
+                src.give_back([e[0] for e in entries])
+                return
+            self.consumer.deliver([src.message(eid, fields) for eid, fields in entries])
+
+    async def _read_cursor(self):
+        src = self.source
+        if self.cursor is None:
+            self.cursor = await src.position(self.since, self.consumer)
+        reply = await self.reader.command(
+            "XREAD", "COUNT", src.batch, "BLOCK", int(src.block * 1000),
+            "STREAMS", src.key, self.cursor)
+        entries = reply[0][1] if reply else []
+        if entries:
+            self.cursor = entries[-1][0].decode()
+        return entries
+
+    async def _read_group(self):
+        src = self.source
+        if not src.group_ready:
+            await src.ensure_group()
+        now = src.clock.seconds()
+        if self.claim_cursor != "0-0" or now - self.last_claim >= src.block:
+            # Entries idle too long (their client or streamd died), or given back.
+            self.last_claim = now
+            nxt, claimed, *_ = await self.reader.command(
+                "XAUTOCLAIM", src.key, src.group, self.consumer_name,
+                int(src.claim_idle * 1000), self.claim_cursor, "COUNT", src.batch)
+            self.claim_cursor = nxt.decode()
+            claimed = [e for e in claimed if e and e[1] is not None]
+            if claimed:
+                return claimed
+        if self.history is not None:
+            reply = await self.reader.command(
+                "XREADGROUP", "GROUP", src.group, self.consumer_name, "COUNT", src.batch,
+                "STREAMS", src.key, self.history)
+            entries = reply[0][1] if reply else []
+            if entries:
+                self.history = entries[-1][0].decode()
+                # Entries deleted since they were read come back without fields.
+                return [e for e in entries if e[1] is not None]
+            self.history = None
+        reply = await self.reader.command(
+            "XREADGROUP", "GROUP", src.group, self.consumer_name, "COUNT", src.batch,
+            "BLOCK", int(src.block * 1000), "STREAMS", src.key, ">")
+        return reply[0][1] if reply else []
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self._kick()
+
+    def ack(self, messages) -> None:
+        if self.source.group:
+            self.source.remove([m.handle for m in messages])
+
+    def nack(self, messages) -> None:
+        if self.source.group:
+            self.source.give_back([m.handle for m in messages])
+
+    def cancel(self) -> None:
+        """Stop reading; a read in flight finishes (at most C{block} seconds) first."""
+        if self.cancelled:
+            return
+        self._leave()
+        if not self.reading:
+            self.reader.close()
+
+    def close_now(self) -> None:
+        if not self.cancelled:
+            self._leave()
+        self.reader.close()
+
+    def _leave(self) -> None:
+        self.cancelled = True
+        self.source.subscribers.discard(self)
+        if self.consumer_name is not None:
+            self.source.free_names.append(self.consumer_name)
+
+
+@implementer(ISource)
+class RedisStreamSource:
+    """One Redis stream, in cursor or group mode (see the module doc)."""
+
+    kind = "redis-stream"
+
+    def __init__(self, name: str, conn: redis.RedisConnection, key: str, clock, *,
+                 group: str = "", instance: str = "", start: str = "$",
+                 block: float = 1.0, batch: int = 10, claim_idle: float = 30.0,
+                 maxlen: int = 0, field: str = "data", on_stop=None) -> None:
+        self.name = name
+        self.conn = conn
+        self.key = key
+        self.clock = clock
+        self.group = group
+        self.instance = instance
+        self.start_at = start
+        self.block = block
+        self.batch = batch
+        self.claim_idle = claim_idle
+        self.maxlen = maxlen
+        self.field = field.encode()
+        self.on_stop = on_stop
+        self.durable = bool(group)
+        self.group_ready = False
+        self.consumers = 0
+        #: consumer names of clients that left, reused so that the group's consumer
+        #: list stays as long as the most clients ever connected at once
+        self.free_names: list[str] = []
+        self.subscribers: set[StreamSubscription] = set()
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any], services) -> RedisStreamSource:
+        conn = redis.acquire(services, settings)
+        instance = settings["instance"] or redis.default_instance(services.settings)
+        return cls(settings["name"], conn, settings["key"], services.reactor,
+                   group=settings["group"], instance=instance, start=settings["start"],
+                   block=settings["block"], batch=settings["batch"],
+                   claim_idle=settings["claim_idle"], maxlen=settings["maxlen"],
+                   field=settings["field"], on_stop=lambda: redis.release(services, conn))
+
+    def start(self) -> None:
+        if self.group:
+            self.ensure_group().addErrback(
+                lambda f: log.warn("redis-stream {name}: cannot create group: {e}",
+                                   name=self.name, e=f.getErrorMessage()))
+
+    def ensure_group(self) -> Deferred:
+        """Create the consumer group (and the stream) unless they exist."""
+        return Deferred.fromCoroutine(self._ensure_group())
+
+    async def _ensure_group(self) -> None:
+        start = self.start_at
+        if start.startswith("-"):
+            start = await self._back(int(start[1:]))
+        try:
+            await self.conn.command("XGROUP", "CREATE", self.key, self.group, start,
+                                    "MKSTREAM")
+        except txredisapi.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        self.group_ready = True
+
+    async def _back(self, n: int) -> str:
+        """The position from which a read returns the last C{n} entries."""
+        if n == 0:
+            return await self._last()
+        entries = await self.conn.command("XREVRANGE", self.key, "+", "-", "COUNT", n)
+        return before(entries[-1][0]) if entries else "0-0"
+
+    async def _last(self) -> str:
+        entries = await self.conn.command("XREVRANGE", self.key, "+", "-", "COUNT", 1)
+        return entries[0][0].decode() if entries else "0-0"
+
+    async def position(self, since: str | None, consumer) -> str:
+        """
+        Cursor mode: the id to read after, for a client resuming C{since} (telling it
+        of entries it can no longer get) or starting at C{start}.
+        """
+        since = since or self.start_at
+        if since == "$":
+            return await self._last()
+        if since == "0":
+            return "0-0"
+        if since.startswith("-"):
+            return await self._back(int(since[1:]))
+        try:
+            info = await self.conn.command("XINFO", "STREAM", self.key)
+        except txredisapi.ResponseError:
+            consumer.gap({"since": since, "missed": None, "reason": "no such stream"})
+            return "0-0"
+        info = dict(zip(info[::2], info[1::2], strict=False))
+        last = parse_id(info[b"last-generated-id"].decode())
+        deleted = parse_id(info.get(b"max-deleted-entry-id", b"0-0").decode())
+        first = info.get(b"recorded-first-entry-id") or b"0-0"
+        after = parse_id(since)
+        if after > last:
+            consumer.gap({"since": since, "missed": None, "reason": "unknown id"})
+        elif after < deleted:
+            consumer.gap({"since": since, "missed": None, "reason": "deleted"})
+        elif after < parse_id(first.decode()) and not await self.conn.command(
+                "XRANGE", self.key, since, since):
+            # The client's last entry was trimmed away, and maybe some after it.
+            consumer.gap({"since": since, "missed": None, "reason": "trimmed"})
+        return since
+
+    def stop(self) -> Deferred:
+        for sub in list(self.subscribers):
+            sub.consumer.source_ended("shutdown")
+        for sub in list(self.subscribers):
+            sub.close_now()
+        return Deferred.fromCoroutine(self._release())
+
+    async def _release(self) -> None:
+        if self.on_stop:
+            await maybeDeferred(self.on_stop)
+
+    def status(self) -> tuple[str, str | None]:
+        return self.conn.status()
+
+    def subscribe(self, consumer, since: str | None = None) -> StreamSubscription:
+        """
+        A new reader. C{since}: cursor mode resumes after that entry id (or takes
+        C{$}, C{0}, C{-N}); group mode ignores it (the group holds the position).
+        """
+        if not self.conn.up:
+            raise Unavailable(self.conn.status()[1] or "redis is down")
+        name = None
+        if self.group:
+            since = None
+            if self.free_names:
+                name = self.free_names.pop()
+            else:
+                self.consumers += 1
+                name = f"{self.instance}:{self.consumers}"
+        elif since is not None and not (
+            since in ("$", "0") or ENTRY_ID.match(since)
+            or (since.startswith("-") and since[1:].isdigit())
+        ):
+            raise BadRequest(f"since: {since!r} is not an entry id of this stream "
+                             '(ms-seq), "$", "0" or "-N"')
+        sub = StreamSubscription(self, consumer, since, name)
+        self.subscribers.add(sub)
+        sub._kick()
+        return sub
+
+    def message(self, entry_id: bytes, fields: list[bytes]) -> Message:
+        """An entry as a message: the C{field} value is the body, other fields attributes."""
+        eid = entry_id.decode()
+        pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+        data = pairs.pop(self.field, None)
+        if data is None:
+            # An entry written by another program: its fields are the message.
+            body = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                    for k, v in pairs.items()}
+            return Message(eid, self.name, redis.json_object(body), None, eid)
+        attributes = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                      for k, v in pairs.items()} or None
+        return Message(eid, self.name, redis.as_json(data), attributes, eid)
+
+    def remove(self, ids: list[str]) -> None:
+        """Group mode, acked: XACK."""
+        if ids:
+            self.conn.command("XACK", self.key, self.group, *ids).addErrback(
+                self._lost, "XACK")
+
+    def give_back(self, ids: list[str]) -> None:
+        """Group mode, not written: claimable by the next XAUTOCLAIM of any client."""
+        if ids and self.group:
+            self.conn.command(
+                "XCLAIM", self.key, self.group, f"{self.instance}:returned", 0, *ids,
+                "IDLE", RETURNED_IDLE_MS, "JUSTID",
+            ).addErrback(self._lost, "give back")
+
+    def _lost(self, failure, what: str) -> None:
+        # Still pending in the group: claimed by XAUTOCLAIM after claim_idle.
+        log.warn("redis-stream {name}: {what} failed: {e}", name=self.name, what=what,
+                 e=failure.getErrorMessage())
+
+    def publish(self, payloads: list[bytes], params=None) -> Deferred:
+        """XADD each payload (pipelined), trimming to about C{maxlen}; the entry ids."""
+        if not self.conn.up:
+            raise Unavailable(self.conn.status()[1] or "redis is down")
+        maxlen = redis.param(params, "maxlen")
+        if maxlen is None:
+            maxlen = self.maxlen
+        else:
+            if not maxlen.isdigit():
+                raise BadRequest(f"maxlen: expected a whole number, got {maxlen!r}")
+            maxlen = int(maxlen)
+        trim = ["MAXLEN", "~", maxlen] if maxlen else []
+        d = gatherResults([
+            self.conn.command("XADD", self.key, *trim, "*", self.field, p) for p in payloads
+        ], consumeErrors=True)
+        return d.addCallback(lambda ids: [i.decode() for i in ids])

@@ -1,0 +1,537 @@
+"""
+The C{sqs} source: an SQS queue as a stream, at least once.
+
+Polling follows demand: a poller receives only while some client is connected and not
+paused, so messages wait in SQS rather than in streamd's memory; a batch that arrives
+when every client has just paused is held (one per poller at most) until one resumes.
+A message is deleted only when the stream acks it (written, or acknowledged by the
+client in C{ack = "client"} mode); one given back (client gone, C{limit} reached,
+shutdown) is made visible again at once. Messages held longer than half the
+visibility timeout have it extended.
+
+C{delivery = "queue"} hands each batch to one client (round robin over those not
+paused); C{"broadcast"} hands it to every connected client and deletes a message once
+each of them has acked or given it back, if at least one wrote it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from botocore.exceptions import ParamValidationError
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from streamd.aws import SQSError
+from streamd.errors import BadRequest, HTTPError, Unavailable
+from streamd.interfaces import ISource, ISubscription
+from streamd.message import InvalidPayload, Message, normalize_json
+from streamd.sqs_client import BATCH, SQSClient
+
+log = Logger()
+
+#: System attributes every message carries into its envelope (FIFO queues add theirs).
+SYSTEM_ATTRIBUTES = ("ApproximateReceiveCount", "SentTimestamp", "MessageGroupId",
+                     "SequenceNumber")
+_INT_ATTRIBUTES = ("ApproximateReceiveCount", "SentTimestamp")
+
+#: Seconds a message that no connected client's filter wants stays hidden before SQS
+#: offers it again (visibility 0 would have streamd receive and return it in a loop).
+SKIP_DELAY = 5
+
+#: Seconds a partial batch of deletes waits for more acks before it is sent.
+ACK_LINGER = 0.05
+
+#: Seconds between empty receives when long polling is off (wait_time_seconds = 0).
+EMPTY_PAUSE = 1.0
+#: Seconds between "is the queue back?" probes while down: doubling up to the cap.
+PROBE_FIRST, PROBE_CAP = 0.5, 5.0
+
+
+@implementer(ISubscription)
+class SQSSubscription:
+    """One stream's attachment; C{paused} is what the stream last asked for."""
+
+    __slots__ = ("source", "consumer", "paused")
+
+    def __init__(self, source: SQSSource, consumer) -> None:
+        self.source = source
+        self.consumer = consumer
+        self.paused = False
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.source._wake()
+
+    def ack(self, messages) -> None:
+        self.source._settle(self, messages, written=True)
+
+    def nack(self, messages) -> None:
+        self.source._settle(self, messages, written=False)
+
+    def skip(self, messages) -> None:
+        self.source._skip(self, messages)
+
+    def cancel(self) -> None:
+        self.source._unsubscribe(self)
+
+
+class _Held:
+    """A received message not yet deleted or given back."""
+
+    __slots__ = ("message", "owners", "written", "extended_at", "skipped_by")
+
+    def __init__(self, message: Message, now: float) -> None:
+        self.message = message
+        self.owners: set[SQSSubscription] = set()
+        self.written = False
+        self.extended_at = now
+        self.skipped_by: set[SQSSubscription] | None = None  # queue delivery: filtered out
+
+
+@implementer(ISource)
+class SQSSource:
+    """
+    One SQS-backed stream.
+
+    @ivar held: receipt handle -> L{_Held} for every message received and not yet
+        deleted or made visible again: what stop() gives back and what the
+        visibility extender keeps hidden.
+    @ivar down: why the queue cannot be used (missing, access denied), or None.
+    """
+
+    kind = "sqs"
+    durable = True
+
+    def __init__(self, name: str, settings: dict[str, Any], client: SQSClient, clock,
+                 metrics=None) -> None:
+        self.name = name
+        self.metrics = metrics  # streamd.metrics.Metrics, or None
+        self.client = client
+        self.clock = clock
+        self.queue_url: str = settings["queue_url"]
+        self.fifo = self.queue_url.endswith(".fifo")
+        self.max_messages: int = settings.get("max_messages", 10)
+        self.wait: int = settings.get("wait_time_seconds", 20)
+        self.visibility: int = settings.get("visibility_timeout", 30)
+        self.pollers: int = settings.get("pollers", 1)
+        self.attributes: list[str] = settings.get("attributes", ["All"])
+        self.broadcast = settings.get("delivery", "queue") == "broadcast"
+
+        self.subscribers: list[SQSSubscription] = []
+        self.held: dict[str, _Held] = {}
+        self.down: str | None = None
+        self.running = False
+        self._next = 0  # round-robin position (queue delivery)
+        self._waiters: list[Deferred] = []
+        self._tasks: list[Deferred] = []
+        self._to_delete: list[str] = []
+        self._to_release: list[str] = []
+        self._flush_call = None
+        self._extend_call = None
+        self._probing: Deferred | None = None
+        self._ops: set[Deferred] = set()
+
+    @classmethod
+    def from_config(cls, settings: dict[str, Any], services) -> SQSSource:
+        client = SQSClient.connect(
+            services.reactor, settings["queue_url"], settings["region"],
+            settings["endpoint_url"], settings["profile"],
+            connections=settings["pollers"] + 4, metrics=services.metrics,
+        )
+        return cls(settings["name"], settings, client, services.reactor, services.metrics)
+
+    def _count(self, series: str) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, series).labels(self.name, self.kind).inc()
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def start(self) -> Deferred:
+        """Start the pollers; fires (never fails) once the queue was checked once."""
+        self.running = True
+        self._tasks = [ensureDeferred(self._poll()) for _ in range(self.pollers)]
+        self._schedule_extend()
+        return ensureDeferred(self._check())
+
+    def stop(self) -> Deferred:
+        """Stop polling, end the streams, give back every message not written."""
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if not self.running:
+            return
+        self.running = False
+        if self._extend_call is not None and self._extend_call.active():
+            self._extend_call.cancel()
+        if self._probing is not None:
+            self._probing.cancel()
+        for task in self._tasks:
+            # A long poll in progress is abandoned: should SQS have answered it in
+            # this instant, those messages reappear after their visibility timeout.
+            task.cancel()
+        self._wake()
+        for sub in list(self.subscribers):
+            # The stream writes what it can, acks that and gives back the rest.
+            sub.consumer.source_ended("shutdown")
+        for handle, held in list(self.held.items()):
+            (self._to_delete if held.written else self._to_release).append(handle)
+        self.held.clear()
+        self._flush()
+        if self._ops:
+            await DeferredList(list(self._ops))
+
+    def status(self) -> tuple[str, str | None]:
+        return ("down", self.down) if self.down else ("ok", None)
+
+    def subscribe(self, consumer, since: str | None = None) -> SQSSubscription:
+        if self.down:
+            raise Unavailable(f"stream {self.name!r} is down: {self.down}")
+        if since is not None:
+            raise BadRequest("since: an SQS stream cannot resume by id (SQS redelivers "
+                             "what was not acknowledged instead)")
+        sub = SQSSubscription(self, consumer)
+        self.subscribers.append(sub)
+        self._wake()
+        return sub
+
+    # -- demand ---------------------------------------------------------------------
+
+    def _ready(self) -> list[SQSSubscription]:
+        return [s for s in self.subscribers if not s.paused]
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _changed(self) -> Deferred:
+        """Fires at the next change of demand (subscribe, resume, cancel, up, stop)."""
+        d: Deferred = Deferred(lambda d: self._waiters.remove(d) if d in self._waiters
+                               else None)
+        self._waiters.append(d)
+        return d
+
+    async def _poll(self) -> None:
+        try:
+            while self.running:
+                try:
+                    if self.down or not self._ready():
+                        await self._changed()
+                        continue
+                    batch = await self._receive()
+                    if batch:
+                        await self._dispatch(batch)
+                except CancelledError:
+                    raise
+                except Exception:
+                    log.failure("stream {name}: poller failed", name=self.name)
+                    await deferLater(self.clock, PROBE_CAP, lambda: None)
+        except CancelledError:
+            pass  # stop(): what this poller held is given back there
+
+    async def _receive(self) -> list[Message]:
+        try:
+            raw = await self.client.receive(
+                self.queue_url, max_messages=self.max_messages, wait=self.wait,
+                visibility=self.visibility, message_attributes=self.attributes,
+                system_attributes=SYSTEM_ATTRIBUTES,
+            )
+        except SQSError as e:
+            self._count("source_errors")
+            if e.unusable or e.status is None:  # gone, refused, or no answer at all
+                self._set_down(e)
+            else:  # throttled or 5xx through all the client's retries: rest a while
+                log.warn("stream {name}: receive failed: {error}", name=self.name,
+                         error=str(e))
+                await deferLater(self.clock, PROBE_CAP, lambda: None)
+            return []
+        if not raw:
+            if self.wait == 0:  # no long poll: do not spin on an empty queue
+                await deferLater(self.clock, EMPTY_PAUSE, lambda: None)
+            return []
+        now = self.clock.seconds()
+        batch = []
+        for r in raw:
+            msg = self._message(r)
+            self.held[msg.handle] = _Held(msg, now)
+            batch.append(msg)
+        return batch
+
+    async def _dispatch(self, batch: list[Message]) -> None:
+        # Hold the batch (its poller receives nothing more) until a client can take it.
+        while True:
+            if not self.running:
+                return  # stop() gives back everything held
+            if not self.subscribers:
+                self._give_back(batch)
+                return
+            ready = self._ready()
+            if ready:
+                break
+            await self._changed()
+        if self.broadcast:
+            targets = list(self.subscribers)
+        else:
+            self._next = (self._next + 1) % len(ready)
+            targets = [ready[self._next]]
+        for msg in batch:
+            held = self.held.get(msg.handle)
+            if held is not None:
+                held.owners.update(targets)
+        for sub in targets:
+            # A stream may write, ack, give back or even end during deliver.
+            if sub in self.subscribers:
+                sub.consumer.deliver(batch)
+            else:
+                self._settle(sub, batch, written=False)
+
+    def _give_back(self, batch: list[Message]) -> None:
+        for msg in batch:
+            if self.held.pop(msg.handle, None) is not None:
+                self._to_release.append(msg.handle)
+        self._schedule_flush()
+
+    # -- acks -----------------------------------------------------------------------
+
+    def _settle(self, sub: SQSSubscription, messages: Iterable[Message], written: bool) -> None:
+        held_map = self.held
+        for msg in messages:
+            held = held_map.get(msg.handle)
+            if held is None or sub not in held.owners:
+                continue
+            held.owners.discard(sub)
+            if written:
+                held.written = True
+            if not held.owners:
+                del held_map[msg.handle]
+                (self._to_delete if held.written else self._to_release).append(msg.handle)
+        self._schedule_flush()
+
+    def _skip(self, sub: SQSSubscription, messages: Iterable[Message]) -> None:
+        if self.broadcast:
+            # Filtered out counts as handled for this client, like written: a message
+            # every client filtered out is deleted rather than received again forever.
+            self._settle(sub, messages, written=True)
+            return
+        # Queue delivery: offer each to another ready client whose filter has not
+        # refused it yet; hide it for a while when none is left.
+        others = [s for s in self._ready() if s is not sub]
+        offers: dict[SQSSubscription, list[Message]] = {}
+        unwanted = []
+        for msg in messages:
+            held = self.held.get(msg.handle)
+            if held is None or sub not in held.owners:
+                continue
+            held.owners.discard(sub)
+            if held.skipped_by is None:
+                held.skipped_by = set()
+            held.skipped_by.add(sub)
+            target = next((s for s in others if s not in held.skipped_by), None)
+            if target is None:
+                del self.held[msg.handle]
+                unwanted.append(msg.handle)
+            else:
+                held.owners.add(target)
+                offers.setdefault(target, []).append(msg)
+        if unwanted:
+            self._track(self._change(unwanted, min(SKIP_DELAY, self.visibility)))
+        for target, msgs in offers.items():
+            if target in self.subscribers:
+                target.consumer.deliver(msgs)
+            else:
+                self._settle(target, msgs, written=False)
+
+    def _unsubscribe(self, sub: SQSSubscription) -> None:
+        if sub in self.subscribers:
+            self.subscribers.remove(sub)
+        # Anything the stream neither acked nor gave back is given back now.
+        mine = [h.message for h in self.held.values() if sub in h.owners]
+        if mine:
+            self._settle(sub, mine, written=False)
+        self._wake()  # a poller holding a batch may now give it back
+
+    def _schedule_flush(self) -> None:
+        # Give-backs go out at the end of this reactor turn (redelivery "at once"), and so
+        # do full batches of deletes; a partial batch of deletes waits a moment for more
+        # acks, which saves calls when a slow client acks a few messages at a time.
+        if self._to_release or len(self._to_delete) >= BATCH:
+            delay = 0.0
+        elif self._to_delete:
+            delay = ACK_LINGER
+        else:
+            return
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(delay, self._flush)
+        elif delay == 0.0:
+            self._flush_call.reset(0)
+
+    def _flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        deletes, self._to_delete = self._to_delete, []
+        releases, self._to_release = self._to_release, []
+        if deletes:
+            self._track(self._delete(deletes))
+        if releases:
+            self._track(self._change(releases, 0))
+
+    def _track(self, coro) -> None:
+        # Background SQS calls (deletes, visibility changes): stop() waits for them.
+        d = ensureDeferred(coro)
+        self._ops.add(d)
+        d.addErrback(lambda f: log.failure("stream {name}: SQS call failed", f,
+                                           name=self.name))
+        d.addBoth(lambda _: self._ops.discard(d))
+
+    async def _delete(self, handles: list[str]) -> None:
+        try:
+            failed = await self.client.delete_batch(self.queue_url, handles)
+        except SQSError as e:
+            failed = handles
+            self._count("source_errors")
+            log.warn("stream {name}: delete failed: {error}", name=self.name, error=str(e))
+        if failed:
+            log.warn("stream {name}: {n} messages not deleted; SQS will redeliver them",
+                     name=self.name, n=len(failed))
+
+    async def _change(self, handles: list[str], timeout: int) -> None:
+        try:
+            await self.client.change_visibility_batch(self.queue_url, handles, timeout)
+        except SQSError as e:
+            self._count("source_errors")
+            # Not fatal: the message reappears when its visibility timeout ends.
+            log.warn("stream {name}: visibility change failed: {error}", name=self.name,
+                     error=str(e))
+
+    # -- visibility extension -------------------------------------------------------
+
+    def _schedule_extend(self) -> None:
+        self._extend_call = self.clock.callLater(max(0.5, self.visibility / 4), self._extend)
+
+    def _extend(self) -> None:
+        now = self.clock.seconds()
+        due = [h for h in self.held.values() if now - h.extended_at >= self.visibility / 2]
+        for h in due:
+            h.extended_at = now
+        if due:
+            self._track(self._change([h.message.handle for h in due], self.visibility))
+        self._schedule_extend()
+
+    # -- health ---------------------------------------------------------------------
+
+    async def _check(self) -> None:
+        try:
+            attrs = await self.client.queue_attributes(self.queue_url, ["FifoQueue"])
+        except SQSError as e:
+            # Unreachable after the client's retries counts as down too: new streams
+            # would only wait in vain.
+            self._set_down(e)
+            return
+        self.fifo = self.fifo or attrs.get("FifoQueue") == "true"
+        self._set_up()
+
+    def _set_down(self, e: SQSError) -> None:
+        was_down = self.down is not None
+        self.down = f"{e.code}: {e.message}" if e.message else e.code
+        if not was_down:
+            log.warn("stream {name} is down: {reason}", name=self.name, reason=self.down)
+            if self.running:
+                self._probing = ensureDeferred(self._probe())
+
+    def _set_up(self) -> None:
+        if self.down is not None:
+            self._count("source_reconnects")
+            log.info("stream {name} is up again", name=self.name)
+            self.down = None
+            self._wake()
+
+    async def _probe(self) -> None:
+        delay = PROBE_FIRST
+        try:
+            while self.running and self.down:
+                await deferLater(self.clock, delay, lambda: None)
+                delay = min(PROBE_CAP, delay * 2)
+                await self._check()
+        except CancelledError:
+            pass
+        finally:
+            self._probing = None
+
+    # -- messages -------------------------------------------------------------------
+
+    def _message(self, raw: dict[str, Any]) -> Message:
+        attributes: dict[str, Any] = {}
+        for name, value in raw.get("MessageAttributes", {}).items():
+            if "StringValue" in value:
+                attributes[name] = value["StringValue"]
+            elif "BinaryValue" in value:
+                attributes[name] = base64.b64encode(value["BinaryValue"]).decode()
+        for name, value in raw.get("Attributes", {}).items():
+            attributes[name] = int(value) if name in _INT_ATTRIBUTES else value
+        return Message(raw["MessageId"], self.name, body_json(raw.get("Body", "")),
+                       attributes, raw["ReceiptHandle"])
+
+    # -- publish --------------------------------------------------------------------
+
+    def publish(self, payloads: list[bytes], params: dict[str, str]) -> Deferred:
+        """
+        SendMessageBatch, 10 per call. Query parameters: C{group_id} (MessageGroupId,
+        required on a FIFO queue), C{deduplication_id} (MessageDeduplicationId; with
+        several messages, C{-0}, C{-1}, ... is appended), C{delay_seconds}.
+        """
+        return ensureDeferred(self._publish(payloads, params or {}))
+
+    async def _publish(self, payloads: list[bytes], params: dict[str, str]) -> list[str]:
+        group = params.get("group_id")
+        dedup = params.get("deduplication_id")
+        delay = params.get("delay_seconds")
+        if self.fifo and not group:
+            raise BadRequest("group_id: required to publish to a FIFO queue")
+        entries = []
+        for i, payload in enumerate(payloads):
+            entry: dict[str, Any] = {"MessageBody": payload.decode()}
+            if group:
+                entry["MessageGroupId"] = group
+            if dedup:
+                entry["MessageDeduplicationId"] = dedup if len(payloads) == 1 else f"{dedup}-{i}"
+            if delay is not None:
+                if not delay.isdigit() or int(delay) > 900:
+                    raise BadRequest(f"delay_seconds: expected 0-900, got {delay!r}")
+                entry["DelaySeconds"] = int(delay)
+            entries.append(entry)
+        try:
+            results = await self.client.send_batch(self.queue_url, entries)
+        except ParamValidationError as e:
+            raise BadRequest(str(e)) from None
+        except SQSError as e:
+            if e.unusable:
+                self._set_down(e)
+            if e.unusable or e.retryable:
+                raise Unavailable(f"stream {self.name!r}: SQS: {e}") from None
+            raise BadRequest(f"SQS refused the messages: {e}") from None
+        failed = [(n, r) for n, r in enumerate(results, 1) if isinstance(r, SQSError)]
+        if failed:
+            detail = "; ".join(f"line {n}: {r}" for n, r in failed[:5])
+            raise HTTPError(
+                f"{len(failed)} of {len(results)} messages refused by SQS ({detail}); "
+                "the others were sent", status=502)
+        return results
+
+
+def body_json(body: str) -> bytes:
+    """The message body as one line of JSON: the body itself if it is JSON, else a string."""
+    raw = body.encode()
+    try:
+        return normalize_json(raw)
+    except InvalidPayload:
+        return json.dumps(body, ensure_ascii=False).encode()

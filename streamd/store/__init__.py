@@ -1,0 +1,30 @@
+"""
+The event store (C{[store]} in the config): events indexed by a few keys, queried
+newest first, and tailed live. Backends: C{sqlite} (the embedded default, in
+C{--data-dir}), C{memory}, C{redis} (shared by several instances).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def make_store(settings: dict[str, Any], reactor):
+    """Build the L{streamd.interfaces.IStore} the validated settings describe."""
+    conf = settings["store"]
+    common = dict(max_events=conf["max_events"], max_age=conf["max_age"])
+    backend = conf["backend"]
+    if backend == "memory":
+        from streamd.store.memory import MemoryStore
+
+        return MemoryStore(conf["keys"], reactor, **common)
+    if backend == "redis":
+        from streamd.store.redis import RedisStore
+
+        return RedisStore(conf["keys"], reactor, conf["redis_url"],
+                          prefix=conf["redis_prefix"], **common)
+    from streamd.store.sqlite import SQLiteStore
+
+    path = os.path.join(settings["data_dir"], "events.sqlite3")
+    return SQLiteStore(conf["keys"], reactor, path, **common)

@@ -1,0 +1,172 @@
+"""
+A private redis-server for the tests: started on a free loopback port, stopped and
+restarted by a test that wants an outage, killed by PID at the end.
+
+Never the shared Redis on 6379: every run gets its own empty server with no
+persistence, so nothing here ever needs a FLUSHALL.
+
+Use the C{redis} fixture (import C{redis_fixture} into a test module), or L{RedisServer}
+directly. L{RedisServer.command} is a tiny blocking RESP client for setting up and
+checking Redis state from a test, the way another program would talk to Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+#: Seconds a server may take to say it is ready before the test fails.
+START_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the kernel's choice)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """
+    One redis-server process on a fixed port, which survives L{stop}/L{start}.
+
+    @ivar port: the port, kept across restarts so that clients reconnect to it.
+    @ivar proc: the running process, or None while stopped.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server and return once it accepts connections (bounded wait)."""
+        assert self.proc is None, "already running"
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        # Wait on the server's own "ready" log line, not on a fixed delay.
+        deadline = time.monotonic() + START_TIMEOUT
+        seen = b""
+        out = self.proc.stdout
+        assert out is not None
+        while b"Ready to accept connections" not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start:\n{seen.decode(errors='replace')}")
+            ready, _, _ = select.select([out], [], [], left)
+            if ready:
+                chunk = os.read(out.fileno(), 65536)
+                if not chunk:
+                    continue
+                seen += chunk
+        # Keep draining the log so that the server never blocks on a full pipe.
+        threading.Thread(target=_drain, args=(out,), daemon=True).start()
+        assert self.command("PING") == b"PONG"
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: an outage, as a crash would cause) and reap it."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=START_TIMEOUT)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def command(self, *args) -> object:
+        """Send one command over a fresh connection and return the parsed reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT) as s:
+            s.sendall(encode_command(*args))
+            reader = s.makefile("rb")
+            return read_reply(reader)
+
+    def cli(self, *args: str) -> str:
+        """Run C{redis-cli} against this server, as an operator or script would."""
+        done = subprocess.run(
+            [REDIS_CLI, "-p", str(self.port), *args],
+            capture_output=True, timeout=START_TIMEOUT, check=True,
+        )
+        return done.stdout.decode()
+
+
+def _drain(stream) -> None:
+    try:
+        while stream.read(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+
+
+def encode_command(*args) -> bytes:
+    """One command in RESP (what every Redis client sends)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        elif isinstance(a, int):
+            a = str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class RedisReplyError(Exception):
+    pass
+
+
+def read_reply(reader):
+    """Parse one RESP2 reply from a binary file object (bulk strings stay bytes)."""
+    line = reader.readline()
+    if not line:
+        raise ConnectionError("connection closed")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RedisReplyError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = reader.read(n + 2)
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        if n < 0:
+            return None
+        return [read_reply(reader) for _ in range(n)]
+    raise ValueError(f"bad reply line {line!r}")
+
+
+@pytest.fixture(name="redis")
+def redis_fixture():
+    """A private, empty redis-server for one test; killed by PID afterwards."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,235 @@
+"""redis-list end to end: a private redis-server, streamd in-process, real HTTP clients."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest_twisted
+import treq
+from conftest import (
+    non_reading_client,
+    open_stream,
+    publish,
+    settings,
+    wait_until,
+    within,
+)
+from redis_server import redis_fixture  # noqa: F401
+from test_daemon import start as start_daemon
+from twisted.internet import defer
+
+ensure = pytest_twisted.ensureDeferred
+PROCESSING = "jobs:streamd:processing:test"
+
+
+def config(redis, **stream):
+    stream.setdefault("source", "redis-list")
+    stream.setdefault("key", "jobs")
+    stream.setdefault("instance", "test")
+    stream.setdefault("block", 0.2)
+    return settings({"jobs": stream}, redis={"url": redis.url})
+
+
+def llen(redis, key="jobs") -> int:
+    return redis.command("LLEN", key)
+
+
+async def ack(server, reader, ids):
+    session = reader.response.headers.getRawHeaders("streamd-session")[0]
+    resp = await within(treq.post(
+        server.url + "/streams/jobs/ack", json.dumps({"session": session, "ids": ids}).encode(),
+        headers={"Content-Type": "application/json"}))
+    assert resp.code == 200, await treq.content(resp)
+    return await treq.json_content(resp)
+
+
+@ensure
+async def test_round_trip_ndjson_and_sse_published_over_http_and_by_redis_cli(redis, serve):
+    server = await serve(config(redis))
+    await publish(server.url + "/streams/jobs/messages", {"via": "http"}, {"n": 2})
+    redis.cli("RPUSH", "jobs", '{"code":"007","price":1.50}')
+    reader = await open_stream(server.url + "/streams/jobs?limit=3")
+    await within(reader.done)
+    assert [m["data"] for m in reader.items] == [
+        {"via": "http"}, {"n": 2}, {"code": "007", "price": 1.5}]
+    assert b'"data":{"code":"007","price":1.50}' in reader.raw
+    # Written, so removed: nothing left in the list or the processing list.
+    await wait_until(lambda: llen(redis) == 0 and llen(redis, PROCESSING) == 0)
+
+    sse = await open_stream(server.url + "/streams/jobs?format=sse&limit=1", sse=True)
+    redis.cli("RPUSH", "jobs", "plain text")
+    await within(sse.done)
+    assert sse.items[1]["data"] == '"plain text"'
+
+
+@ensure
+async def test_two_clients_share_the_queue_each_message_once(redis, serve):
+    server = await serve(config(redis))
+    r1 = await open_stream(server.url + "/streams/jobs")
+    r2 = await open_stream(server.url + "/streams/jobs")
+    await wait_until(lambda: "cmd=blmove" in redis.cli("CLIENT", "LIST")
+                     and redis.cli("CLIENT", "LIST").count("cmd=blmove") == 2)
+    redis.command("RPUSH", "jobs", *[str(n) for n in range(40)])
+    await wait_until(lambda: len(r1.items) + len(r2.items) == 40)
+    got1 = [m["data"] for m in r1.messages()]
+    got2 = [m["data"] for m in r2.messages()]
+    assert got1 and got2
+    assert sorted(got1 + got2) == list(range(40))
+    await wait_until(lambda: llen(redis, PROCESSING) == 0)
+    r1.close()
+    r2.close()
+
+
+@ensure
+async def test_unacknowledged_messages_of_a_killed_client_go_back(redis, serve):
+    server = await serve(config(redis, ack="client"))
+    redis.command("RPUSH", "jobs", *[str(n) for n in range(5)])
+    reader = await open_stream(server.url + "/streams/jobs")
+    items = await reader.wait_for(5)
+    assert (await ack(server, reader, [items[0]["id"], items[1]["id"]]))["acked"] == 2
+    await wait_until(lambda: llen(redis, PROCESSING) == 3)
+    reader.close()  # killed before acknowledging the other three
+    await wait_until(lambda: llen(redis) == 3 and llen(redis, PROCESSING) == 0)
+    # Back at the head of the list, in order, for the next client.
+    again = await open_stream(server.url + "/streams/jobs?ack=write&limit=3")
+    await within(again.done)
+    assert [m["data"] for m in again.items] == [2, 3, 4]
+
+
+@ensure
+async def test_paused_client_issues_no_reads_and_gives_back_when_killed(redis, serve):
+    server = await serve(config(redis, max_pending=100000))
+    big = json.dumps({"pad": "x" * 4000})
+    redis.command("RPUSH", "jobs", *[big] * 3000)  # 12 MB: more than the socket buffers
+    client = await non_reading_client(server, "/streams/jobs")
+    await server.wait_open_streams(1)
+    (stream,) = server.app.open_streams
+    await wait_until(lambda: stream.paused)
+    await wait_until(lambda: stream.subscription.paused and not stream.subscription.reading)
+
+    sub = stream.subscription
+    resumes = []
+    resume = sub.resume
+    sub.resume = lambda: (resumes.append(1), resume())
+    for _ in range(5):
+        # The kernel may still take a little more now and then (a short resume and a
+        # read): look at a window in which the stream stayed paused.
+        count, before, length = len(resumes), reads(redis), llen(redis)
+        assert length > 0  # not everything was taken: the reader stopped
+        # Wait on the reader's connection going idle in Redis, not on a fixed delay.
+        await wait_until(lambda: idle(redis, sub.reader) >= 2, seconds=10)
+        if len(resumes) == count:
+            break
+    assert len(resumes) == count and sub.paused
+    assert reads(redis) == before and llen(redis) == length
+
+    client.transport.abortConnection()
+    await server.wait_open_streams(0)
+    # What was taken but never written went back; only written messages are gone.
+    await wait_until(lambda: llen(redis, PROCESSING) == 0)
+    assert llen(redis) + stream.written == 3000
+
+
+def reads(redis, *commands: str) -> int:
+    """How many of these commands (default: BLMOVE and EVAL) Redis has run."""
+    commands = commands or ("cmdstat_blmove", "cmdstat_eval")
+    stats = redis.command("INFO", "commandstats").decode()
+    return sum(int(line.split("calls=")[1].split(",")[0]) for line in stats.splitlines()
+               if line.startswith(commands))
+
+
+def idle(redis, reader) -> int:
+    """Seconds since a dedicated reader connection last sent a command."""
+    port = reader.factory.pool[0].transport.getHost().port
+    for line in redis.cli("CLIENT", "LIST").splitlines():
+        if f"addr=127.0.0.1:{port} " in line:
+            return int(line.split(" idle=")[1].split()[0])
+    raise AssertionError("reader connection not found")
+
+
+@ensure
+async def test_redis_restart_during_a_stream(redis, serve):
+    server = await serve(config(redis, heartbeat=0))
+    reader = await open_stream(server.url + "/streams/jobs")
+    redis.command("RPUSH", "jobs", "1")
+    await reader.wait_for(1)
+    redis.stop()
+    await wait_until(lambda: server.app.sources["jobs"].status()[0] == "down")
+    health = await within(treq.get(server.url + "/health"))
+    assert health.code == 503
+    assert (await treq.json_content(health))["sources"]["jobs"]["status"] == "down"
+    resp = await within(treq.post(server.url + "/streams/jobs/messages", data=b"2",
+                                  headers={"Content-Type": "application/json"}))
+    assert resp.code == 503
+    redis.start()
+    back = time.monotonic()
+    await wait_until(lambda: server.app.sources["jobs"].status()[0] == "ok")
+    assert time.monotonic() - back < 1.5
+    redis.command("RPUSH", "jobs", "2")
+    items = await reader.wait_for(2)
+    assert items[1]["data"] == 2
+    reader.close()
+
+
+@ensure
+async def test_shutdown_while_redis_is_down_does_not_hang(redis, serve):
+    server = await serve(config(redis))
+    reader = await open_stream(server.url + "/streams/jobs")
+    await server.wait_open_streams(1)
+    redis.stop()
+    await within(defer.maybeDeferred(server.app.sources["jobs"].stop))
+    await within(reader.done)  # the client got the end of its stream
+
+
+@ensure
+async def test_processing_list_of_a_dead_instance_is_taken_back(redis, serve):
+    redis.command("RPUSH", "jobs:streamd:processing:ghost", "41", "42")
+    redis.command("SADD", "jobs:streamd:instances", "ghost")  # its heartbeat key expired
+    server = await serve(config(redis))
+    reader = await open_stream(server.url + "/streams/jobs?limit=2")
+    await within(reader.done)
+    assert [m["data"] for m in reader.items] == [41, 42]
+    assert redis.command("SMEMBERS", "jobs:streamd:instances") == [b"test"]
+
+
+@ensure
+async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
+        redis, tmp_path, monkeypatch):
+    # The daemon imports this checkout's streamd, whatever is installed.
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    conf = tmp_path / "streamd.toml"
+    conf.write_text(
+        f'[redis]\nurl = "{redis.url}"\n'
+        '[streams.jobs]\nsource = "redis-list"\nkey = "jobs"\ninstance = "test"\n'
+        'ack = "client"\n')
+    redis.command("RPUSH", "jobs", "1", "2", "3", "4")
+    proc, port = start_daemon(tmp_path, "--config", str(conf))
+    try:
+        reader = await open_stream(f"http://127.0.0.1:{port}/streams/jobs")
+        await reader.wait_for(4)  # held, never acknowledged
+        assert llen(redis, PROCESSING) == 4 and llen(redis) == 0
+        reader.close()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Whatever the killed streamd was doing, its processing list is still in Redis...
+    assert llen(redis, PROCESSING) == 4
+    again = tmp_path / "again"  # a fresh log file to find the new port in
+    again.mkdir()
+    proc, port = start_daemon(again, "--config", str(conf))
+    try:
+        # ...and a restarted streamd with the same instance name takes it back.
+        reader = await open_stream(f"http://127.0.0.1:{port}/streams/jobs?ack=write&limit=4")
+        await within(reader.done)
+        assert [m["data"] for m in reader.items] == [1, 2, 3, 4]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

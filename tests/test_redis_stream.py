@@ -1,0 +1,207 @@
+"""redis-stream end to end: a private redis-server, streamd in-process, real HTTP clients."""
+
+import json
+import time
+
+import pytest_twisted
+import treq
+from conftest import open_stream, publish, settings, wait_until, within
+from redis_server import redis_fixture  # noqa: F401
+from test_redis_list import idle, reads
+
+ensure = pytest_twisted.ensureDeferred
+
+
+def config(redis, **stream):
+    stream.setdefault("source", "redis-stream")
+    stream.setdefault("key", "events")
+    stream.setdefault("block", 0.2)
+    return settings({"events": stream}, redis={"url": redis.url})
+
+
+def xadd(redis, data: str, *more: str) -> str:
+    return redis.command("XADD", "events", "*", "data", data, *more).decode()
+
+
+@ensure
+async def test_round_trip_ndjson_and_sse_published_over_http_and_by_redis_cli(redis, serve):
+    server = await serve(config(redis))
+    nd = await open_stream(server.url + "/streams/events")
+    sse = await open_stream(server.url + "/streams/events?format=sse", sse=True)
+    await wait_until(lambda: redis.cli("CLIENT", "LIST").count("cmd=xread") == 2)
+    ids = await publish(server.url + "/streams/events/messages", {"via": "http"})
+    assert ids == [redis.command("XREVRANGE", "events", "+", "-", "COUNT", 1)[0][0].decode()]
+    cli_id = redis.cli("XADD", "events", "*", "data", '{"code":"007","price":1.50}',
+                       "source", "cli").strip()
+    # An entry written by another program, without a data field: its fields.
+    other = redis.cli("XADD", "events", "*", "temp", "21.5", "unit", "C").strip()
+    items = await nd.wait_for(3)
+    assert items == [
+        {"id": ids[0], "stream": "events", "data": {"via": "http"}},
+        {"id": cli_id, "stream": "events", "data": {"code": "007", "price": 1.5},
+         "attributes": {"source": "cli"}},
+        {"id": other, "stream": "events", "data": {"temp": "21.5", "unit": "C"}},
+    ]
+    assert b'"data":{"code":"007","price":1.50}' in nd.raw
+    events = await sse.wait_for(4)
+    assert [(e["id"], e["data"]) for e in events[1:]] == [
+        (ids[0], '{"via": "http"}'), (cli_id, '{"code":"007","price":1.50}'),
+        (other, '{"temp":"21.5","unit":"C"}')]
+    nd.close()
+    sse.close()
+
+
+@ensure
+async def test_resume_by_id_with_no_gap_and_no_duplicate(redis, serve):
+    server = await serve(config(redis))
+    first = [xadd(redis, str(n)) for n in range(3)]
+    reader = await open_stream(server.url + "/streams/events?since=0")
+    items = await reader.wait_for(3)
+    assert [m["id"] for m in items] == first
+    reader.close()
+    await server.wait_open_streams(0)
+    later = [xadd(redis, str(n)) for n in range(3, 6)]
+    # A browser reconnecting sends Last-Event-ID; curl users pass ?since=.
+    sse = await open_stream(server.url + "/streams/events?format=sse",
+                            {"Last-Event-ID": first[-1]}, sse=True)
+    nd = await open_stream(server.url + f"/streams/events?since={first[1]}")
+    events = await sse.wait_for(4)
+    assert [e["id"] for e in events[1:]] == later
+    items = await nd.wait_for(4)
+    assert [m["id"] for m in items] == [first[2]] + later
+    await publish(server.url + "/streams/events/messages", 6)
+    assert [m["data"] for m in await nd.wait_for(5)] == [2, 3, 4, 5, 6]
+    sse.close()
+    nd.close()
+
+
+@ensure
+async def test_start_positions_and_trimmed_gap(redis, serve):
+    server = await serve(config(redis))
+    ids = [xadd(redis, str(n)) for n in range(5)]
+    last2 = await open_stream(server.url + "/streams/events?since=-2&limit=2")
+    await within(last2.done)
+    assert [m["data"] for m in last2.items] == [3, 4]
+    new = await open_stream(server.url + "/streams/events?since=$&limit=1")
+    await wait_until(lambda: "cmd=xread" in redis.cli("CLIENT", "LIST"))
+    xadd(redis, "5")
+    await within(new.done)
+    assert [m["data"] for m in new.items] == [5]
+    redis.command("XTRIM", "events", "MAXLEN", "2")  # entries 0-3 are gone
+    trimmed = await open_stream(server.url + f"/streams/events?since={ids[0]}&limit=2")
+    await within(trimmed.done)
+    assert trimmed.items[0] == {"gap": {"since": ids[0], "missed": None, "reason": "trimmed"}}
+    assert [m["data"] for m in trimmed.items[1:]] == [4, 5]
+    bad = await within(treq.get(server.url + "/streams/events?since=yesterday"))
+    assert bad.code == 400
+
+
+@ensure
+async def test_publish_trims_with_maxlen(redis, serve):
+    server = await serve(config(redis, maxlen=100))
+    await publish(server.url + "/streams/events/messages", *range(1000))
+    # Approximate trimming: whole nodes go, so a little more than maxlen stays.
+    assert 100 <= redis.command("XLEN", "events") < 1000
+    await publish(server.url + "/streams/events/messages?maxlen=0", 1)
+
+
+@ensure
+async def test_group_mode_two_clients_each_entry_once_acked_after_write(redis, serve):
+    server = await serve(config(redis, group="workers"))
+    r1 = await open_stream(server.url + "/streams/events")
+    r2 = await open_stream(server.url + "/streams/events")
+    await wait_until(lambda: redis.cli("CLIENT", "LIST").count("cmd=xreadgroup") == 2)
+    redis.command("XADD", "events", "*", "data", "0")
+    redis.command("XADD", "events", "*", "data", "1")
+    await publish(server.url + "/streams/events/messages", *range(2, 40))
+    await wait_until(lambda: len(r1.items) + len(r2.items) == 40)
+    got = [m["data"] for m in r1.messages() + r2.messages()]
+    assert sorted(got) == list(range(40))
+    assert r1.messages() and r2.messages()
+    # Written, hence acknowledged: nothing pending in the group.
+    await wait_until(lambda: redis.command("XPENDING", "events", "workers")[0] == 0)
+    r1.close()
+    r2.close()
+
+
+@ensure
+async def test_group_mode_client_ack_and_entries_of_a_dead_consumer_are_claimed(redis, serve):
+    redis.command("XGROUP", "CREATE", "events", "workers", "$", "MKSTREAM")
+    ids = [xadd(redis, str(n)) for n in range(4)]
+    # Another consumer took two entries and died without acknowledging them.
+    redis.command("XREADGROUP", "GROUP", "workers", "dead", "COUNT", 2, "STREAMS", "events", ">")
+    server = await serve(config(redis, group="workers", claim_idle=0.3, ack="client"))
+    reader = await open_stream(server.url + "/streams/events")
+    items = await reader.wait_for(4)
+    assert sorted(m["id"] for m in items) == ids  # two new, two claimed once idle
+    session = reader.response.headers.getRawHeaders("streamd-session")[0]
+    resp = await within(treq.post(
+        server.url + "/streams/events/ack",
+        json.dumps({"session": session, "ids": ids[:3]}).encode(),
+        headers={"Content-Type": "application/json"}))
+    assert (await treq.json_content(resp))["acked"] == 3
+    await wait_until(lambda: redis.command("XPENDING", "events", "workers")[0] == 1)
+    reader.close()  # the fourth was never acknowledged: given back...
+    await server.wait_open_streams(0)
+    again = await open_stream(server.url + "/streams/events?ack=write&limit=1")
+    await within(again.done)  # ...and delivered to the next client
+    assert [m["id"] for m in again.items] == [ids[3]]
+    await wait_until(lambda: redis.command("XPENDING", "events", "workers")[0] == 0)
+
+
+@ensure
+async def test_paused_client_issues_no_reads(redis, serve):
+    server = await serve(config(redis, max_pending=100000, batch=100))
+    big = "x" * 4000
+    for _ in range(30):
+        redis.command("XADD", "events", "*", "data", json.dumps([big] * 25))  # 100 KB each
+    from conftest import non_reading_client
+
+    client = await non_reading_client(server, "/streams/events?since=0")
+    await server.wait_open_streams(1)
+    (stream,) = server.app.open_streams
+    sub = stream.subscription
+    await wait_until(lambda: sub.paused and not sub.reading)
+    resumes = []
+    resume = sub.resume
+    sub.resume = lambda: (resumes.append(1), resume())
+    for _ in range(5):
+        count, before = len(resumes), reads(redis, "cmdstat_xread")
+        await wait_until(lambda: idle(redis, sub.reader) >= 2, seconds=10)
+        if len(resumes) == count:
+            break
+    assert len(resumes) == count and sub.paused
+    assert reads(redis, "cmdstat_xread") == before
+    client.transport.abortConnection()
+
+
+@ensure
+async def test_redis_restart_during_a_stream_cursor_and_group(redis, serve):
+    s = config(redis, heartbeat=0)
+    s["streams"]["jobs"] = dict(s["streams"]["events"], name="jobs", key="jobs",
+                                group="workers")
+    server = await serve(s)
+    cursor = await open_stream(server.url + "/streams/events")
+    group = await open_stream(server.url + "/streams/jobs")
+    await wait_until(lambda: "cmd=xreadgroup" in redis.cli("CLIENT", "LIST"))
+    await publish(server.url + "/streams/events/messages", 1)
+    await publish(server.url + "/streams/jobs/messages", 1)
+    await cursor.wait_for(1)
+    await group.wait_for(1)
+    redis.stop()
+    await wait_until(lambda: server.app.sources["events"].status()[0] == "down")
+    health = await within(treq.get(server.url + "/health"))
+    assert health.code == 503
+    assert {s["status"] for s in (await treq.json_content(health))["sources"].values()} == {
+        "down"}
+    redis.start()
+    back = time.monotonic()
+    await wait_until(lambda: server.app.sources["events"].status()[0] == "ok")
+    assert time.monotonic() - back < 1.5
+    # Both continue: the cursor after its last id, the group re-created.
+    await publish(server.url + "/streams/events/messages", 2)
+    await publish(server.url + "/streams/jobs/messages", 2)
+    assert [m["data"] for m in await cursor.wait_for(2)] == [1, 2]
+    assert [m["data"] for m in await group.wait_for(2)] == [1, 2]
+    cursor.close()
+    group.close()

@@ -1,0 +1,132 @@
+"""
+streamd as its own process (C{twistd -n streamd --config FILE}) against moto: what
+SIGKILL and SIGTERM do to messages in hand. Waits are on log lines, process exits
+and stream contents, each with a bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+import pytest_twisted
+from conftest import open_stream, within
+from sqs_server import free_port, moto  # noqa: F401  (fixture)
+from twisted.internet.threads import deferToThread
+
+ensure = pytest_twisted.ensureDeferred
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class StreamdProcess:
+    """C{twistd -n streamd --config FILE} with this checkout on the path."""
+
+    def __init__(self, tmp_path, config: str) -> None:
+        self.port = free_port()
+        path = tmp_path / f"streamd-{self.port}.toml"
+        path.write_text(f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n' + config)
+        env = dict(os.environ, PYTHONPATH=ROOT, AWS_ACCESS_KEY_ID="testing",
+                   AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        self.proc = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "streamd", "--config", str(path)],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log: list[str] = []
+        self._listening = threading.Event()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for raw in self.proc.stdout:  # type: ignore[union-attr]
+            line = raw.decode(errors="replace")
+            self.log.append(line)
+            if "streamd listening on" in line:
+                self._listening.set()
+
+    async def started(self, seconds: float = 20.0) -> None:
+        if not await deferToThread(self._listening.wait, seconds):
+            self.proc.kill()
+            raise AssertionError("streamd did not start:\n" + "".join(self.log[-20:]))
+
+    async def exited(self, seconds: float = 20.0) -> int:
+        return await deferToThread(self.proc.wait, seconds)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def processes():
+    started: list[StreamdProcess] = []
+    yield started
+    for p in started:
+        p.kill()
+
+
+def stream_config(queue_url: str, endpoint: str, **keys) -> str:
+    lines = ["[streams.orders]", 'source = "sqs"', f'queue_url = "{queue_url}"',
+             f'endpoint_url = "{endpoint}"', 'region = "us-east-1"', "wait_time_seconds = 1"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+@ensure
+async def test_sigkill_mid_stream_every_undeleted_message_comes_back(
+        tmp_path, moto, processes):  # noqa: F811
+    queue = moto.create_queue()
+    sent = moto.send(queue, [json.dumps({"i": i}) for i in range(20)])
+    first = StreamdProcess(tmp_path, stream_config(
+        queue, moto.endpoint, visibility_timeout=2, ack="client", max_unacked=5))
+    processes.append(first)
+    await first.started()
+    reader = await open_stream(first.url + "/streams/orders")
+    await reader.wait_for(5)
+    in_hand = {m["id"] for m in reader.messages()}
+    assert moto.counts(queue)[1] >= 5  # received, not acknowledged, not deleted
+
+    first.proc.send_signal(signal.SIGKILL)
+    assert await first.exited() == -signal.SIGKILL
+    reader.done.addErrback(lambda _: None)
+
+    second = StreamdProcess(tmp_path, stream_config(queue, moto.endpoint))
+    processes.append(second)
+    await second.started()
+    again = await open_stream(second.url + "/streams/orders")
+    # The killed streamd's messages come back once their 2 s visibility timeout ends.
+    await again.wait_for(20, seconds=20)
+    got = {m["id"]: m for m in again.messages()}
+    assert sorted(got) == sorted(sent)
+    assert all(got[i]["attributes"]["ApproximateReceiveCount"] >= 2 for i in in_hand)
+    again.close()
+
+
+@ensure
+async def test_sigterm_gives_back_messages_in_hand_at_once(tmp_path, moto, processes):  # noqa: F811
+    queue = moto.create_queue()
+    moto.send(queue, [json.dumps({"i": i}) for i in range(20)])
+    streamd = StreamdProcess(tmp_path, stream_config(
+        queue, moto.endpoint, visibility_timeout=120, ack="client", max_unacked=5,
+        max_messages=5))
+    processes.append(streamd)
+    await streamd.started()
+    reader = await open_stream(streamd.url + "/streams/orders")
+    await reader.wait_for(5)
+    assert moto.counts(queue) == (15, 5)
+
+    streamd.proc.send_signal(signal.SIGTERM)
+    # twistd shuts down cleanly, then exits by the signal it was sent (Twisted re-raises
+    # it so a supervisor sees why it stopped).
+    assert await streamd.exited() in (0, -signal.SIGTERM)
+    assert any("Server Shut Down." in line for line in streamd.log)
+    await within(reader.done)  # the response ended cleanly (terminating chunk)
+    assert reader.items[-1] == {"shutdown": True}
+    # Visible again now, not after the 120 s visibility timeout.
+    assert moto.counts(queue) == (20, 0)
