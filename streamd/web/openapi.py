@@ -185,6 +185,27 @@ _SUB_STREAM = {
 }
 
 
+_RPC_ANSWER = {"type": "object", "description": "AwesomeStream's {id, result, error} "
+                                              "or JSON-RPC 2.0's {jsonrpc, id, result|error}",
+               "properties": {"id": {}, "result": {}, "error": {}, "jsonrpc": {"const": "2.0"}}}
+
+_JSONRPC = {
+    "summary": "JSON-RPC: methods `insert` and `items` on the event store",
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "description": "One call, AwesomeStream's {\"id\", \"method\", \"args\", "
+                       "\"kwargs\"} or JSON-RPC 2.0's {\"jsonrpc\": \"2.0\", \"id\", "
+                       "\"method\", \"params\"}, or a JSON-RPC 2.0 batch (an array)."}}}},
+    "responses": {
+        "200": _json({"anyOf": [_RPC_ANSWER, {"type": "array", "items": _RPC_ANSWER}]},
+                     "The answer (an error is an answer too)."),
+        "204": {"description": "JSON-RPC 2.0 notifications only: no answer."},
+        "400": _json({"anyOf": [_ref("Error"), _RPC_ANSWER]},
+                     "The body is not JSON (a JSON-RPC parse error)."),
+        **_errors(401, 403, 413, 415),
+    },
+}
+
+
 def _doc() -> dict[str, Any]:
     msg_body = {
         "required": True,
@@ -216,6 +237,53 @@ def _doc() -> dict[str, Any]:
                         "application/json": {"schema": _ref("Info")},
                         "text/html": {"schema": {"type": "string"}},
                     }}},
+            },
+                "post": {**_JSONRPC, "operationId": "jsonrpc_root",
+                         "summary": "JSON-RPC, as POST /jsonrpc (where AwesomeStream's "
+                                    "client posts)"}},
+            "/jsonrpc": {"post": {**_JSONRPC, "operationId": "jsonrpc"}},
+            "/metrics": {"get": {
+                "operationId": "metrics_page",
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Prometheus text format.",
+                                      "content": {"text/plain": {
+                                          "schema": {"type": "string"}}}}},
+            }},
+            "/events": {
+                "get": {"operationId": "query_events",
+                        "summary": "Stored events, newest first: AND across keys, OR within "
+                                   "a key",
+                        "parameters": [
+                            _query("start", {"type": "integer", "minimum": 0},
+                                   "Skip this many (default 0)."),
+                            _query("end", {"type": "integer", "minimum": 0},
+                                   "Stop before this position (default 20). Any other "
+                                   "parameter KEY=VALUE (repeatable) matches an indexed "
+                                   "key."),
+                            _query("before", {"type": "string"},
+                                   "Only events older than this id."),
+                        ],
+                        "responses": {"200": _json({"type": "array",
+                                                    "items": _ref("Event")}, "The events."),
+                                      **_errors(400, 401, 403, 503)}},
+                "post": {"operationId": "insert_events",
+                         "summary": "Store one event (a JSON object), or many as NDJSON",
+                         "requestBody": {"required": True, "content": {
+                             "application/json": {"schema": {"type": "object"}},
+                             "application/x-ndjson": {"schema": {
+                                 "type": "string",
+                                 "description": "JSON objects, one per line."}}}},
+                         "responses": {"201": _json(_ref("Published"), "Stored."),
+                                       **_errors(400, 401, 403, 413, 415, 503)}},
+            },
+            "/events/stream": {"get": {
+                "operationId": "stream_events",
+                "summary": "The live tail of the event store (filters as GET /events)",
+                "parameters": [_FORMAT, _LIMIT, _STREAM_PARAMS[2], _STREAM_PARAMS[3],
+                               _STREAM_PARAMS[-1]],
+                "responses": {
+                    "200": _stream_response(_LINE_SCHEMA, "The live tail."),
+                    **_errors(400, 401, 403, 429, 503)},
             }},
             "/health": {"get": {
                 "operationId": "health",
@@ -362,6 +430,9 @@ _SCHEMAS: dict[str, Any] = {
         "id": {"type": "string"}, "stream": {"type": "string"},
         "data": {"description": "The published JSON value."},
         "attributes": {"type": "object"}}},
+    "Event": {"type": "object", "required": ["id", "ts", "data"], "properties": {
+        "id": {"type": "string"}, "ts": {"type": "number"},
+        "data": {"type": "object", "description": "The stored JSON object."}}},
     "Published": {"type": "object", "required": ["ids"], "properties": {
         "ids": {"type": "array", "items": {"type": "string"}}}},
     "AckRequest": {"type": "object", "required": ["session", "ids"], "properties": {
