@@ -266,3 +266,16 @@ def test_a_name_ending_in_a_newline_is_refused(daemon, method, target):
     status, _, answer = _get(daemon, target, method, b"1", {"Content-Type": "application/json"})
     assert status == 400, answer
     assert "name" in json.loads(answer)["error"]["message"]
+
+
+def test_a_patch_with_channels_and_add_is_refused(daemon):
+    json_type = {"Content-Type": "application/json"}
+    status, _, body = _get(daemon, "/subscriptions", "POST", b'{"channels": ["a"]}', json_type)
+    assert status == 201
+    target = f"/subscriptions/{json.loads(body)['id']}"
+    status, _, body = _get(daemon, target, "PATCH",
+                           b'{"channels": ["b"], "remove": [""]}', json_type)
+    assert status == 400, body
+    assert "send it alone" in json.loads(body)["error"]["message"]
+    status, _, body = _get(daemon, target, "GET")
+    assert json.loads(body)["channels"] == ["a"]  # unchanged

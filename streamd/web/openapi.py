@@ -447,11 +447,15 @@ _SCHEMAS: dict[str, Any] = {
                                     "channels": {"type": "array",
                                                  "items": {"type": "string"}},
                                     "stream": {"type": "string"}}},
-    "SubscriptionPatch": {"type": "object", "properties": {
-        "add": {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN}},
-        "remove": {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN}},
-        "channels": {"type": "array", "items": {"type": "string",
-                                                "pattern": NAME_PATTERN}}}},
+    "SubscriptionPatch": {"oneOf": [
+        {"type": "object", "required": ["channels"], "additionalProperties": False,
+         "properties": {"channels": {"type": "array", "items": {"type": "string",
+                                                                "pattern": NAME_PATTERN}}}},
+        {"type": "object", "additionalProperties": False, "properties": {
+            "add": {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN}},
+            "remove": {"type": "array",
+                       "items": {"type": "string", "pattern": NAME_PATTERN}}}},
+    ]},
 }
 
 
