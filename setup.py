@@ -9,5 +9,7 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["streamd", "streamd.*"]) + ["twisted.plugins"],
     package_dir={"": "."},
-    package_data={"twisted.plugins": ["streamd_plugin.py"]},
+    package_data={"twisted.plugins": ["streamd_plugin.py"],
+                  # The live page (GET / in a browser), one file with inline JS and CSS.
+                  "streamd.web": ["static/*.html"]},
 )

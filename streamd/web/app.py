@@ -31,6 +31,7 @@ from streamd.metrics import Metrics
 from streamd.sources import Services, make_source
 from streamd.stream import Stream
 from streamd.web import channels as channels_routes
+from streamd.web import openapi, page
 from streamd.web.common import (
     BODY_TYPES,
     JSON_TYPES,
@@ -196,6 +197,8 @@ class StreamdApp:
 
     @app.route("/", methods=["GET"])
     def index(self, request):
+        if page.prefers_html(request):
+            return page.render_page(request)
         info = self._info()
         try:
             identity = self.identify(request)
@@ -307,7 +310,9 @@ class StreamdApp:
         source, settings = self._source(name)
         chosen, limit, heartbeat, since = stream_options(request, params,
                                                          settings["heartbeat"])
-        ack = arg(params, "ack") or settings.get("ack", "write")
+        ack = arg(params, "ack")
+        if ack is None:
+            ack = settings.get("ack", "write")
         if ack not in ("write", "client"):
             raise BadRequest(f"ack: expected write or client, got {ack!r}")
         stream_filter = filters.parse(params, settings,
@@ -402,6 +407,7 @@ class StreamdApp:
 
 
 channels_routes.mount(StreamdApp.app)
+openapi.mount(StreamdApp.app)
 install_error_handler(StreamdApp.app)
 
 
@@ -415,10 +421,15 @@ def _json_params(body: bytes) -> dict[str, list[str]]:
         raise BadRequest("body: expected a JSON object of filters")
     out: dict[str, list[str]] = {}
 
-    def text(v) -> str:
-        if isinstance(v, list):
-            return ",".join(text(i) for i in v)
-        return v if isinstance(v, str) else json.dumps(v)
+    def text(key: str, v, lists: bool = True) -> str:
+        if lists and isinstance(v, list):
+            return ",".join(text(key, i, False) for i in v)
+        if isinstance(v, str):
+            return v
+        if isinstance(v, (bool, int, float)):
+            return json.dumps(v)
+        # An object or null has no meaning as a filter value: refuse, don't guess.
+        raise BadRequest(f"{key}: expected a string, number or boolean, or a list of them")
 
     for key, v in value.items():
         if key == "where":
@@ -426,7 +437,7 @@ def _json_params(body: bytes) -> dict[str, list[str]]:
                 raise BadRequest('where: expected {"FIELD": [values]}')
             for f, vals in v.items():
                 vals = vals if isinstance(vals, list) else [vals]
-                out[f"where.{f}"] = [text(x) for x in vals]
+                out[f"where.{f}"] = [text(f"where.{f}", x, False) for x in vals]
         else:
-            out[key] = [text(v)]
+            out[key] = [text(key, v)]
     return out

@@ -122,6 +122,9 @@ def mount(app) -> None:
         if not isinstance(body, dict) or not set(body) <= {"add", "remove", "channels"}:
             raise BadRequest('body: expected {"add": [...], "remove": [...]} or '
                              '{"channels": [...]}')
+        if "channels" in body and len(body) > 1:
+            raise BadRequest('body: "channels" replaces the list: send it alone, or '
+                             '"add" and "remove"')
         if "channels" in body:
             wanted = _channel_list(root, body["channels"], "channels")
             add = [c for c in wanted if c not in sub.channels]

@@ -17,7 +17,8 @@ from streamd.errors import BadRequest, HTTPError
 
 log = Logger()
 
-STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+# \Z, not $: "$" also matches before a final newline, and "news\n" is no name.
+STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}\Z")
 JSON_TYPES = ("application/json", "")
 BODY_TYPES = JSON_TYPES + ("application/x-ndjson",)
 

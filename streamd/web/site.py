@@ -11,6 +11,8 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from streamd.web.common import json_response
+
 _SECRET_PARAMS = re.compile(rb"((?:^|[?&])(?:access_token|token)=)[^&]*", re.I)
 
 #: Request headers a browser may send cross-origin (answering a preflight).
@@ -72,9 +74,31 @@ class CORS(Resource):
         return self.inner.render(request)
 
 
+class UTF8URLs(Resource):
+    """
+    Answers a URL that is not UTF-8 (C{/streams/%FF}, or such a Host header) with a
+    JSON 400. Klein would log a traceback for it and answer in plain text.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def render(self, request):
+        try:
+            b"/".join(request.prepath + request.postpath).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return json_response(request, 400, {"error": {
+                "status": 400, "message": "URL: not valid UTF-8"}})
+        return self.inner.render(request)
+
+
 def make_site(app, reactor=None) -> Site:
     """The Site for C{app} (a L{streamd.web.StreamdApp})."""
-    resource = app.app.resource()
+    resource = UTF8URLs(app.app.resource())
     if app.settings["cors_origins"]:
         resource = CORS(resource, app.settings["cors_origins"])
     kwargs = {"reactor": reactor} if reactor is not None else {}

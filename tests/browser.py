@@ -1,0 +1,155 @@
+"""
+A headless Chromium driven over the Chrome DevTools protocol, on the test's reactor.
+
+Chromium is started with C{--remote-debugging-pipe}: it reads protocol commands from
+its fd 3 and writes replies and events to its fd 4 (JSON, each message ended by a NUL).
+Twisted's C{spawnProcess} maps those descriptors, so the browser runs alongside the
+in-process streamd server without a thread, a websocket client or a driver binary.
+
+Every wait here is bounded (C{within}); nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from twisted.internet import defer, protocol, reactor
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--remote-debugging-pipe",
+    "--window-size=1280,900",
+]
+
+TIMEOUT = 20.0
+
+
+def available() -> bool:
+    return os.access(CHROMIUM, os.X_OK)
+
+
+class CDPError(Exception):
+    """A protocol command failed, or the browser went away."""
+
+
+class _Pipe(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.next_id = 0
+        self.waiting: dict[int, defer.Deferred] = {}
+        self.done = False
+        self.watchers: list[defer.Deferred] = []
+        self.stderr = b""
+
+    def wait_ended(self, seconds: float) -> defer.Deferred:
+        d = defer.Deferred()
+        if self.done:
+            d.callback(None)
+        else:
+            self.watchers.append(d)
+        return d.addTimeout(seconds, reactor)
+
+    def send(self, method: str, params: dict | None = None,
+             session: str | None = None) -> defer.Deferred:
+        self.next_id += 1
+        message: dict[str, Any] = {"id": self.next_id, "method": method,
+                                   "params": params or {}}
+        if session is not None:
+            message["sessionId"] = session
+        d = self.waiting[self.next_id] = defer.Deferred()
+        self.transport.writeToChild(3, json.dumps(message).encode() + b"\0")
+        return d
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd == 2:
+            self.stderr = (self.stderr + data)[-20000:]
+            return
+        if fd != 4:
+            return
+        self.buffer += data
+        while b"\0" in self.buffer:
+            raw, self.buffer = self.buffer.split(b"\0", 1)
+            message = json.loads(raw)
+            d = self.waiting.pop(message.get("id"), None)
+            if d is None:
+                continue  # an event: nothing here subscribes to any
+            if "error" in message:
+                d.errback(CDPError(message["error"]))
+            else:
+                d.callback(message.get("result", {}))
+
+    def processEnded(self, reason) -> None:
+        for d in self.waiting.values():
+            d.errback(CDPError("chromium exited"))
+        self.waiting.clear()
+        self.done = True
+        for d in self.watchers:
+            d.callback(None)
+        self.watchers.clear()
+
+
+class Browser:
+    """One headless Chromium with a fresh profile, and one page in it."""
+
+    def __init__(self) -> None:
+        self.pipe = _Pipe()
+        self.profile = tempfile.mkdtemp(prefix="streamd-chromium-")
+        self.session: str | None = None
+
+    async def start(self) -> None:
+        args = [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"]
+        reactor.spawnProcess(self.pipe, CHROMIUM, args, env=os.environ.copy(),
+                             childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
+        await self.command("Browser.getVersion")
+
+    async def command(self, method: str, params: dict | None = None,
+                      page: bool = False, seconds: float = TIMEOUT) -> dict:
+        d = self.pipe.send(method, params, self.session if page else None)
+        return await d.addTimeout(seconds, reactor)
+
+    async def open(self, url: str) -> None:
+        """Open C{url} in a new tab (a real navigation: the browser's own headers)."""
+        target = await self.command("Target.createTarget", {"url": url})
+        attached = await self.command("Target.attachToTarget",
+                                      {"targetId": target["targetId"], "flatten": True})
+        self.session = attached["sessionId"]
+
+    async def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page (awaiting a promise)."""
+        result = await self.command(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            page=True)
+        if "exceptionDetails" in result:
+            raise CDPError(result["exceptionDetails"])
+        return result["result"].get("value")
+
+    async def screenshot(self, path: str) -> None:
+        import base64
+
+        shot = await self.command("Page.captureScreenshot", {"format": "png"}, page=True)
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+
+    async def close(self) -> None:
+        if self.pipe.transport is not None and not self.pipe.done:
+            try:
+                await self.command("Browser.close", seconds=5)
+                await self.pipe.wait_ended(10)
+            except Exception:
+                # Not gone by itself: make sure no browser outlives the test.
+                self.pipe.transport.signalProcess("KILL")
+                await self.pipe.wait_ended(10)
+        shutil.rmtree(self.profile, ignore_errors=True)
