@@ -288,3 +288,12 @@ async def test_unused_dynamic_streams_are_forgotten(serve, monkeypatch):
     assert "once" not in app.sources
     assert "kept" in app.sources  # still read by a client
     reader.close()
+
+
+@ensure
+async def test_unsupported_methods_on_events_are_405(serve):
+    server = await serve(settings(store={"backend": "memory"}))
+    for path in ("/events",):
+        r = await within(treq.request("DELETE", server.url + path))
+        assert r.code == 405, path
+        assert "POST" in r.headers.getRawHeaders("allow")[0]

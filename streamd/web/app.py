@@ -14,6 +14,7 @@ from typing import Any
 from klein import Klein
 from twisted.internet.defer import DeferredList, TimeoutError, maybeDeferred
 from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed
 
 from streamd import __version__, config, filters, metrics
 from streamd.auth import Auth
@@ -228,6 +229,11 @@ class StreamdApp:
 
     @app.route("/events", branch=True)
     def events_api(self, request):
+        # The sub-app sees an empty path for /events and /events/, where werkzeug's
+        # matching cannot tell "no such method" from "no such resource": say it here.
+        if request.path.rstrip(b"/") == b"/events" and request.method not in (
+                b"GET", b"HEAD", b"POST"):
+            raise MethodNotAllowed(valid_methods=["GET", "HEAD", "POST"])
         return self.events.app.resource()
 
     @app.route("/jsonrpc", methods=["POST"])
