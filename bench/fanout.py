@@ -109,9 +109,10 @@ class Server:
         cmd += self.args.server_arg
         self.command = cmd
         self.log_path = os.path.join(self.dir, "server.log")
+        env = dict(os.environ, **dict(kv.split("=", 1) for kv in self.args.server_env))
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.dir)
+                                         stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
         self.pid = self.proc.pid
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -192,10 +193,13 @@ def stream_request(server: Server, name: str, limit: int | None) -> bytes:
 
 
 async def open_subscribers(host: str, port: int, request: bytes, count: int, total: int,
-                           deadline: float) -> list[Subscriber]:
-    """Open C{count} streams, at most L{OPEN_CONCURRENCY} connecting at a time."""
+                           slow: int, deadline: float) -> list[Subscriber]:
+    """
+    Open C{count} streams, at most L{OPEN_CONCURRENCY} connecting at a time; the first
+    C{slow} of them stop reading once open.
+    """
     loop = asyncio.get_running_loop()
-    subs = [Subscriber(request, total) for _ in range(count)]
+    subs = [Subscriber(request, total, slow=i < slow) for i in range(count)]
     gate = asyncio.Semaphore(OPEN_CONCURRENCY)
 
     async def one(sub: Subscriber) -> None:
@@ -217,6 +221,7 @@ async def open_subscribers(host: str, port: int, request: bytes, count: int, tot
 async def drain_subscribers(subs: list[Subscriber], quiet: float, deadline: float) -> None:
     """Wait until every stream ended, nothing arrived for C{quiet} seconds, or the deadline."""
     last_progress, last_seen = time.monotonic(), -1
+    subs = [s for s in subs if not s.slow]  # a reader that stopped reading never finishes
     while time.monotonic() < deadline:
         live = [s for s in subs if not s.finished.done()]
         if not live:
@@ -229,6 +234,24 @@ async def drain_subscribers(subs: list[Subscriber], quiet: float, deadline: floa
         await asyncio.sleep(0.05)
 
 
+async def release_slow(subs: list[Subscriber], deadline: float) -> None:
+    """
+    Let the readers that stopped read again, to learn what the server did to them (a final
+    error line and a close, or a stream still open), within a few seconds.
+    """
+    slow = [s for s in subs if s.slow]
+    if not slow:
+        return
+    for s in slow:
+        if s.transport is not None and not s.finished.done():
+            s.transport.resume_reading()
+    for s in slow:
+        s.slow = False  # so that drain_subscribers waits for them too
+    await drain_subscribers(slow, 1.0, min(deadline, time.monotonic() + 5))
+    for s in slow:
+        s.slow = True
+
+
 def close_subscribers(subs: list[Subscriber]) -> list[dict]:
     for s in subs:
         s.close()
@@ -238,8 +261,8 @@ def close_subscribers(subs: list[Subscriber]) -> list[dict]:
 class LocalGroup:
     """Subscribers in this process, on the publisher's event loop."""
 
-    def __init__(self, host, port, request, count, total):
-        self.args = (host, port, request, count, total)
+    def __init__(self, host, port, request, count, total, slow=0):
+        self.args = (host, port, request, count, total, slow)
         self.subs: list[Subscriber] = []
 
     async def open(self, deadline: float) -> int:
@@ -252,14 +275,18 @@ class LocalGroup:
             await drain_subscribers(self.subs, quiet, deadline)
         return 0.0
 
+    async def release(self, deadline: float) -> None:
+        """After the measurement: let the stopped readers read again (L{release_slow})."""
+        await release_slow(self.subs, deadline)
+
     def results(self) -> list[dict]:
         return close_subscribers(self.subs)
 
 
-def _child(conn, runner, host, port, request, count, total, deadline_in) -> None:
+def _child(conn, runner, host, port, request, count, total, slow, deadline_in) -> None:
     """A subscriber process: open, say so, wait for the word to drain or close, report."""
     async def main():
-        subs = await open_subscribers(host, port, request, count, total,
+        subs = await open_subscribers(host, port, request, count, total, slow,
                                       time.monotonic() + deadline_in)
         conn.send(sum(1 for s in subs if s.status == 200 and s.ended is None))
         loop = asyncio.get_running_loop()
@@ -267,19 +294,19 @@ def _child(conn, runner, host, port, request, count, total, deadline_in) -> None
         quiet, left = await loop.run_in_executor(None, conn.recv)
         if quiet is not None:
             await drain_subscribers(subs, quiet, time.monotonic() + left)
-        cpu.append(time.process_time() - cpu0)  # the parsing after this is not measured
+        conn.send(time.process_time() - cpu0)  # the parsing after this is not measured
+        if quiet is not None:
+            await release_slow(subs, time.monotonic() + left)
         return close_subscribers(subs)
 
-    cpu: list[float] = []
-    results = runner(main())
-    conn.send((results, cpu[0]))
+    conn.send(runner(main()))
 
 
 class ChildGroup:
     """Subscribers in a child process (C{--procs}), so they get a core of their own."""
 
-    def __init__(self, host, port, request, count, total, runner=asyncio.run):
-        self.args = (host, port, request, count, total)
+    def __init__(self, host, port, request, count, total, slow=0, runner=asyncio.run):
+        self.args = (host, port, request, count, total, slow)
         self.runner = runner
         self._results: list[dict] = []
 
@@ -302,8 +329,15 @@ class ChildGroup:
         """Tell the child to drain (or close); return the CPU seconds it spent draining."""
         try:
             self.conn.send((quiet, deadline - time.monotonic()))
-            self._results, cpu = await self._recv(deadline + 30)
-            return cpu
+            return await self._recv(deadline + 10)
+        except BaseException:
+            self.proc.kill()
+            raise
+
+    async def release(self, deadline: float) -> None:
+        """Collect the results, once the child let its stopped readers read again."""
+        try:
+            self._results = await self._recv(deadline + 30)
         finally:
             self.proc.join(5)
             if self.proc.is_alive():
@@ -313,13 +347,15 @@ class ChildGroup:
         return self._results
 
 
-def make_groups(args, server: Server, request: bytes, count: int, total: int) -> list:
+def make_groups(args, server: Server, request: bytes, count: int, total: int,
+                slow: int = 0) -> list:
     procs = max(1, min(args.procs, count))
     sizes = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
     if procs == 1:
-        return [LocalGroup(server.host, server.port, request, count, total)]
+        return [LocalGroup(server.host, server.port, request, count, total, slow)]
     runner = event_loop_runner(args)
-    return [ChildGroup(server.host, server.port, request, n, total, runner) for n in sizes]
+    return [ChildGroup(server.host, server.port, request, n, total, slow if i == 0 else 0,
+                       runner) for i, n in enumerate(sizes)]
 
 
 # --------------------------------------------------------------------------- the publisher
@@ -443,8 +479,10 @@ def start_profiler(args, server: Server):
     if not args.profile or not server.pid:
         return None
     fmt = "flamegraph" if args.profile.endswith(".svg") else "raw"
-    cmd = [args.py_spy, "record", "--pid", str(server.pid), "--rate", "500", "--idle",
-           "--nonblocking", "--format", fmt, "-o", args.profile]
+    # Blocking mode (py-spy pauses the server for each sample): --nonblocking reads stacks
+    # while they change, and then put most samples on the wrong line.
+    cmd = [args.py_spy, "record", "--pid", str(server.pid), "--rate", "250", "--idle",
+           "--format", fmt, "-o", args.profile]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -511,8 +549,9 @@ async def fanout(args, server: Server, mode: str) -> dict:
     name = f"bench-{mode}-{os.getpid()}-{int(time.time())}"
     base = (await get_json(server, "/")).get("open_streams", 0)
     rss0 = server.rss()
+    slow = min(args.slow, args.subscribers)
     groups = make_groups(args, server, stream_request(server, name, total if args.limit else None),
-                         args.subscribers, total)
+                         args.subscribers, total, slow)
     opened = sum(await asyncio.gather(*(g.open(deadline) for g in groups)))
     seen = await wait_open_streams(server, base + opened, min(10, deadline - time.monotonic()))
     rss_open = server.rss()
@@ -528,8 +567,11 @@ async def fanout(args, server: Server, mode: str) -> dict:
     # makes the figures worth less (it competes for the same cores).
     other = max(0.0, busy - client_cpu - (cpu1 - cpu0 if cpu0 is not None else 0.0))
     profile = stop_profiler(args, prof)
+    for g in groups:
+        await g.release(deadline)
     results = [r for g in groups for r in g.results()]
-    m = merge(results, pub["accepted_seqs"])
+    m = merge([r for r in results if not r["slow"]], pub["accepted_seqs"])
+    stuck = merge([r for r in results if r["slow"]], pub["accepted_seqs"]) if slow else None
     window = (m["last_recv"] - pub["first_send"]) if m["last_recv"] else None
     report = {
         "scenario": mode, "stream": name, "subscribers": args.subscribers, "opened": opened,
@@ -539,7 +581,7 @@ async def fanout(args, server: Server, mode: str) -> dict:
         "published": pub["accepted"], "publish_errors": pub["errors"],
         "publish_error_sample": pub["error_sample"],
         "publish_seconds": pub["last_ack"] - pub["first_send"],
-        "delivered": m["unique"], "expected": pub["accepted"] * args.subscribers,
+        "delivered": m["unique"], "expected": pub["accepted"] * (args.subscribers - slow),
         "timed_out": time.monotonic() >= deadline,
         "seconds": window,
         "delivered_per_s": m["unique"] / window if window else 0.0,
@@ -556,8 +598,19 @@ async def fanout(args, server: Server, mode: str) -> dict:
         "rss_kib": {"start": rss0.get("VmRSS"), "streams_open": rss_open.get("VmRSS"),
                     "end": server.rss().get("VmRSS"), "peak": server.rss().get("VmHWM")},
         "profile": profile,
+        "slow": slow and {"readers": slow, "received": stuck["unique"],
+                          "ended": stuck["ended"], "controls": stuck["controls"],
+                          "samples": stuck["samples"]},
     }
     return report
+
+
+async def close_groups(groups: list, deadline: float) -> list[dict]:
+    """Hang up every stream of these groups; return what each subscriber saw."""
+    await asyncio.gather(*(g.drain(None, deadline) for g in groups))
+    for g in groups:
+        await g.release(deadline)
+    return [r for g in groups for r in g.results()]
 
 
 async def idle(args, server: Server) -> dict:
@@ -570,9 +623,7 @@ async def idle(args, server: Server) -> dict:
     # any first stream allocates once.
     warm = make_groups(args, server, request, 20, 0)
     await asyncio.gather(*(g.open(deadline) for g in warm))
-    await asyncio.gather(*(g.drain(None, deadline) for g in warm))
-    for g in warm:
-        g.results()
+    await close_groups(warm, deadline)
     await wait_open_streams(server, base, min(10, deadline - time.monotonic()))
     rss_before = server.rss()
     t0 = time.monotonic()
@@ -584,8 +635,7 @@ async def idle(args, server: Server) -> dict:
     await asyncio.sleep(min(args.settle, max(0, deadline - time.monotonic())))
     rss_open = server.rss()
     t1 = time.monotonic()
-    await asyncio.gather(*(g.drain(None, deadline) for g in groups))
-    results = [r for g in groups for r in g.results()]
+    results = await close_groups(groups, deadline)
     left = await wait_open_streams(server, base, min(20, max(0, deadline - time.monotonic())))
     close_s = time.monotonic() - t1
     rss_closed = server.rss()
@@ -643,7 +693,8 @@ def summary(r: dict) -> str:
             f"{r['size']} B, {what} (batch {r['batch']}, {r['inflight']} in flight, "
             f"{r['procs']} client proc on {r.get('client_loop', '?')}) ==",
             f"opened      {r['opened']}/{r['subscribers']} (GET / counted "
-            f"{r['open_streams_seen']})",
+            f"{r['open_streams_seen']})" + (f", {r['slow']['readers']} of them stop reading"
+                                            if r.get("slow") else ""),
             f"published   {r['published']}/{r['messages']} in {r['publish_seconds']:.2f} s "
             f"({r['published'] / max(r['publish_seconds'], 1e-9):,.0f} msg/s), "
             f"{r['publish_errors']} POST errors",
@@ -666,6 +717,11 @@ def summary(r: dict) -> str:
             f"{fmt_rss(rss['streams_open'])}, end {fmt_rss(rss['end'])} "
             f"(peak {fmt_rss(rss['peak'])})",
         ]
+        if r.get("slow"):
+            s = r["slow"]
+            lines.append(f"slow        {s['readers']} stopped reading: got {s['received']:,} msgs, "
+                         f"ended {s['ended']}, control {s['controls']}")
+            lines += [f"  first {k} line to a slow reader: {v}" for k, v in s["samples"].items()]
         if r["publish_error_sample"]:
             lines.append(f"POST error  {r['publish_error_sample']}")
         if r.get("profile"):
@@ -779,6 +835,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, help="paced: messages per second")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of paced publishing")
     p.add_argument("--idle", type=int, help="open this many idle streams, measure RSS")
+    p.add_argument("--slow", type=int, default=0, metavar="N",
+                   help="N of the subscribers stop reading once open (stuck clients): the "
+                   "figures are then for the others")
     p.add_argument("--procs", type=int, default=1, help="client processes for subscribers")
     p.add_argument("--no-limit", dest="limit", action="store_false",
                    help="do not ask ?limit=N (streams then end by the quiet timeout)")
@@ -795,6 +854,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-pending", type=int, help="passed to the streamd started")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra argument for the streamd started (repeatable)")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment variable for the streamd started (repeatable), e.g. "
+                   "MALLOC_TRIM_THRESHOLD_=67108864")
     p.add_argument("--keep-logs", action="store_true", help="keep the server log")
     p.add_argument("--profile", help="py-spy the server during delivery: FILE.svg for a "
                    "flame graph, any other name for collapsed stacks and a top list")

@@ -143,15 +143,18 @@ class Subscriber(asyncio.Protocol):
     @ivar pairs: sequence number and send time (microseconds) of each message line parsed
         so far, in arrival order, interleaved.
     @ivar recv: each of those lines' receive time (C{time.time()} seconds).
+    @ivar slow: this one stops reading once the stream is open (a stuck client), to see
+        what the server does to it and whether the others notice.
     @ivar opened: resolves when the response head arrived (the stream is established).
     @ivar finished: resolves when the response ended, the connection closed or failed.
     """
 
     deferred_bytes = 0  # held in _blocks by all subscribers of this process
 
-    def __init__(self, request: bytes, total: int) -> None:
+    def __init__(self, request: bytes, total: int, slow: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.request = request
+        self.slow = slow
         self.total = total
         self.received = 0
         self.pairs = array("q")
@@ -252,6 +255,7 @@ class Subscriber(asyncio.Protocol):
             "last_recv": self.recv[-1] if self.recv else 0.0,
             "status": self.status,
             "ended": self.ended,
+            "slow": self.slow,
             "latencies": latencies.tobytes(),
             "counts": bytes(counts),
         }
@@ -282,6 +286,8 @@ class Subscriber(asyncio.Protocol):
             self._decoder = ChunkedDecoder()
         if not self.opened.done():
             self.opened.set_result(self.status == 200)
+        if self.slow and self.transport is not None:
+            self.transport.pause_reading()
         return rest
 
     def _digest(self) -> None:

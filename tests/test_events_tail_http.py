@@ -220,7 +220,6 @@ async def test_tail_of_a_client_that_stops_reading_is_not_cut_off(serve, store_c
         if stream.written + stream.queued < inserted - 1000:
             break  # well behind: the rest is in the store, not in the stream
     assert stream.written + stream.queued < inserted - 1000
-    assert stream.subscription.paused
     client.transport.abortConnection()
 
 
