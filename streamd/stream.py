@@ -30,6 +30,19 @@ WRITE_BATCH_BYTES = 64 * 1024
 SLOW_CLOSE_GRACE = 5.0
 
 
+class SharedBatch(list):
+    """
+    A list of messages that a broadcast source hands, unchanged, to every consumer:
+    C{encoded} keeps the batch's bytes per framing, so they are joined once.
+    """
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, messages) -> None:
+        super().__init__(messages)
+        self.encoded: dict = {}
+
+
 @implementer(IPushProducer, IConsumer)
 class Stream:
     """
@@ -46,6 +59,17 @@ class Stream:
     @ivar done: fires when the stream ends normally (klein then finishes the response);
         cancelling it (klein does when the client disconnects) releases everything.
     """
+
+    # Thousands of idle streams are the common case: no per-instance dict.
+    __slots__ = (
+        "request", "source", "framing", "clock", "limit", "heartbeat", "max_pending",
+        "slow_policy", "client_ack", "max_unacked", "retry", "session", "on_end", "filter",
+        "stall_warnings", "name", "identity", "metrics", "_warned", "pending", "queued",
+        "unacked", "accepted", "written", "bytes_written", "dropped", "dropped_total",
+        "paused", "source_paused", "subscription", "ended", "end_reason", "started_at",
+        "_last_write", "_starting", "_flushing", "_surplus", "_skipped", "_beat", "done",
+        "__weakref__",
+    )
 
     def __init__(
         self,
@@ -216,6 +240,12 @@ class Stream:
                     self.subscription.nack(surplus)
         if not messages:
             return
+        if not (self.pending or self.paused or self._starting or self._flushing
+                or self.dropped or self.client_ack):
+            encoded = getattr(messages, "encoded", None)
+            if encoded is not None:
+                self._write_shared(messages, encoded)
+                return
         self.pending.extend(messages)
         self.queued += len(messages)
         self.accepted += len(messages)
@@ -227,6 +257,32 @@ class Stream:
             if self.stall_warnings and not self._warned:
                 self._stall_warning()
             self._overflow()
+        if not self.ended:
+            self._update_demand()
+
+    def _write_shared(self, batch: list[Message], encoded: dict) -> None:
+        """
+        The common case of a broadcast: nothing queued, not paused, the whole batch
+        accepted. The batch's bytes are joined once for every stream with the same
+        framing (a L{SharedBatch} from the source) instead of once per stream.
+        """
+        framing = self.framing
+        data = encoded.get(framing)
+        if data is None:
+            data = encoded[framing] = b"".join([framing.message(m) for m in batch])
+        n = len(batch)
+        self._warned = False  # nothing is queued: caught up
+        self.accepted += n
+        self.written += n
+        self.bytes_written += len(data)
+        self._last_write = self.clock.seconds()
+        self.request.write(data)
+        if self.metrics is not None:
+            self.metrics.out.inc(n)
+            self.metrics.bytes.inc(len(data))
+        self.subscription.ack(batch)
+        if not self.ended:
+            self._maybe_finish()
         if not self.ended:
             self._update_demand()
 

@@ -245,3 +245,20 @@ def test_client_ack_window_holds_a_whole_batch_beyond_max_unacked():
     stream.client_acked(["1", "2"])
     assert [m["id"] for m in messages(request)] == ["1", "2", "3", "4", "5"]
     assert len(stream.unacked) == 3
+
+
+def test_a_broadcast_batch_is_joined_once_for_all_streams_that_keep_up():
+    mem = MemorySource("m", Clock())
+    readers = [make(source=mem) for _ in range(3)]
+    for stream, *_ in readers:
+        stream.start()
+    readers[2][0].pauseProducing()  # this one queues instead
+    mem.publish([b'{"a":1}', b'{"b":2}'])
+    first, second = readers[0][1].writes[-1], readers[1][1].writes[-1]
+    assert first is second  # the same bytes object: joined once
+    assert first == (b'{"id":"1","stream":"m","data":{"a":1}}\n'
+                     b'{"id":"2","stream":"m","data":{"b":2}}\n')
+    paused_stream, paused_request, _, _ = readers[2]
+    assert paused_stream.queued == 2
+    paused_stream.resumeProducing()
+    assert paused_request.written.endswith(first)

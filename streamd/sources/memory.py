@@ -18,6 +18,7 @@ from zope.interface import implementer
 from streamd.errors import BadRequest
 from streamd.interfaces import ISource, ISubscription, Unacknowledged
 from streamd.message import Message
+from streamd.stream import SharedBatch
 
 log = Logger()
 
@@ -89,6 +90,7 @@ class MemorySource:
             if self.buffer:
                 self.recent.append((self.seq, now, msg))
         self._expire()
+        batch = SharedBatch(batch)
         # A consumer may end its stream (limit, slow policy) while we deliver.
         for sub in list(self.subscribers):
             try:
