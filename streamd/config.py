@@ -343,14 +343,7 @@ STORE_KEYS = [
 
 
 def _store_table(table: Any, where: str) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise ConfigError(where, "expected a table")
-    known = {k.name: k for k in STORE_KEYS}
-    out = {k.name: k.default for k in STORE_KEYS}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(f"{where}.{key}", "unknown key")
-        out[key] = known[key].validate(value, f"{where}.{key}")
+    out = flat_table(STORE_KEYS)(table, where)
     if out["backend"] == "redis" and not out["redis_url"].startswith("redis://"):
         raise ConfigError(f"{where}.redis_url", "expected redis://host[:port][/db]")
     return out

@@ -42,6 +42,7 @@ from streamd.web.common import (
     install_error_handler,
     json_response,
     query,
+    read_body,
     stream_options,
 )
 from streamd.web.common import content_type as request_content_type
@@ -251,19 +252,8 @@ class StreamdApp:
     async def publish(self, request, name):
         self.identify(request, "publish", name)
         source, settings = self._source(name)
+        body = read_body(request, BODY_TYPES, self.settings["max_body_bytes"], "one value")
         ctype = request_content_type(request)
-        if ctype not in BODY_TYPES:
-            raise UnsupportedMediaType(
-                f"Content-Type {ctype!r}: send application/json (one value) or "
-                "application/x-ndjson (one value per line)"
-            )
-        limit = self.settings["max_body_bytes"]
-        length = request.getHeader(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise PayloadTooLarge(f"body over max_body_bytes ({limit} bytes)")
-        body = request.content.read(limit + 1)
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body over max_body_bytes ({limit} bytes)")
         try:
             payloads = decode_body(body, ctype)
         except InvalidPayload as e:

@@ -145,3 +145,26 @@ def stream_options(request, params: dict[str, list[str]], default_heartbeat: flo
         if last:
             since = last.decode("latin-1").strip() or None
     return chosen, limit, heartbeat, since
+
+
+def read_body(request, types: tuple[str, ...], limit: int, what: str) -> bytes:
+    """
+    The request body, refused with 415 for a content type not in C{types} and 413 past
+    C{limit} bytes (checked on Content-Length first, so nothing is read needlessly).
+    C{what} says what one value is ("one value", "one object").
+    """
+    from streamd.errors import PayloadTooLarge, UnsupportedMediaType
+
+    ctype = content_type(request)
+    if ctype not in types:
+        raise UnsupportedMediaType(
+            f"Content-Type {ctype!r}: send application/json ({what}) or "
+            f"application/x-ndjson ({what} per line)"
+        )
+    length = request.getHeader(b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"body over max_body_bytes ({limit} bytes)")
+    body = request.content.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"body over max_body_bytes ({limit} bytes)")
+    return body

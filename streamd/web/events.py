@@ -19,7 +19,7 @@ from typing import Any
 from klein import Klein
 from twisted.internet.defer import ensureDeferred
 
-from streamd.errors import BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from streamd.errors import BadRequest, PayloadTooLarge, Unavailable
 from streamd.message import InvalidPayload, decode_body
 from streamd.store import make_store
 from streamd.store.base import (
@@ -41,6 +41,7 @@ from streamd.web.common import (
     install_error_handler,
     int_arg,
     json_response,
+    read_body,
     stream_options,
 )
 from streamd.web.common import query as query_params
@@ -116,17 +117,7 @@ class EventsAPI:
             raise Unavailable(f"event store unavailable: {reason}")
 
     def _body(self, request, types) -> bytes:
-        ctype = content_type(request)
-        if ctype not in types:
-            raise UnsupportedMediaType(
-                f"Content-Type {ctype!r}: send application/json (one object) or "
-                "application/x-ndjson (one object per line)"
-            )
-        limit = self.settings["max_body_bytes"]
-        body = request.content.read(limit + 1)
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body over max_body_bytes ({limit} bytes)")
-        return body
+        return read_body(request, types, self.settings["max_body_bytes"], "one object")
 
     # -- insert ----------------------------------------------------------------------
 
