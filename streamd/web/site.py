@@ -18,7 +18,9 @@ _SECRET_PARAMS = re.compile(rb"((?:^|[?&])(?:access_token|token)=)[^&]*", re.I)
 #: Request headers a browser may send cross-origin (answering a preflight).
 ALLOW_HEADERS = b"Authorization, Content-Type, Last-Event-ID, Streamd-Identifier"
 ALLOW_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
-EXPOSE_HEADERS = b"Streamd-Session"
+#: Response headers a page on another origin may read: beyond the session, why a
+#: request was refused (401) and when to retry (429); a browser hides any other.
+EXPOSE_HEADERS = b"Streamd-Session, WWW-Authenticate, Retry-After"
 
 
 def redact(uri: bytes) -> bytes:
