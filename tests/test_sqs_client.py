@@ -272,3 +272,19 @@ def test_errors_never_carry_credential_values():
             fired(d)
         text = str(e.value) + e.value.message
         assert "s3ss10n-tok" not in text and "s3cr3t-key" not in text
+
+
+def test_error_messages_never_carry_credentials_but_stay_readable():
+    from types import SimpleNamespace
+
+    from streamd.aws import SQSError
+    from streamd.sqs_client import _scrub
+
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    e = SQSError("AccessDenied", f"no access for key {secret} here", 403)
+    _scrub(e, SimpleNamespace(secret_key=secret, token=None))
+    assert secret not in str(e) and "(hidden)" in str(e)
+    # A demo secret of one letter is not searched for: the message stays readable.
+    e = SQSError("QueueDoesNotExist", "The specified queue does not exist.", 400)
+    _scrub(e, SimpleNamespace(secret_key="x", token=None))
+    assert str(e) == "QueueDoesNotExist: The specified queue does not exist."
