@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from typing import Any
 
+import pytest
 from twisted.internet import defer, protocol, reactor
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -153,3 +154,13 @@ class Browser:
                 self.pipe.transport.signalProcess("KILL")
                 await self.pipe.wait_ended(10)
         shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.fixture(name="chromium")
+def chromium_fixture():
+    """C{chromium}: a headless Chromium (skipped where it is missing, a failure in CI)."""
+    if not available():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs it")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return Browser()

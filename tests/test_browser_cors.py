@@ -9,12 +9,10 @@ a token fails with a 401 the page can read.
 from __future__ import annotations
 
 import json
-import os
 
-import browser
-import pytest
 import pytest_twisted
 import treq
+from browser import chromium_fixture  # noqa: F401  (fixture)
 from conftest import settings, within
 from test_page import eventually
 from twisted.internet import reactor
@@ -50,15 +48,6 @@ class Page(Resource):
     def render_GET(self, request):
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return PAGE
-
-
-@pytest.fixture
-def chromium():
-    if not browser.available():
-        if os.environ.get("CI"):
-            pytest.fail(f"{browser.CHROMIUM} is missing: .ci/run installs it")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return browser.Browser()
 
 
 @pytest_twisted.async_yield_fixture

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 
 import browser
-import pytest
 import pytest_twisted
 import treq
+from browser import chromium_fixture  # noqa: F401  (fixture)
 from conftest import publish, settings, within
 from twisted.internet import defer, reactor
 
@@ -71,15 +71,6 @@ SHOWN = ("[...document.querySelectorAll('#messages li[data-id]')]"
 
 def _click(element_id: str) -> str:
     return f"document.getElementById({element_id!r}).click(), true"
-
-
-@pytest.fixture
-def chromium():
-    if not browser.available():
-        if os.environ.get("CI"):
-            pytest.fail(f"{browser.CHROMIUM} is missing: .ci/run installs it")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return browser.Browser()
 
 
 @pytest_twisted.ensureDeferred
