@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streamd import sources
 from streamd.store.base import RESERVED
 
 if sys.version_info >= (3, 11):
@@ -159,35 +160,6 @@ SERVICE_KEYS = [
         "[streams] are declared)"),
 ]
 
-def _url(value: Any, required: bool = False) -> str | None:
-    if value is None:
-        return "required" if required else None
-    if not value.startswith(("http://", "https://")):
-        return f"expected an http:// or https:// URL, got {value!r}"
-    return None
-
-
-#: Keys each source kind accepts in its stream table (beyond C{source} and STREAM_KEYS).
-SOURCE_KEYS: dict[str, list[Key]] = {
-    "memory": [],
-    "sqs": [
-        Key("queue_url", "str", None, "the queue's URL",
-            check=lambda v: _url(v, required=True)),
-        Key("region", "str", None, "AWS region (default: from the queue URL, else us-east-1)"),
-        Key("endpoint_url", "str", None, "SQS endpoint (moto, LocalStack, ElasticMQ)",
-            check=_url),
-        Key("profile", "str", None, "AWS profile of the shared config files"),
-        Key("max_messages", "int", 10, "messages per ReceiveMessage", minimum=1, maximum=10),
-        Key("wait_time_seconds", "int", 20, "long-poll seconds", minimum=0, maximum=20),
-        Key("visibility_timeout", "int", 30, "seconds a received message stays hidden",
-            minimum=1, maximum=43200),
-        Key("pollers", "int", 1, "concurrent ReceiveMessage calls", minimum=1, maximum=64),
-        Key("attributes", "list", ["All"], "message attribute names to request"),
-        Key("delivery", "enum", "queue", "queue: one client per message; broadcast: all",
-            choices=("queue", "broadcast")),
-    ],
-}
-
 TOP_KEYS = {k.name: k for k in SERVICE_KEYS + STREAM_KEYS}
 
 
@@ -283,15 +255,18 @@ def _stream(name: str, table: Any, top: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(where, "expected a table")
     kind = table.get("source", "memory")
-    if kind not in SOURCE_KEYS:
-        raise ConfigError(
-            f"{where}.source", f"unknown source {kind!r} (known: {', '.join(SOURCE_KEYS)})"
-        )
-    known = {k.name: k for k in STREAM_KEYS + SOURCE_KEYS[kind]}
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where}.source", f"expected a string, got {kind!r}")
+    try:
+        plugin = sources.load(kind)
+    except sources.KindError as e:
+        raise ConfigError(f"{where}.source", str(e)) from None
+    kind_keys: list[Key] = list(plugin.config_keys)
+    known = {k.name: k for k in STREAM_KEYS + kind_keys}
     out: dict[str, Any] = {"name": name, "source": kind}
     for k in STREAM_KEYS:
         out[k.name] = top[k.name]
-    for k in SOURCE_KEYS[kind]:
+    for k in kind_keys:
         out[k.name] = k.default
     for key, value in table.items():
         if key == "source":
@@ -299,11 +274,14 @@ def _stream(name: str, table: Any, top: dict[str, Any]) -> dict[str, Any]:
         if key not in known:
             raise ConfigError(f"{where}.{key}", f"unknown key for a {kind} stream")
         out[key] = known[key].validate(value, f"{where}.{key}")
-    for k in SOURCE_KEYS[kind]:
+    for k in kind_keys:
         if out[k.name] is None and k.default is None and k.check is not None:
             problem = k.check(None)
             if problem:
                 raise ConfigError(f"{where}.{k.name}", problem)
+    check = getattr(plugin, "check_config", None)
+    if check is not None:
+        check(out, where)
     return out
 
 

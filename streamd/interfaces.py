@@ -4,6 +4,14 @@ The seams of streamd: what a source offers a stream, and what a stream offers ba
 Demand flows up (a stream pauses and resumes its subscription), messages flow down
 (a subscription hands lists of L{streamd.message.Message} to its consumer), and
 acknowledgements flow back up to the source that owns the message.
+
+This module is the public contract of a source plugin: a package adds a source kind by
+naming an L{ISourceKind} in the C{streamd.sources} entry point group (see
+L{streamd.sources}), whose sources provide L{ISource} and hand out L{ISubscription}s.
+C{streamd.testing.conformance} checks a source against the guarantees written here.
+
+Everything is called on the reactor thread, and nothing may block it: a source does
+its I/O asynchronously and returns Deferreds where the contract allows them.
 """
 
 from __future__ import annotations
@@ -35,7 +43,32 @@ class IConsumer(Interface):
 
 
 class ISubscription(Interface):
-    """One consumer's attachment to a source."""
+    """
+    One consumer's attachment to a source, returned by L{ISource.subscribe}.
+
+    What a durable source (C{durable = True}) must guarantee, and
+    C{streamd.testing.conformance} checks:
+
+      - B{Nothing is lost}: a message delivered to the consumer stays the source's
+        (held, or kept by the broker) until C{ack}ed; C{nack}, C{cancel} of what was not
+        given back, C{stop()}, a lost connection or a crash of streamd make it
+        available again (at once for C{nack}; for the others as soon as the source's
+        broker notices). Duplicates are allowed (at least once), loss is not.
+      - B{Demand is obeyed}: after C{pause()}, no new read is started for this
+        subscription; at most one read already under way (the source's in-flight
+        bound, such as a receive batch or an AMQP prefetch window) may still be
+        delivered, so a paused client costs bounded memory.
+      - B{Acks are accepted at any time} after delivery, in any order, in any
+        grouping, including after C{cancel()} and after the connection that
+        delivered the message was lost (then they are no-ops: the broker has already
+        taken the message back). An ack or nack for a message already settled is
+        ignored, never an error.
+      - B{Give-backs are exact}: a message nacked is delivered again (to this client
+        or another); a message acked is not delivered again, not even after a
+        restart of streamd (unless streamd died before the ack reached the server).
+
+    Every method returns None and may be called from within L{IConsumer.deliver}.
+    """
 
     def pause():
         """Stop taking messages from the source (no more polls, no more reads)."""
@@ -64,13 +97,24 @@ class ISubscription(Interface):
 
     def cancel():
         """
-        Detach from the source and release what the subscription holds. Messages
-        delivered but neither acked nor nacked are given back by the caller first.
+        Detach from the source: no C{deliver} after this returns. Messages delivered
+        but neither acked nor nacked are given back by the caller first, or acked or
+        nacked later (see the class doc); a source releases its resources for the
+        subscription once they are settled, or once it gives up waiting.
         """
 
 
 class ISource(Interface):
-    """A named stream's supplier of messages (memory broker, SQS queue, Redis key)."""
+    """
+    A named stream's supplier of messages (memory broker, SQS queue, Redis key).
+
+    Built by its kind's L{ISourceKind.from_config} when the service starts (or when a
+    dynamic stream is first used), then C{start()}ed once and C{stop()}ped once.
+    A source that loses its server stays usable: C{status()} says C{down} with the
+    reason, new subscriptions and publishes are refused with
+    L{streamd.errors.Unavailable} (HTTP 503), open subscriptions stay open and go on
+    once the server is back.
+    """
 
     name = Attribute("The stream name this source feeds.")
     kind = Attribute("The source kind from the config: memory, sqs, redis-list, ...")
@@ -80,10 +124,18 @@ class ISource(Interface):
     )
 
     def start():
-        """Connect (a Deferred, or None). Called once when the service starts."""
+        """
+        Connect (a Deferred, or None). Called once when the service starts; should
+        fire once the server was tried once (up or down), and never fail: a source
+        that cannot connect says so in C{status()} and keeps trying.
+        """
 
     def stop():
-        """Release connections and give back held messages (a Deferred, or None)."""
+        """
+        End every open subscription (C{consumer.source_ended("shutdown")}: the stream
+        writes what it can, acks that and nacks the rest), give back what is still
+        held, release connections (a Deferred, or None).
+        """
 
     def status():
         """C{("ok", None)} or C{("down", reason)}: shown on C{GET /} and C{/health}."""
@@ -95,13 +147,46 @@ class ISource(Interface):
         C{since} is a message id the client already has (resume), or None to start
         with new messages. Raises L{streamd.errors.BadRequest} for an id this source
         cannot read, L{streamd.errors.Unavailable} when the source is down.
+        May call C{consumer.deliver} before returning.
         """
 
     def publish(payloads, params):
         """
         Publish these JSON payloads (a list of bytes, each one line of JSON) and return
         a Deferred firing with their ids, or the ids directly. C{params} holds the
-        request's query parameters (for source-specific options).
+        request's query parameters (for source-specific options). Fails with
+        L{streamd.errors.BadRequest} (400), L{streamd.errors.Unavailable} (503) or
+        L{streamd.errors.HTTPError} (any status) for the client to see.
+        """
+
+
+class ISourceKind(Interface):
+    """
+    What an entry point of the C{streamd.sources} group names: one source kind. The
+    entry point's name is the kind (C{source = "NAME"} in a stream table); the object
+    is usually the source class itself, with these as class attributes and
+    classmethods.
+    """
+
+    config_keys = Attribute(
+        "The keys a C{[streams.NAME]} table of this kind may set besides C{source} "
+        "and the stream-level keys (heartbeat, ack, ...): a list of "
+        "L{streamd.config.Key}. streamd checks each value, fills in defaults and "
+        "reports a bad one in one line naming it (C{streams.NAME.KEY: problem})."
+    )
+
+    def check_config(settings, where):
+        """
+        Optional: checks across keys, once each key is valid. C{settings} is the
+        stream's table with defaults filled in, C{where} its name
+        (C{streams.NAME}). Raise L{streamd.config.ConfigError} naming the key.
+        """
+
+    def from_config(settings, services):
+        """
+        Build (do not start) the L{ISource} for one validated stream table;
+        C{services} is a L{streamd.sources.Services} (the reactor, the whole
+        settings, metrics).
         """
 
 

@@ -3,8 +3,8 @@ The settings of the Redis sources: the C{[redis]} table of named connections and
 keys of C{redis-pubsub}, C{redis-list} and C{redis-stream} stream tables.
 
 Plain data and checks, no Twisted: L{streamd.config} imports this module to register
-the table and the source keys, and L{streamd.redis} turns a validated connection
-into live txredisapi connections.
+the table, the Redis source kinds take their C{config_keys} from here, and
+L{streamd.redis} turns a validated connection into live txredisapi connections.
 
 A connection is C{[redis.NAME]} with a C{url}; keys given directly in C{[redis]}
 describe the connection named C{default}, which a stream uses unless it sets
@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from streamd.config import EXTRA_TABLES, SOURCE_KEYS, ConfigError, Key
+from streamd.config import EXTRA_TABLES, ConfigError, Key
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -151,12 +151,13 @@ _BLOCK = Key("block", "number", 1.0, "seconds one blocking read waits for a mess
 _BATCH = Key("batch", "int", 10, "messages taken from Redis per read", minimum=1,
              maximum=1000)
 
-SOURCE_KEYS["redis-pubsub"] = [
+#: The keys of each Redis source kind's stream table (the kinds' C{config_keys}).
+PUBSUB_KEYS = [
     _CONNECTION,
     Key("channels", "list", [], "channels to subscribe to (SUBSCRIBE)"),
     Key("patterns", "list", [], "glob patterns to subscribe to (PSUBSCRIBE)"),
 ]
-SOURCE_KEYS["redis-list"] = [
+LIST_KEYS = [
     _CONNECTION, _INSTANCE, _BLOCK, _BATCH,
     Key("key", "str", None, "the list to take messages from",
         check=_required("the Redis list's key")),
@@ -164,7 +165,7 @@ SOURCE_KEYS["redis-list"] = [
         "seconds after which another streamd takes back the messages held by a "
         "streamd that stopped refreshing its heartbeat", minimum=1),
 ]
-SOURCE_KEYS["redis-stream"] = [
+STREAM_KEYS = [
     _CONNECTION, _INSTANCE, _BLOCK, _BATCH,
     Key("key", "str", None, "the Redis stream's key",
         check=_required("the Redis stream's key")),

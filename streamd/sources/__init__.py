@@ -1,24 +1,31 @@
 """
-The source kinds a stream table may name, imported only when a stream uses them.
+The source kinds a stream table may name: every entry point of the C{streamd.sources}
+group of the installed packages, streamd's own kinds included.
 
-Each kind maps to C{"module:factory"}; the factory is called as
-C{factory(settings, services)} where C{settings} is the validated stream table
-(see L{streamd.config}) and C{services} a L{streamd.sources.Services}.
+An entry point's name is the kind (C{source = "NAME"}); its object provides
+L{streamd.interfaces.ISourceKind} (usually the source class). A package adds a kind
+with, in its C{pyproject.toml}::
+
+    [project.entry-points."streamd.sources"]
+    spool = "streamd_spool:SpoolSource"
+
+Only the names are read at start-up (from the installed packages' metadata); a kind's
+module is imported when a stream table names it, so a kind whose package cannot be
+imported costs nothing until it is used, and then stops start-up with one line.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import import_module
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-KINDS = {
-    "memory": "streamd.sources.memory:MemorySource.from_config",
-    "sqs": "streamd.sources.sqs:SQSSource.from_config",
-    "redis-pubsub": "streamd.sources.redis_pubsub:RedisPubSubSource.from_config",
-    "redis-list": "streamd.sources.redis_list:RedisListSource.from_config",
-    "redis-stream": "streamd.sources.redis_stream:RedisStreamSource.from_config",
-}
+GROUP = "streamd.sources"
+
+
+class KindError(LookupError):
+    """A kind that cannot be used; C{str()} is one line for the operator."""
 
 
 @dataclass
@@ -31,10 +38,74 @@ class Services:
     metrics: Any = None  # streamd.metrics.Metrics: sources count errors, reconnects, requests
 
 
+#: Kinds registered in this process (tests, embedding): name -> kind object.
+_registered: dict[str, Any] = {}
+_loaded: dict[str, Any] = {}
+
+
+def register(name: str, kind: Any) -> None:
+    """Add a kind without installing a package (tests, embedding); wins over one installed."""
+    _registered[name] = kind
+    _loaded.pop(name, None)
+
+
+def unregister(name: str) -> None:
+    _registered.pop(name, None)
+    _loaded.pop(name, None)
+
+
+@cache
+def _entry_points() -> dict[str, list[EntryPoint]]:
+    # Read once per process: packages installed later are seen after a restart.
+    found: dict[str, list[EntryPoint]] = {}
+    for ep in entry_points(group=GROUP):
+        found.setdefault(ep.name, []).append(ep)
+    return found
+
+
+def _package(ep: EntryPoint) -> str:
+    dist = ep.dist
+    return f"{dist.name} {dist.version}" if dist is not None else "?"
+
+
+def installed() -> dict[str, str]:
+    """Every kind by name, with the package (and version) that provides it, sorted."""
+    out = {name: ", ".join(_package(ep) for ep in eps)
+           for name, eps in _entry_points().items()}
+    out.update({name: "registered in process" for name in _registered})
+    return dict(sorted(out.items()))
+
+
+def load(name: str) -> Any:
+    """The kind object named C{name}; L{KindError} if unknown or unusable."""
+    kind = _loaded.get(name)
+    if kind is not None:
+        return kind
+    if name in _registered:
+        kind = _registered[name]
+    else:
+        eps = _entry_points().get(name)
+        if not eps:
+            raise KindError(f"unknown source {name!r} (installed: {', '.join(installed())})")
+        if len(eps) > 1:
+            raise KindError(f"source {name!r} is provided by several packages "
+                            f"({', '.join(_package(ep) for ep in eps)}): uninstall one")
+        ep = eps[0]
+        try:
+            kind = ep.load()
+        except ImportError as e:
+            extra = f" (pip install '{ep.dist.name}[{','.join(ep.extras)}]')" if (
+                ep.extras and ep.dist is not None) else ""
+            raise KindError(f"source {name!r} cannot be loaded from {ep.value}: "
+                            f"{e}{extra}") from None
+    for attr in ("config_keys", "from_config"):
+        if not hasattr(kind, attr):
+            raise KindError(f"source {name!r}: {kind!r} has no {attr} (see "
+                            "streamd.interfaces.ISourceKind)")
+    _loaded[name] = kind
+    return kind
+
+
 def make_source(settings: dict[str, Any], services: Services):
     """Build the source for one validated stream table."""
-    module, _, attr = KINDS[settings["source"]].partition(":")
-    obj: Any = import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj(settings, services)
+    return load(settings["source"]).from_config(settings, services)

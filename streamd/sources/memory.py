@@ -49,6 +49,7 @@ class MemorySource:
 
     kind = "memory"
     durable = False
+    config_keys: list = []
 
     def __init__(self, name: str, clock, buffer: int = 100, buffer_ttl: float = 300.0):
         self.name = name

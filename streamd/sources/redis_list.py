@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from streamd import redis
+from streamd import redis, redis_settings
 from streamd.errors import Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
@@ -105,6 +105,7 @@ class RedisListSource:
     """One list stream (see the module doc)."""
 
     kind = "redis-list"
+    config_keys = redis_settings.LIST_KEYS
     durable = True
     faults: redis.Faults | None = None
 

@@ -23,7 +23,7 @@ import txredisapi
 from twisted.internet.defer import gatherResults
 from zope.interface import implementer
 
-from streamd import redis, resp
+from streamd import redis, redis_settings, resp
 from streamd.config import ConfigError
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource
@@ -200,6 +200,7 @@ class RedisPubSubSource:
     """
 
     kind = "redis-pubsub"
+    config_keys = redis_settings.PUBSUB_KEYS
     durable = False
     faults: redis.Faults | None = None
 
@@ -216,11 +217,14 @@ class RedisPubSubSource:
         self.subscribers: set[PubSubSubscription] = set()
         self.hub: Hub | None = None
 
+    @staticmethod
+    def check_config(settings: dict[str, Any], where: str) -> None:
+        if not settings["channels"] and not settings["patterns"]:
+            raise ConfigError(f"{where}.channels",
+                              "give channels and/or patterns to subscribe to")
+
     @classmethod
     def from_config(cls, settings: dict[str, Any], services) -> RedisPubSubSource:
-        if not settings["channels"] and not settings["patterns"]:
-            raise ConfigError(f"streams.{settings['name']}.channels",
-                              "give channels and/or patterns to subscribe to")
         conn = redis.acquire(services, settings)
         source = cls(settings["name"], conn, settings["channels"], settings["patterns"],
                    services.reactor, lambda: redis.release(services, conn))

@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from streamd import redis
+from streamd import redis, redis_settings
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
@@ -181,6 +181,7 @@ class RedisStreamSource:
     """One Redis stream, in cursor or group mode (see the module doc)."""
 
     kind = "redis-stream"
+    config_keys = redis_settings.STREAM_KEYS
     faults: redis.Faults | None = None
 
     def __init__(self, name: str, conn: redis.RedisConnection, key: str, clock, *,

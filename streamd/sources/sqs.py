@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from streamd.aws import SQSError
+from streamd.config import Key
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import InvalidPayload, Message, normalize_json
@@ -51,6 +52,33 @@ ACK_LINGER = 0.05
 EMPTY_PAUSE = 1.0
 #: Seconds between "is the queue back?" probes while down: doubling up to the cap.
 PROBE_FIRST, PROBE_CAP = 0.5, 5.0
+
+
+def _url(value: Any, required: bool = False) -> str | None:
+    if value is None:
+        return "required" if required else None
+    if not value.startswith(("http://", "https://")):
+        return f"expected an http:// or https:// URL, got {value!r}"
+    return None
+
+
+#: The keys of an C{sqs} stream table.
+CONFIG_KEYS = [
+    Key("queue_url", "str", None, "the queue's URL",
+        check=lambda v: _url(v, required=True)),
+    Key("region", "str", None, "AWS region (default: from the queue URL, else us-east-1)"),
+    Key("endpoint_url", "str", None, "SQS endpoint (moto, LocalStack, ElasticMQ)",
+        check=_url),
+    Key("profile", "str", None, "AWS profile of the shared config files"),
+    Key("max_messages", "int", 10, "messages per ReceiveMessage", minimum=1, maximum=10),
+    Key("wait_time_seconds", "int", 20, "long-poll seconds", minimum=0, maximum=20),
+    Key("visibility_timeout", "int", 30, "seconds a received message stays hidden",
+        minimum=1, maximum=43200),
+    Key("pollers", "int", 1, "concurrent ReceiveMessage calls", minimum=1, maximum=64),
+    Key("attributes", "list", ["All"], "message attribute names to request"),
+    Key("delivery", "enum", "queue", "queue: one client per message; broadcast: all",
+        choices=("queue", "broadcast")),
+]
 
 
 @implementer(ISubscription)
@@ -110,6 +138,7 @@ class SQSSource:
 
     kind = "sqs"
     durable = True
+    config_keys = CONFIG_KEYS
 
     def __init__(self, name: str, settings: dict[str, Any], client: SQSClient, clock,
                  metrics=None) -> None:

@@ -16,7 +16,7 @@ from twisted.internet.defer import DeferredList, TimeoutError, maybeDeferred
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed
 
-from streamd import __version__, config, filters, metrics
+from streamd import __version__, config, filters, metrics, sources
 from streamd.auth import Auth
 from streamd.channels import MemoryChannels, Subscriptions
 from streamd.errors import (
@@ -194,6 +194,7 @@ class StreamdApp:
             "uptime": round(self.reactor.seconds() - self.started_at, 3),
             "open_streams": len(self.open_streams),
             "sources": self.source_statuses(),
+            "source_kinds": sources.installed(),
             "events": self.events.status(),
         }
 

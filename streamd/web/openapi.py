@@ -422,6 +422,10 @@ _SCHEMAS: dict[str, Any] = {
                          "source": {"type": "string"},
                          "status": {"enum": ["ok", "down"]},
                          "reason": {"type": ["string", "null"]}}}},
+                 "source_kinds": {"type": "object", "description": "The installed source "
+                                  "kinds (what `source =` may name) and the package "
+                                  "that provides each.",
+                                  "additionalProperties": {"type": "string"}},
                  "identities": {"type": "object", "description": "Admins only: open "
                                 "streams per identity.",
                                 "additionalProperties": {"type": "integer"}},

@@ -1,6 +1,10 @@
 """
-Fakes that streamd's tests use and that users may use for their own: a request that
-records what a stream writes, and a durable source that records acks and pauses.
+Fakes that streamd's tests use and that users and plugin authors may use for their
+own: a request that records what a stream writes, a durable source that records acks
+and pauses, and a consumer that records what a source delivers.
+
+L{streamd.testing.conformance} checks a source plugin against the contract of
+L{streamd.interfaces.ISubscription} (it needs pytest and pytest-twisted).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from typing import Any
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from streamd.interfaces import ISource, ISubscription
+from streamd.interfaces import IConsumer, ISource, ISubscription
 from streamd.message import Message
 
 
@@ -138,3 +142,45 @@ class FakeSource:
         for sub in self.subscriptions:
             sub.consumer.deliver(msgs)
         return [m.id for m in msgs]
+
+
+@implementer(IConsumer)
+class Recorder:
+    """
+    A consumer that keeps what its source delivers (C{messages}, in order), the gap
+    notices (C{gaps}) and why the source ended it (C{ended}). C{subscription} is set
+    by L{attach}. With C{auto_ack}, each delivery is acked as it arrives (a client
+    that keeps up).
+    """
+
+    def __init__(self, auto_ack: bool = False) -> None:
+        self.auto_ack = auto_ack
+        self.subscription: Any = None
+        self.messages: list[Message] = []
+        self.gaps: list[dict] = []
+        self.ended: str | None = None
+
+    def attach(self, source, since=None):
+        """Subscribe to C{source}; returns the subscription (also C{self.subscription})."""
+        self.subscription = source.subscribe(self, since)
+        if self.auto_ack and self.messages:  # delivered within subscribe()
+            self.subscription.ack(list(self.messages))
+        return self.subscription
+
+    def deliver(self, messages) -> None:
+        messages = list(messages)
+        self.messages.extend(messages)
+        if self.auto_ack and self.subscription is not None:
+            self.subscription.ack(messages)
+
+    def gap(self, info) -> None:
+        self.gaps.append(info)
+
+    def source_ended(self, reason: str) -> None:
+        self.ended = reason
+
+    def ids(self) -> list[str]:
+        return [m.id for m in self.messages]
+
+    def data(self) -> list[bytes]:
+        return [m.data for m in self.messages]

@@ -1,0 +1,95 @@
+"""
+streamd.testing.conformance run against streamd's own durable queue sources, with their
+real servers: a private redis-server (redis-list, redis-stream with a group) and moto
+(sqs). The amqp source runs it in tests/test_amqp.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import pytest_twisted
+from redis_server import redis_fixture  # noqa: F401  (fixture)
+from sqs_server import moto  # noqa: F401  (fixture)
+from twisted.internet import reactor
+
+from streamd import config
+from streamd.sources import Services, make_source
+from streamd.testing.conformance import (
+    SourceConformance,
+    SourceHarness,
+    check_limit_is_exact,
+    check_settle_after_cancel,
+)
+
+
+class ConfigHarness(SourceHarness):
+    """A source built from a stream table, as streamd builds it."""
+
+    def __init__(self, table: dict, top: dict | None = None, in_flight: int = 1) -> None:
+        self.settings = config.build({"streams": {"conformance": table}, **(top or {})}, {})
+        self.in_flight = in_flight
+
+    async def make(self):
+        services = Services(reactor=reactor, settings=self.settings)
+        source = make_source(self.settings["streams"]["conformance"], services)
+        await source.start()
+        return source
+
+
+class TestRedisList(SourceConformance):
+    @pytest.fixture
+    def source_harness(self, redis):  # noqa: F811
+        return ConfigHarness(
+            {"source": "redis-list", "key": f"conf-{uuid.uuid4().hex}", "instance": "conf",
+             "block": 0.2, "batch": 5},
+            {"redis": {"url": redis.url}}, in_flight=5)
+
+
+class TestRedisStreamGroup(SourceConformance):
+    @pytest.fixture
+    def source_harness(self, redis):  # noqa: F811
+        return ConfigHarness(
+            {"source": "redis-stream", "key": f"conf-{uuid.uuid4().hex}", "group": "g",
+             "instance": "conf", "block": 0.2, "batch": 5, "start": "0"},
+            {"redis": {"url": redis.url}}, in_flight=5)
+
+    # Found by this suite, left to the redis-stream source's owner: a consumer name
+    # freed by a client that left is reused by the next one, whose first reads (its
+    # XAUTOCLAIM, then XREADGROUP from 0 over the name's pending entries) can hand it
+    # an entry twice when it acks the first copy before the second read (XACK goes
+    # over the pool connection, the read over the reader's own).
+    @pytest.mark.xfail(reason="redis-stream group: an entry given back can be delivered "
+                       "twice to the next client (see the comment above)", strict=False)
+    @pytest_twisted.ensureDeferred
+    async def test_limit_is_exact(self, source_harness):
+        await check_limit_is_exact(source_harness)
+
+    @pytest.mark.xfail(reason="redis-stream group: as test_limit_is_exact", strict=False)
+    @pytest_twisted.ensureDeferred
+    async def test_settle_after_cancel(self, source_harness):
+        await check_settle_after_cancel(source_harness)
+
+
+class TestSQS(SourceConformance):
+    @pytest.fixture
+    def source_harness(self, moto, monkeypatch):  # noqa: F811
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        return ConfigHarness(
+            {"source": "sqs", "queue_url": moto.create_queue(), "endpoint_url": moto.endpoint,
+             "region": "us-east-1", "wait_time_seconds": 1, "max_messages": 5,
+             # A long poll abandoned at stop() may still take a message (SQS, like
+             # moto, answers it anyway): it comes back after this many seconds.
+             "visibility_timeout": 2},
+            in_flight=5)
+
+    # The SQS source gives back, at cancel(), what the stream has not settled yet: an
+    # ack that comes after cancel() is ignored and the message is delivered again (a
+    # duplicate, not a loss). Left to whoever makes streams ack after the bytes leave.
+    @pytest.mark.xfail(reason="sqs: acks after cancel() are ignored (redelivered)",
+                       strict=True)
+    @pytest_twisted.ensureDeferred
+    async def test_settle_after_cancel(self, source_harness):
+        await check_settle_after_cancel(source_harness)
