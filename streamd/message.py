@@ -81,6 +81,18 @@ def normalize_json(raw: bytes, line: int = 1) -> bytes:
     return raw
 
 
+def body_json(body: str) -> bytes:
+    """
+    A message body written by another program, as one line of JSON: the body itself if
+    it is JSON, else the body as a JSON string.
+    """
+    raw = body.encode()
+    try:
+        return normalize_json(raw)
+    except InvalidPayload:
+        return json.dumps(body, ensure_ascii=False).encode()
+
+
 def decode_body(body: bytes, content_type: str) -> list[bytes]:
     """
     Split a publish request body into JSON payloads.

@@ -33,6 +33,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self._extra: dict[str, Counter] = {}
         self.open_streams = Gauge("streamd_open_streams", "Open client streams",
                                   ["stream"], registry=r)
         self.messages_in = Counter("streamd_messages_in", "Messages taken in from sources "
@@ -56,6 +57,17 @@ class Metrics:
                                          "request's messages", ["stream"], registry=r)
         self.store_seconds = Histogram("streamd_store_seconds", "Event store operation time",
                                        ["operation"], registry=r)
+
+    def counter(self, name: str, documentation: str, labels: list[str]) -> Counter:
+        """
+        A counter of a source plugin's own (C{streamd_amqp_messages}, ...), created on
+        first use and shared by every stream that asks for it by name.
+        """
+        existing = self._extra.get(name)
+        if existing is None:
+            existing = self._extra[name] = Counter(name, documentation, labels,
+                                                   registry=self.registry)
+        return existing
 
     def for_stream(self, stream: str, source: str) -> StreamMetrics:
         return StreamMetrics(self, stream, source)

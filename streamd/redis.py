@@ -30,13 +30,12 @@ from typing import Any
 
 import txredisapi
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 
 from streamd import resp
 from streamd.config import ConfigError
 from streamd.message import InvalidPayload, normalize_json
+from streamd.net import client_endpoint
 
 log = Logger()
 
@@ -129,15 +128,8 @@ class RedisConnection:
 
     def _endpoint(self):
         s = self.settings
-        endpoint = HostnameEndpoint(self.reactor, s["host"], s["port"],
-                                    timeout=s["connect_timeout"])
-        if s["tls"]:
-            trust = None
-            if s["tls_ca"]:
-                with open(s["tls_ca"], "rb") as f:
-                    trust = Certificate.loadPEM(f.read())
-            endpoint = wrapClientTLS(optionsForClientTLS(s["host"], trustRoot=trust), endpoint)
-        return endpoint
+        return client_endpoint(self.reactor, s["host"], s["port"], s["connect_timeout"],
+                               s["tls"], s["tls_ca"])
 
     def _factory(self, poolsize: int, reply_timeout: float | None, protocol=None) -> _Factory:
         factory = _Factory(self.settings, poolsize, reply_timeout, self._changed, protocol)

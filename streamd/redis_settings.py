@@ -61,7 +61,7 @@ def _check_url(value: str) -> str | None:
     return None
 
 
-def _check_ca(value: str) -> str | None:
+def check_ca(value: str) -> str | None:
     if value:
         try:
             with open(value, "rb") as f:
@@ -77,7 +77,7 @@ CONNECTION_KEYS = [
     Key("url", "str", "redis://127.0.0.1:6379/0",
         "redis://[[user]:password@]host:port/db; rediss:// for TLS", check=_check_url),
     Key("tls_ca", "str", "", "PEM file of the CA that signed a rediss:// server's "
-        "certificate (default: the system's CAs)", check=_check_ca),
+        "certificate (default: the system's CAs)", check=check_ca),
     Key("connect_timeout", "number", 2.0, "seconds to wait for a TCP (and TLS) connection",
         minimum=0.01),
     Key("command_timeout", "number", 10.0,

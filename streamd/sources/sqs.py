@@ -17,7 +17,6 @@ each of them has acked or given it back, if at least one wrote it.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,7 +30,7 @@ from streamd.aws import SQSError
 from streamd.config import Key
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISubscription
-from streamd.message import InvalidPayload, Message, normalize_json
+from streamd.message import Message, body_json
 from streamd.sqs_client import BATCH, SQSClient
 
 log = Logger()
@@ -555,12 +554,3 @@ class SQSSource:
                 f"{len(failed)} of {len(results)} messages refused by SQS ({detail}); "
                 "the others were sent", status=502)
         return results
-
-
-def body_json(body: str) -> bytes:
-    """The message body as one line of JSON: the body itself if it is JSON, else a string."""
-    raw = body.encode()
-    try:
-        return normalize_json(raw)
-    except InvalidPayload:
-        return json.dumps(body, ensure_ascii=False).encode()

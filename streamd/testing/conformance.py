@@ -34,6 +34,8 @@ class SourceHarness:
 
     @ivar in_flight: how many messages a subscription may still be handed after
         C{pause()} (a read already under way: a receive batch, a prefetch window).
+        The checks hold up to 6 messages unacked in one subscription: configure the
+        source so that a client may (a prefetch of at least 6).
     @ivar timeout: seconds any one wait may take.
     """
 
