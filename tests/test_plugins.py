@@ -6,6 +6,7 @@ config keys and checks, C{GET /} listing them, and a plugin package installed wi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -25,10 +26,19 @@ from streamd import config, sources
 
 ROOT = Path(__file__).resolve().parent.parent
 SPOOL = ROOT / "examples" / "streamd-spool"
-sys.path.insert(0, str(SPOOL))
 
-from streamd_spool import SpoolSource  # noqa: E402
-from test_spool import TestSpoolConformance  # noqa: E402,F401  (the example's own suite)
+
+def _load(name: str):
+    # By file, not by putting the directory on sys.path: a pip install of the example
+    # leaves an egg-info there, which would make it an installed kind for every test.
+    spec = importlib.util.spec_from_file_location(name, SPOOL / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SpoolSource = _load("streamd_spool").SpoolSource
+TestSpoolConformance = _load("test_spool").TestSpoolConformance  # the example's own suite
 
 ensure = pytest_twisted.ensureDeferred
 BUILT_IN = ["amqp", "memory", "redis-list", "redis-pubsub", "redis-stream", "sqs"]
@@ -58,7 +68,8 @@ def test_built_in_kinds_register_through_the_entry_point_group():
 
 def test_an_unknown_source_names_the_installed_ones():
     assert error({"source": "kafka"}) == (
-        "streams.x.source: unknown source 'kafka' (installed: " + ", ".join(BUILT_IN) + ")")
+        "streams.x.source: unknown source 'kafka' (installed: "
+        + ", ".join(sources.installed()) + ")")
     assert error({"source": 3}) == "streams.x.source: expected a string, got 3"
 
 
@@ -149,4 +160,4 @@ def test_a_package_installed_with_pip_adds_a_kind(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.decode().strip() == (
         "streamd: config error: streams.x.source: unknown source 'spol' (installed: "
-        + ", ".join(sorted([*BUILT_IN, "spool"])) + ")")
+        + ", ".join(sorted({*sources.installed(), "spool"})) + ")")
