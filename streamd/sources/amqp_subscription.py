@@ -30,6 +30,13 @@ LINGER = 30.0
 #: once, the same consumers would take it again at once, for ever).
 SKIP_DELAY = 5.0
 
+#: Seconds a client may stay paused before its consumer is cancelled. A client that
+#: reads at full speed is paused for an instant every time Twisted's buffer passes
+#: 64 KiB: cancelling then would have pika reject (requeue) a whole prefetch window in
+#: flight, to be sent again a moment later. Meanwhile the prefetch window bounds what
+#: arrives, and it is held here, not handed to the stream.
+PAUSE_GRACE = 0.5
+
 
 def describe(error: Any) -> str:
     """One line for status() and logs, from whatever pika or Twisted failed with."""
@@ -95,6 +102,11 @@ class AMQPSubscription:
         self.connected_before = False
         self._batch: list = []
         self._batch_call: Any = None
+        #: deliveries that came while paused, handed over on resume
+        self._held: list = []
+        #: paused for longer than PAUSE_GRACE: the consumer is (to be) cancelled
+        self._idle = False
+        self._idle_call: Any = None
 
     # -- the channel ------------------------------------------------------------------
 
@@ -198,7 +210,7 @@ class AMQPSubscription:
         link = self.link
         if link is None or link.closed or link.busy:
             return
-        want = not (self.paused or self.cancelled)
+        want = not (self._idle or self.cancelled)
         try:
             if want and link.tag is None:
                 link.busy = True
@@ -217,14 +229,39 @@ class AMQPSubscription:
         link.busy = False
         if link is self.link:
             self._sync()
+        elif link.retired and link.tag is not None and not link.closed:
+            # A consumer that started after its client left: stop it.
+            tag, link.tag = link.tag, None
+            with contextlib.suppress(amqp_errors.AMQPError):
+                link.core.basic_cancel(tag)
 
     def pause(self) -> None:
         self.paused = True
+        if self._idle_call is None and not self._idle:
+            self._idle_call = self.reactor.callLater(PAUSE_GRACE, self._went_idle)
+
+    def _went_idle(self) -> None:
+        self._idle_call = None
+        if not self.paused:
+            return
+        self._idle = True
         self._sync()
+        # Let the other clients have what this one was sent and has not taken.
+        held, self._held = self._held, []
+        if held:
+            self.nack(held)
 
     def resume(self) -> None:
         self.paused = False
-        self._sync()
+        if self._idle_call is not None:
+            self._idle_call.cancel()
+            self._idle_call = None
+        self._idle = False
+        held, self._held = self._held, []
+        if held and not self.cancelled:
+            self.consumer.deliver(held)
+        if not self.paused:  # the stream may pause again while taking them
+            self._sync()
 
     def cancel(self) -> None:
         if self.cancelled:
@@ -232,6 +269,12 @@ class AMQPSubscription:
         self.cancelled = True
         if self in self.source.subscribers:
             self.source.subscribers.remove(self)
+        if self._idle_call is not None:
+            self._idle_call.cancel()
+            self._idle_call = None
+        held, self._held = self._held, []
+        if held:
+            self.nack(held)
         link, self.link = self.link, None
         if link is None:
             return
@@ -266,8 +309,10 @@ class AMQPSubscription:
         if not batch:
             return
         self.source.count("delivered", len(batch))
-        if self.cancelled:
+        if self.cancelled or self._idle:
             self.nack(batch)
+        elif self.paused:
+            self._held.extend(batch)
         else:
             self.consumer.deliver(batch)
 
