@@ -92,6 +92,7 @@ def test_a_kind_that_cannot_be_imported_is_one_line(monkeypatch):
     found = dict(sources._entry_points())
     found["broken"] = [broken]
     monkeypatch.setattr(sources, "_entry_points", lambda: found)
+    monkeypatch.setattr(sources, "_loaded", {})  # what earlier tests loaded
     assert error({"source": "broken"}) == (
         "streams.x.source: source 'broken' cannot be loaded from "
         "no_such_module_here:Source [extra]: No module named 'no_such_module_here'")
