@@ -121,7 +121,12 @@ STREAM_KEYS = [
     Key("buffer", "int", 100, "messages a memory stream keeps for resuming by id", minimum=0),
     Key("buffer_ttl", "number", 300.0, "seconds a buffered message stays resumable",
         minimum=0),
-    Key("max_pending", "int", 1000, "messages queued for one paused client", minimum=1),
+    Key("max_pending", "int", 1000, "messages queued for one client that is behind",
+        minimum=1),
+    Key("max_pending_bytes", "int", 1024 * 1024, "payload bytes queued for one client that "
+        "is behind", minimum=1),
+    Key("send_buffer", "int", 64 * 1024, "kernel send buffer of a streaming connection, "
+        "bytes (SO_SNDBUF; 0: the kernel's default)", minimum=0),
     Key("slow_policy", "enum", "disconnect", "what a client gets when its queue is full",
         choices=("disconnect", "drop-oldest")),
     Key("max_message_bytes", "int", 256 * 1024, "largest message accepted", minimum=1),

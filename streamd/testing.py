@@ -138,3 +138,49 @@ class FakeSource:
         for sub in self.subscriptions:
             sub.consumer.deliver(msgs)
         return [m.id for m in msgs]
+
+
+class FakeOutbox:
+    """
+    A stand-in for a connection's L{streamd.outbox.Outbox}, over a L{FakeRequest}:
+    the "kernel" takes what is written at once while C{open}; when not, the bytes wait
+    until L{take} (the client read some) or L{lose} (the connection died).
+    """
+
+    def __init__(self, request: FakeRequest, open: bool = True) -> None:
+        self.written = 0
+        self.sent = 0
+        self.open = open
+        self.listeners: list = []
+        write = request.write
+
+        def counting_write(data: bytes) -> None:
+            write(data)
+            self.written += len(data)
+            if self.open:
+                self.take()
+
+        request.write = counting_write
+
+    @property
+    def unsent(self) -> int:
+        return self.written - self.sent
+
+    def listen(self, stream) -> None:
+        if stream not in self.listeners:
+            self.listeners.append(stream)
+
+    def forget(self, stream) -> None:
+        if stream in self.listeners:
+            self.listeners.remove(stream)
+
+    def take(self, n: int | None = None) -> None:
+        """The kernel takes C{n} more bytes (default: all)."""
+        self.sent = self.written if n is None else min(self.written, self.sent + n)
+        for stream in list(self.listeners):
+            stream.bytes_sent(self.sent)
+
+    def lose(self) -> None:
+        listeners, self.listeners = self.listeners, []
+        for stream in listeners:
+            stream.transport_lost()

@@ -330,6 +330,8 @@ class StreamdApp:
             limit=limit,
             heartbeat=heartbeat,
             max_pending=settings["max_pending"],
+            max_pending_bytes=settings["max_pending_bytes"],
+            send_buffer=settings["send_buffer"],
             slow_policy=settings["slow_policy"],
             ack=ack,
             max_unacked=settings["max_unacked"],

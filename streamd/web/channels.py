@@ -178,6 +178,8 @@ def _stream(root, request, identity, sub):
         limit=int_arg(params, "limit", 1),
         heartbeat=idle,
         max_pending=root.settings["max_pending"],
+        max_pending_bytes=root.settings["max_pending_bytes"],
+        send_buffer=root.settings["send_buffer"],
         slow_policy=root.settings["slow_policy"],
         retry=root.settings["retry"],
         on_end=root._stream_ended,

@@ -214,6 +214,8 @@ class EventsAPI:
             limit=limit,
             heartbeat=heartbeat,
             max_pending=settings["max_pending"],
+            max_pending_bytes=settings["max_pending_bytes"],
+            send_buffer=settings["send_buffer"],
             slow_policy=settings["slow_policy"],
             retry=settings["retry"],
             on_end=self.open_streams.discard if root is None else root._stream_ended,
