@@ -131,6 +131,8 @@ STREAM_KEYS = [
         choices=("disconnect", "drop-oldest")),
     Key("max_message_bytes", "int", 256 * 1024, "largest message accepted", minimum=1),
     Key("retry", "int", 3000, "SSE reconnection hint, milliseconds", minimum=0),
+    Key("coalesce_ms", "number", 0.0, "milliseconds messages may wait to reach a stream "
+        "together (0: until the end of the reactor turn)", minimum=0, maximum=1000),
     Key("ack", "enum", "write", "when a durable source's message counts as delivered",
         choices=("write", "client")),
     Key("max_unacked", "int", 100, "client-ack mode: messages outstanding per stream",
@@ -154,6 +156,9 @@ SERVICE_KEYS = [
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
     Key("log_format", "enum", "text", "text, or json (one object per line)",
         choices=("text", "json")),
+    Key("access_log", "enum", "stdout", "one line per response: stdout, a file "
+        "(access_log_file), or off", choices=("stdout", "file", "off")),
+    Key("access_log_file", "str", "streamd-access.log", "where access_log = \"file\" writes"),
     Key("shutdown_timeout", "number", 10.0, "seconds SIGTERM waits for streams to end",
         minimum=0),
     Key("cors_origins", "list", [], "origins whose browsers may use the API ('*': any)"),

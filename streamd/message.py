@@ -54,6 +54,19 @@ class Message:
         return f"<Message {self.stream}/{self.id} {len(self.data)}B>"
 
 
+class SharedBatch(list):
+    """
+    A list of messages that a broadcast source hands, unchanged, to every consumer:
+    C{encoded} keeps the batch's bytes per framing, so they are joined once.
+    """
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, messages) -> None:
+        super().__init__(messages)
+        self.encoded: dict = {}
+
+
 class InvalidPayload(ValueError):
     """A published payload is not valid JSON; C{line} is 1-based."""
 

@@ -32,19 +32,6 @@ WRITE_BATCH_BYTES = 32 * 1024
 SLOW_CLOSE_GRACE = 5.0
 
 
-class SharedBatch(list):
-    """
-    A list of messages that a broadcast source hands, unchanged, to every consumer:
-    C{encoded} keeps the batch's bytes per framing, so they are joined once.
-    """
-
-    __slots__ = ("encoded",)
-
-    def __init__(self, messages) -> None:
-        super().__init__(messages)
-        self.encoded: dict = {}
-
-
 @implementer(IPushProducer, IConsumer)
 class Stream:
     """

@@ -9,7 +9,7 @@ from conftest import StreamReader, open_stream, settings, within
 
 from streamd import config
 from streamd.auth import Auth, sign_hs256, verify_hs256
-from streamd.web.site import redact
+from streamd.web.access import redact
 
 ensure = pytest_twisted.ensureDeferred
 SECRET = "0123456789abcdef-secret"

@@ -8,7 +8,8 @@ import json
 from twisted.internet.task import Clock
 
 from streamd.framing import NDJSON
-from streamd.stream import SLOW_CLOSE_GRACE, SharedBatch, Stream
+from streamd.message import SharedBatch
+from streamd.stream import SLOW_CLOSE_GRACE, Stream
 from streamd.testing import FakeOutbox, FakeRequest, FakeSource
 
 

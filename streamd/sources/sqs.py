@@ -30,7 +30,7 @@ from zope.interface import implementer
 from streamd.aws import SQSError
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISubscription
-from streamd.message import InvalidPayload, Message, normalize_json
+from streamd.message import InvalidPayload, Message, SharedBatch, normalize_json
 from streamd.sqs_client import BATCH, SQSClient
 
 log = Logger()
@@ -280,6 +280,7 @@ class SQSSource:
             await self._changed()
         if self.broadcast:
             targets = list(self.subscribers)
+            batch = SharedBatch(batch)  # joined once for every stream that keeps up
         else:
             self._next = (self._next + 1) % len(ready)
             targets = [ready[self._next]]
