@@ -156,8 +156,8 @@ SERVICE_KEYS = [
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
     Key("log_format", "enum", "text", "text, or json (one object per line)",
         choices=("text", "json")),
-    Key("access_log", "enum", "stdout", "one line per response: stdout, a file "
-        "(access_log_file), or off", choices=("stdout", "file", "off")),
+    Key("access_log", "enum", "log", "one line per response: in the log, raw on stdout, "
+        "in access_log_file, or off", choices=("log", "stdout", "file", "off")),
     Key("access_log_file", "str", "streamd-access.log", "where access_log = \"file\" writes"),
     Key("shutdown_timeout", "number", 10.0, "seconds SIGTERM waits for streams to end",
         minimum=0),

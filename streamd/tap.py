@@ -125,6 +125,8 @@ class StreamdService(service.Service):
         super().stopService()
         deadline = self.reactor.seconds() + self.settings["shutdown_timeout"]
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        if self.site.access is not None:
+            self.site.access.flush()
         transports = [s.request.transport for s in self.app.open_streams]
         yield defer.ensureDeferred(
             self.app.stop(max(0.0, deadline - self.reactor.seconds())))

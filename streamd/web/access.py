@@ -3,7 +3,11 @@ The access log, off the request's path: one line per response in the combined lo
 format, with credentials taken out of the URI, gathered in memory and written once a
 second (or once 64 KiB have gathered), not through Twisted's log observers one by one.
 
-C{access_log = "stdout"} (default), C{"file"} (C{access_log_file}), or C{"off"}.
+C{access_log = "log"} (default): into streamd's log, wherever twistd sends it (each line
+still becomes a log event, formatted by the log's observers: the costly part, now once a
+second rather than in the request). C{"stdout"}: raw lines to the process's standard output
+(for containers and C{twistd -n}: the cheapest). C{"file"}: raw lines to C{access_log_file}.
+C{"off"}: none.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class AccessLog:
     """
 
     def __init__(self, out, clock, json_lines: bool = False, every: float = 1.0) -> None:
-        self.out = out
+        self.out = out  # a file, or a function returning one (looked up at each write)
         self.clock = clock
         self.json_lines = json_lines
         self.every = every
@@ -77,13 +81,21 @@ class AccessLog:
         self._call = None
         if self.lines:
             lines, self.lines, self.size = self.lines, [], 0
-            self.out.write("\n".join(lines) + "\n")
-            self.out.flush()
+            out = self.out() if callable(self.out) else self.out
+            out.write("\n".join(lines) + "\n")
+            out.flush()
 
 
 def open_access_log(kind: str, path: str, clock, json_lines: bool) -> AccessLog | None:
     """The access log C{access_log = kind} asks for, or None for C{"off"}."""
     if kind == "off":
         return None
-    out = sys.stdout if kind == "stdout" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+    if kind == "log":
+        # twistd replaces sys.stdout with a file that writes to its log, but only after
+        # the service is built: look it up at each write. The log's own format applies.
+        return AccessLog(lambda: sys.stdout, clock, json_lines=False)
+    if kind == "stdout":
+        out = sys.__stdout__
+    else:
+        out = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open while streamd runs)
     return AccessLog(out, clock, json_lines)
