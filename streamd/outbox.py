@@ -1,73 +1,63 @@
 """
-L{Outbox}: what one TCP connection has handed to the kernel.
+L{Outbox}: whether what a connection's streams wrote has left streamd's process.
 
 A durable source's message may be acknowledged only once its bytes have left streamd's
 process: bytes in the kernel's send buffer survive a SIGKILL (the kernel goes on sending
 them), bytes in Twisted's transport buffer die with the process. Twisted does not say when
-its buffer drains, so the outbox counts, per connection, the bytes given to the transport
-(C{written}) and the bytes the socket took (C{sent}); a stream acknowledges a batch once
-C{sent} has passed the mark its write left, and hears of progress through C{listen}.
+its buffer has drained unless its producer was paused, so a write that leaves bytes behind
+marks the producer paused (C{producerPaused}, a public attribute of the transport): the
+transport then calls the channel's C{resumeProducing} when the last byte has gone, and the
+channel tells the outbox, which tells the streams waiting on it (L{Stream.drained}).
 
 It also writes eagerly: a write to a connection with nothing buffered goes to the socket at
 once (C{sendmsg} of the parts, no join), and only what the kernel would not take is left to
 Twisted. A stream that keeps up then costs one C{send} per batch and no epoll
 register/unregister, and its acks need no further reactor turn.
 
-Twisted's transport has no hook for any of this: the outbox replaces four methods on the
-one C{tcp.Server} instance it serves (C{write}, C{writeSequence}, C{writeSomeData},
-C{connectionLost}), and reads its buffer's length through two private attributes
-(C{dataBuffer}/C{offset} and C{_tempDataLen}) in L{Outbox.buffered}. This class is the one
-place that knows.
+The cost per connection is one attribute on the channel, set when a stream starts; the
+channel class (L{StreamingChannel}) carries the rest. The length of Twisted's buffer is
+read from two private attributes in L{Outbox.buffered}: this module is the one place that
+knows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterable
 
 from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
 
-__all__ = ["Outbox", "outbox_for"]
+__all__ = ["Outbox", "StreamingChannel", "outbox_for"]
 
 
 class Outbox:
     """
-    The counters of one connection, and the streams waiting on them.
-
-    @ivar written: bytes given to the transport since the outbox was installed.
-    @ivar sent: bytes of those the kernel accepted (C{sent <= written}).
-    @ivar listeners: streams to tell of progress (L{bytes_sent}) and of the connection's
-        loss (L{transport_lost}): usually one, the response being streamed.
+    The eager writer of one TCP connection, and the streams waiting for its buffer to
+    drain (usually one: the response being streamed).
     """
 
-    __slots__ = ("transport", "written", "sent", "listeners", "_write", "_writeSequence",
-                 "_writeSomeData", "_connectionLost", "__weakref__")
+    __slots__ = ("transport", "listeners")
 
     def __init__(self, transport: tcp.Server, send_buffer: int = 0) -> None:
         self.transport = transport
-        self.written = 0
-        self.sent = 0
         self.listeners: list = []
-        self._write = transport.write
-        self._writeSequence = transport.writeSequence
-        self._writeSomeData = transport.writeSomeData
-        self._connectionLost = transport.connectionLost
-        transport.write = self.write
-        transport.writeSequence = self.writeSequence
-        transport.writeSomeData = self.writeSomeData
-        transport.connectionLost = self.connectionLost
         if send_buffer:
             # The kernel's share of a slow client's backlog: bytes there are beyond our
             # reach (a notice can't overtake them) and already acknowledged.
             with contextlib.suppress(OSError):
-                transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+                transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                 send_buffer)
 
-    @property
-    def unsent(self) -> int:
-        """Bytes still in this process, waiting for the socket."""
-        return self.written - self.sent
+    def buffered(self) -> int:
+        """Bytes in Twisted's buffer for this connection: still in this process."""
+        t = self.transport
+        return len(t.dataBuffer) - t.offset + t._tempDataLen
+
+    def clear(self) -> bool:
+        """Everything written so far has left the process."""
+        t = self.transport
+        return not t._tempDataLen and t.offset == len(t.dataBuffer)
 
     def listen(self, stream) -> None:
         if stream not in self.listeners:
@@ -77,95 +67,86 @@ class Outbox:
         if stream in self.listeners:
             self.listeners.remove(stream)
 
-    # -- what the transport's users call ---------------------------------------------
+    def write(self, parts: list[bytes]) -> None:
+        t = self.transport
+        if self.clear() and t.connected and not t.disconnecting:
+            try:
+                taken = t.getHandle().sendmsg(parts)
+            except OSError:
+                taken = 0  # EAGAIN; or an error Twisted's own write will meet and report
+            if taken:
+                for i, part in enumerate(parts):
+                    if taken < len(part):
+                        parts = [part[taken:], *parts[i + 1:]]
+                        break
+                    taken -= len(part)
+                else:
+                    return
+        t.writeSequence(parts)
+        # Bytes left behind: have Twisted say when they are gone (it resumes a paused
+        # producer, the channel, once its buffer is empty).
+        t.producerPaused = True
+
+    def drained(self) -> None:
+        for stream in list(self.listeners):
+            stream.drained()
+
+    def lost(self) -> None:
+        listeners, self.listeners = self.listeners, []
+        for stream in listeners:
+            stream.transport_lost()
+
+
+class StreamingChannel(HTTPChannel):
+    """
+    An HTTPChannel whose streaming responses write through an L{Outbox}, which it tells
+    when its transport's buffer has drained and when the connection is lost.
+    """
+
+    outbox: Outbox | None = None  # set when a stream starts on this connection
 
     def write(self, data: bytes) -> None:
-        self.writeSequence((data,))
+        if self.outbox is None:
+            self.transport.write(data)
+        else:
+            self.outbox.write([data])
 
-    def writeSequence(self, parts: Iterable[bytes]) -> None:
-        t = self.transport
-        parts = list(parts)
-        size = sum(map(len, parts))
-        if not size or not t.connected or t.disconnecting or t._writeDisconnected:
-            self._writeSequence(parts)  # Twisted decides what a closing transport does
-            return
-        self.written += size
-        if not self.buffered():
-            try:
-                taken = t.socket.sendmsg(parts)
-            except (BlockingIOError, InterruptedError):
-                taken = 0
-            except OSError:
-                taken = 0  # Twisted's own doWrite will meet the error and close
-            if taken:
-                self.sent += taken
-                if taken == size:
-                    self._progress()
-                    return
-                parts = _rest(parts, taken)
-                self._progress()
-        self._writeSequence(parts)
+    def writeSequence(self, iovec) -> None:
+        if self.outbox is None:
+            self.transport.writeSequence(iovec)
+        else:
+            self.outbox.write(list(iovec))
 
-    def buffered(self) -> int:
-        """Bytes in Twisted's buffer for this connection (private attributes)."""
-        t = self.transport
-        return len(t.dataBuffer) - t.offset + t._tempDataLen
-
-    # -- what the reactor calls --------------------------------------------------------
-
-    def writeSomeData(self, data):
-        n = self._writeSomeData(data)
-        if type(n) is int and n > 0:
-            self.sent += n
-            self._progress()
-        return n
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.drained()
+            t = self.transport
+            if t.disconnecting and outbox.clear():
+                # A closing transport whose buffer drained resumes its paused producer
+                # instead of closing: one more (empty) write turn lets it close.
+                t.startWriting()
 
     def connectionLost(self, reason) -> None:
         try:
-            self._connectionLost(reason)
+            super().connectionLost(reason)
         finally:
-            listeners, self.listeners = self.listeners, []
-            for stream in listeners:
-                stream.transport_lost()
-
-    def _progress(self) -> None:
-        if self.listeners:
-            sent = self.sent
-            for stream in list(self.listeners):
-                stream.bytes_sent(sent)
-
-
-def _rest(parts: list[bytes], taken: int) -> list[bytes]:
-    """What is left of C{parts} after the first C{taken} bytes."""
-    for i, part in enumerate(parts):
-        if taken < len(part):
-            return [part[taken:], *parts[i + 1:]]
-        taken -= len(part)
-    return []
+            if self.outbox is not None:
+                self.outbox.lost()
 
 
 def outbox_for(request, send_buffer: int = 0) -> Outbox | None:
     """
-    The outbox of C{request}'s connection (installed on first use), or None where the
-    bytes' way out cannot be followed: HTTP/2 (a stream's data waits in the connection's
-    own flow-control buffers), or a transport that is not a TCP socket (a test's
-    StringTransport). Under TLS the count is of encrypted bytes on the TCP socket, which
-    TLS produces as the response is written.
+    The outbox of C{request}'s connection (made on first use), or None where the bytes'
+    way out is not followed: HTTP/2 (a stream's data waits in the connection's own
+    flow-control buffers), TLS (the TLS layer buffers too), a test's transport.
     """
     channel = getattr(request, "channel", None)
-    if not isinstance(channel, HTTPChannel):
+    if not isinstance(channel, StreamingChannel):
         return None
-    transport = channel.transport
-    for _ in range(3):  # TLS wraps the TCP transport in a protocol of its own
-        if isinstance(transport, tcp.Server):
-            break
-        transport = getattr(transport, "transport", None)
-    else:
-        return None
-    if not isinstance(transport, tcp.Server):
-        return None
-    outbox = transport.__dict__.get("write")
-    outbox = getattr(outbox, "__self__", None)
-    if isinstance(outbox, Outbox):
-        return outbox
-    return Outbox(transport, send_buffer)
+    if channel.outbox is None:
+        if not isinstance(channel.transport, tcp.Server):
+            return None
+        channel.outbox = Outbox(channel.transport, send_buffer)
+    return channel.outbox

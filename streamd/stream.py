@@ -46,12 +46,12 @@ class Stream:
     @ivar accepted: messages taken for this client, which C{limit} bounds (surplus is
         given back at once, so C{limit=N} delivers exactly N).
     @ivar unacked: in client-ack mode, written messages awaiting the client's ack, by id.
-    @ivar outbox: the connection's L{streamd.outbox.Outbox}: how far its bytes have
-        left the process. None where that cannot be followed (HTTP/2, tests): a write
+    @ivar outbox: the connection's L{streamd.outbox.Outbox}: whether its bytes have
+        left the process. None where that is not followed (HTTP/2, TLS, tests): a write
         then counts as sent.
-    @ivar inflight: C{(mark, messages)} written but still in this process; acked to
-        the source once the outbox's C{sent} passes C{mark}, given back if the
-        connection is lost first. A crash in between loses nothing.
+    @ivar inflight: batches written but still in this process; acked to the source
+        once the outbox has drained, given back if the connection is lost first. A
+        crash in between loses nothing.
     @ivar source_paused: what we last told the subscription, so pause and resume are
         each sent once per change of demand.
     @ivar done: fires when the stream ends normally (klein then finishes the response);
@@ -133,7 +133,7 @@ class Stream:
         self.end_reason: str | None = None
         self.started_at = clock.seconds()
         self.outbox = outbox
-        self.inflight: deque | None = None
+        self.inflight: list | None = None
         self._cancel_settled = False
         self._last_write = self.started_at
         self._starting = False
@@ -167,9 +167,9 @@ class Stream:
             request.setHeader(b"Streamd-Session", self.session.encode())
         if self.outbox is None:
             self.outbox = outbox_for(request, self.send_buffer)
-        request.write(self.framing.preamble(self.retry))
         if self.outbox is not None:
-            self.outbox.listen(self)  # after the preamble: nothing may overtake it
+            self.outbox.listen(self)
+        request.write(self.framing.preamble(self.retry))
         request.registerProducer(self, True)
         if self._surplus:
             self.subscription.nack(self._surplus)
@@ -238,20 +238,18 @@ class Stream:
 
     # -- what the connection's outbox calls -----------------------------------------
 
-    def bytes_sent(self, sent: int) -> None:
-        """The connection's bytes up to C{sent} have left the process."""
-        inflight = self.inflight
+    def drained(self) -> None:
+        """Everything written to the connection has left the process."""
+        inflight, self.inflight = self.inflight, None
         if inflight:
             sub = self.subscription
-            while inflight and inflight[0][0] <= sent:
-                batch = inflight.popleft()[1]
+            for batch in inflight:
                 self.sent += len(batch)
                 sub.ack(batch)
         if self.ended:
-            if not inflight:
-                self._settled()
+            self._settled()
             return
-        if self._flushing or sent < self.outbox.written:
+        if self._flushing:
             return
         if self.pending:
             self._flush()
@@ -264,7 +262,7 @@ class Stream:
         """The connection is gone: what is still in this process will never leave."""
         inflight, self.inflight = self.inflight, None
         if inflight and self.subscription is not None:
-            self.subscription.nack([m for _, batch in inflight for m in batch])
+            self.subscription.nack([m for batch in inflight for m in batch])
         if self.ended:
             self._settled()
         else:
@@ -361,13 +359,13 @@ class Stream:
 
     def _ack_when_sent(self, batch: list[Message]) -> None:
         outbox = self.outbox
-        if outbox is None or outbox.sent >= outbox.written:
+        if outbox is None or outbox.clear():
             self.sent += len(batch)
             self.subscription.ack(batch)
             return
         if self.inflight is None:
-            self.inflight = deque()
-        self.inflight.append((outbox.written, batch))
+            self.inflight = []
+        self.inflight.append(batch)
 
     def _skip(self, messages: list[Message]) -> None:
         # The filter rejected these before they cost this client anything: the source
@@ -426,7 +424,7 @@ class Stream:
         if self.paused or self.ended:
             return False
         outbox = self.outbox
-        return outbox is None or outbox.sent >= outbox.written
+        return outbox is None or outbox.clear()
 
     def _wants_more(self) -> bool:
         if not self._can_write():
@@ -570,16 +568,16 @@ class Stream:
             # Close once the final line is out; a client that reads nothing at all
             # for a grace period is cut off, so its buffered bytes are freed.
             transport.loseConnection()
-            self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, -1)
+            left = self.outbox.buffered() if self.outbox is not None else 0
+            self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, left)
 
-    def _cut_off_if_stuck(self, transport, sent_before: int) -> None:
+    def _cut_off_if_stuck(self, transport, left_before: int) -> None:
         if getattr(transport, "disconnected", False):
             return
-        outbox = self.outbox
-        sent = outbox.sent if outbox is not None else sent_before
-        if outbox is not None and sent != sent_before and outbox.unsent:
+        left = self.outbox.buffered() if self.outbox is not None else 0
+        if 0 < left < left_before:
             # still reading: look again after another grace period
-            self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, sent)
+            self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, left)
             return
         transport.abortConnection()
 

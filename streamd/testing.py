@@ -144,27 +144,27 @@ class FakeOutbox:
     """
     A stand-in for a connection's L{streamd.outbox.Outbox}, over a L{FakeRequest}:
     the "kernel" takes what is written at once while C{open}; when not, the bytes wait
-    until L{take} (the client read some) or L{lose} (the connection died).
+    until L{take} (the client read them) or L{lose} (the connection died).
     """
 
     def __init__(self, request: FakeRequest, open: bool = True) -> None:
-        self.written = 0
-        self.sent = 0
+        self.waiting = 0  # bytes still "in the process"
         self.open = open
         self.listeners: list = []
         write = request.write
 
         def counting_write(data: bytes) -> None:
             write(data)
-            self.written += len(data)
-            if self.open:
-                self.take()
+            if not self.open:
+                self.waiting += len(data)
 
         request.write = counting_write
 
-    @property
-    def unsent(self) -> int:
-        return self.written - self.sent
+    def buffered(self) -> int:
+        return self.waiting
+
+    def clear(self) -> bool:
+        return not self.waiting
 
     def listen(self, stream) -> None:
         if stream not in self.listeners:
@@ -175,10 +175,11 @@ class FakeOutbox:
             self.listeners.remove(stream)
 
     def take(self, n: int | None = None) -> None:
-        """The kernel takes C{n} more bytes (default: all)."""
-        self.sent = self.written if n is None else min(self.written, self.sent + n)
-        for stream in list(self.listeners):
-            stream.bytes_sent(self.sent)
+        """The kernel takes C{n} more bytes (default: all); drained once none wait."""
+        self.waiting = 0 if n is None else max(0, self.waiting - n)
+        if not self.waiting:
+            for stream in list(self.listeners):
+                stream.drained()
 
     def lose(self) -> None:
         listeners, self.listeners = self.listeners, []

@@ -115,7 +115,7 @@ async def test_a_client_that_reads_nothing_holds_a_bounded_amount_and_no_more(se
                   *[{"n": i, "pad": PAD} for i in range(4000)])
     await wait_until(lambda: stream.queued > 0 and stream.source_paused)
     outbox = stream.outbox
-    assert outbox.unsent <= 64 * 1024  # in this process, beyond the kernel
+    assert outbox.buffered() <= 64 * 1024  # in this process, beyond the kernel
     # The kernel's share is bounded by send_buffer (64 KiB; Linux doubles it).
     handle = outbox.transport.getHandle()
     assert handle.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) <= 2 * 64 * 1024

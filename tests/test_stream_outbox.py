@@ -48,7 +48,7 @@ def test_a_message_is_acked_once_its_bytes_left_the_process_not_when_written():
     msgs = source.push(3)
     assert len(lines(request)) == 3  # handed to the transport
     assert sub.acked == []  # but still in this process: a crash now would lose them
-    outbox.take(outbox.unsent - 1)
+    outbox.take(outbox.buffered() - 1)
     assert sub.acked == []  # one byte short of the end of the batch
     outbox.take()
     assert sub.acked == msgs
@@ -142,7 +142,7 @@ def test_a_big_broadcast_batch_is_written_only_as_far_as_the_kernel_takes_it():
     stream.start()
     batch = SharedBatch(source.make(20_000, b'"' + b"x" * 200 + b'"'))  # ~5 MB
     stream.deliver(batch)
-    assert outbox.written < 64 * 1024  # one write, not the whole batch copied out
+    assert outbox.buffered() < 64 * 1024  # one write, not the whole batch copied out
     assert stream.queued > 19_000
 
 

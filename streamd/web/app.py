@@ -10,11 +10,11 @@ import json
 import secrets
 from collections import Counter
 from typing import Any
-from urllib.parse import parse_qs
 
 from klein import Klein
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.logger import Logger
+from twisted.web.http import parse_qs
 from werkzeug.exceptions import MethodNotAllowed
 
 from streamd import __version__, config, filters, metrics

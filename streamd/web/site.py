@@ -5,9 +5,11 @@ log that never records a credential.
 
 from __future__ import annotations
 
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from streamd.outbox import StreamingChannel
 from streamd.web.access import open_access_log
 from streamd.web.common import json_response
 
@@ -19,14 +21,22 @@ ALLOW_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
 EXPOSE_HEADERS = b"Streamd-Session, WWW-Authenticate, Retry-After"
 
 
+def _channel(factory):
+    # Twisted's switch between HTTP/1.1 and HTTP/2 (by ALPN) wraps the HTTP/1.1 channel
+    # it is given; its private class is the only way to give it ours.
+    return http._GenericHTTPChannelProtocol(StreamingChannel())
+
+
 class StreamdSite(Site):
     """
-    The Site: Twisted's, less two costs that every request paid. It does not parse form
+    The Site: Twisted's, less two costs that every request paid, and with streaming
+    responses written through an outbox (L{streamd.outbox}). It does not parse form
     bodies (Twisted runs the stdlib's e-mail header parser on the Content-Type of every
     request with a body for that; the one route that takes a form parses it itself), and
     its access log is gathered and written once a second (L{streamd.web.access}).
     """
 
+    protocol = _channel
     access = None
 
     def log(self, request) -> None:
