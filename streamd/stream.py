@@ -116,7 +116,9 @@ class Stream:
         self.metrics = metrics  # a streamd.metrics.StreamMetrics, or None
         self._warned = False
 
-        self.pending: deque[Message | bytes] = deque()
+        # A deque costs 600 bytes: made when something first queues (most streams of
+        # a fast reader never queue).
+        self.pending: deque[Message | bytes] | tuple = ()
         self.queued = 0  # messages (not notices) in pending
         self.pending_bytes = 0
         self.unacked: dict[str, Message] = {}
@@ -214,7 +216,7 @@ class Stream:
         self._beat = None
         giveback = [m for m in self.pending if type(m) is Message]
         giveback.extend(self.unacked.values())
-        self.pending.clear()
+        self.pending = ()
         self.unacked.clear()
         self.queued = 0
         self.pending_bytes = 0
@@ -310,7 +312,7 @@ class Stream:
             encoded = getattr(messages, "encoded", None)
             if encoded is not None and self._write_shared(messages, encoded):
                 return
-        self.pending.extend(messages)
+        self._queue().extend(messages)
         n = len(messages)
         self.queued += n
         self.accepted += n
@@ -367,6 +369,11 @@ class Stream:
             self.inflight = []
         self.inflight.append(batch)
 
+    def _queue(self) -> deque:
+        if type(self.pending) is tuple:
+            self.pending = deque()
+        return self.pending
+
     def _skip(self, messages: list[Message]) -> None:
         # The filter rejected these before they cost this client anything: the source
         # decides what that means (a queue gives them back for other clients).
@@ -375,7 +382,7 @@ class Stream:
 
     def gap(self, info: dict[str, Any]) -> None:
         if not self.ended:
-            self.pending.append(self.framing.control("gap", info))
+            self._queue().append(self.framing.control("gap", info))
             if not self._starting:
                 self._flush()
 
