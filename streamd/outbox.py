@@ -59,6 +59,12 @@ class Outbox:
         t = self.transport
         return not t._tempDataLen and t.offset == len(t.dataBuffer)
 
+    def watch(self) -> None:
+        """Have the drain reported even if what waits was not written through us
+        (a response's headers, which Twisted writes to the transport itself)."""
+        if not self.clear():
+            self.transport.producerPaused = True
+
     def listen(self, stream) -> None:
         if stream not in self.listeners:
             self.listeners.append(stream)

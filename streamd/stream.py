@@ -172,6 +172,8 @@ class Stream:
         if self.outbox is not None:
             self.outbox.listen(self)
         request.write(self.framing.preamble(self.retry))
+        if self.outbox is not None:
+            self.outbox.watch()  # the headers may still be here: hear when they left
         request.registerProducer(self, True)
         if self._surplus:
             self.subscription.nack(self._surplus)
@@ -594,7 +596,7 @@ class Stream:
         now = self.clock.seconds()
         due = self._last_write + self.heartbeat
         if now >= due:
-            if not self.paused:
+            if not self.paused and not self.pending:  # a keep-alive, not a queue-jumper
                 self.request.write(self.framing.heartbeat(now))
             self._last_write = now
             due = now + self.heartbeat

@@ -166,6 +166,9 @@ class FakeOutbox:
     def clear(self) -> bool:
         return not self.waiting
 
+    def watch(self) -> None:
+        pass
+
     def listen(self, stream) -> None:
         if stream not in self.listeners:
             self.listeners.append(stream)
