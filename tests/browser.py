@@ -102,15 +102,21 @@ class _Pipe(protocol.ProcessProtocol):
 
 
 class Browser:
-    """One headless Chromium with a fresh profile, and one page in it."""
+    """
+    One headless Chromium with a fresh profile, and one page in it.
+
+    @ivar flags: its command-line flags; a test may add some before L{start} (such as
+        C{--ignore-certificate-errors} for a server with a self-signed certificate).
+    """
 
     def __init__(self) -> None:
+        self.flags = list(FLAGS)
         self.pipe = _Pipe()
         self.profile = tempfile.mkdtemp(prefix="streamd-chromium-")
         self.session: str | None = None
 
     async def start(self) -> None:
-        args = [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"]
+        args = [CHROMIUM, *self.flags, f"--user-data-dir={self.profile}", "about:blank"]
         reactor.spawnProcess(self.pipe, CHROMIUM, args, env=os.environ.copy(),
                              childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
         await self.command("Browser.getVersion")
