@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 import pytest_twisted
+import treq
 from browser import chromium_fixture  # noqa: F401  (fixture)
 from conftest import publish, settings, wait_until, within
 from h2_helpers import h2_connect
@@ -154,6 +155,10 @@ async def test_a_slow_h2_stream_pauses_only_its_own_subscription(serve):
         assert subscription[slow].paused
         assert not any(subscription[r].paused for r in fast)
         assert len(slow.lines()) == held
+        # GET / says so too.
+        info = await treq.json_content(await within(treq.get(server.url + "/")))
+        assert (info["sources"]["jobs"]["readers"], info["sources"]["jobs"]["paused_readers"]) \
+            == (3, 1)
 
         # Reading again resumes it, and it gets everything, in order.
         slow.read_again()

@@ -33,6 +33,7 @@ from streamd.sources import Services, make_source
 from streamd.stream import Stream
 from streamd.web import channels as channels_routes
 from streamd.web import openapi, page
+from streamd.web.activity import Activity
 from streamd.web.common import (
     BODY_TYPES,
     JSON_TYPES,
@@ -86,6 +87,8 @@ class StreamdApp:
                                            settings["channels"]["max_channels"])
         self._reaper = None
         self.events = EventsAPI(settings, reactor, root=self)
+        # Readers and messages per second of each stream, for GET / and the live page.
+        self.activity = Activity(reactor, lambda: self.open_streams, lambda: self.sources)
 
     def _channel_store(self, table: dict[str, Any]):
         if table["backend"] != "redis":
@@ -110,6 +113,7 @@ class StreamdApp:
                 log.failure("{what} failed to start", what=what)
 
         self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
+        self.activity.start()
         await one("the event store", self.events.start)
         for name, source in self.sources.items():
             await one(f"source {name}", source.start)
@@ -125,6 +129,7 @@ class StreamdApp:
         self.subscriptions.close()
         if self._reaper is not None and self._reaper.active():
             self._reaper.cancel()
+        self.activity.stop()
         for stream in list(self.open_streams):
             stream.source_ended("shutdown")
         stops = [maybeDeferred(s.stop) for s in self.sources.values()]
@@ -182,8 +187,9 @@ class StreamdApp:
         out = {}
         for name, source in self.sources.items():
             state, reason = source.status()
-            out[name] = {"source": source.kind, "status": state, "reason": reason}
-        return out
+            out[name] = {"source": source.kind, "status": state, "reason": reason,
+                         "declared": name in self.settings["streams"]}
+        return self.activity.describe(out)
 
     # -- service info --------------------------------------------------------------
 
@@ -274,6 +280,7 @@ class StreamdApp:
         ids = await maybeDeferred(source.publish, payloads, params)
         label = self.metrics_label(name)
         self.metrics.messages_in.labels(label, source.kind).inc(len(payloads))
+        self.activity.publish(name, len(payloads))
         self.metrics.publish_seconds.labels(label).observe(self.reactor.seconds() - started)
         return json_response(request, 202, {"ids": ids})
 
@@ -377,6 +384,7 @@ class StreamdApp:
                 del self.connections[stream.identity]
         if stream.session is not None:
             self.sessions.pop(stream.session, None)
+        self.activity.ended(stream)
 
     @app.route("/streams/<name>/ack", methods=["POST"])
     def ack(self, request, name):

@@ -421,7 +421,18 @@ _SCHEMAS: dict[str, Any] = {
                      "type": "object", "properties": {
                          "source": {"type": "string"},
                          "status": {"enum": ["ok", "down"]},
-                         "reason": {"type": ["string", "null"]}}}},
+                         "reason": {"type": ["string", "null"]},
+                         "declared": {"type": "boolean", "description": "In the config "
+                                      "(not a memory stream made on first use)."},
+                         "readers": {"type": "integer", "description": "Open streams."},
+                         "paused_readers": {"type": "integer", "description": "Readers "
+                                            "whose source subscription is paused."},
+                         "published": {"type": "integer", "description": "Messages "
+                                       "published through this server."},
+                         "delivered": {"type": "integer", "description": "Messages "
+                                       "written to readers."},
+                         "published_per_second": {"type": "number"},
+                         "delivered_per_second": {"type": "number"}}}},
                  "identities": {"type": "object", "description": "Admins only: open "
                                 "streams per identity.",
                                 "additionalProperties": {"type": "integer"}},
