@@ -67,10 +67,9 @@ true
 
 async def open_sources(page, origin: str, count: int, name: str) -> None:
     """
-    Start the browser on a same-origin document that opens nothing by itself, and
-    open C{count} EventSources there, all on stream C{name}.
+    On a same-origin document that opens nothing by itself, open C{count}
+    EventSources, all on stream C{name}.
     """
-    await page.start()
     await page.open(origin + "/health")
     await eventually(page, "location.origin", origin)
     await page.evaluate(OPEN_EVENTSOURCES % (count, name))
@@ -79,9 +78,8 @@ async def open_sources(page, origin: str, count: int, name: str) -> None:
 @pytest_twisted.ensureDeferred
 async def test_twenty_eventsources_share_one_h2_connection(serve, chromium):
     server = await serve(settings(), tls=True)
-    page = chromium
-    page.flags.append("--ignore-certificate-errors")  # the test's self-signed certificate
-    try:
+    chromium.flags.append("--ignore-certificate-errors")  # the test's self-signed certificate
+    async with chromium.running("test_twenty_eventsources_share_one_h2_connection") as page:
         await open_sources(page, server.tls_url, 20, "fan")
         await server.wait_open_streams(20)
         streams = list(server.app.open_streams)
@@ -92,16 +90,13 @@ async def test_twenty_eventsources_share_one_h2_connection(serve, chromium):
         await publish(server.url + "/streams/fan/messages", *({"n": n} for n in range(5)))
         await eventually(page, "sources.every(es => es.got.length === 5)")
         assert await page.evaluate("sources.map(es => es.got.join())") == ["0,1,2,3,4"] * 20
-    finally:
-        await page.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_over_http11_the_seventh_eventsource_waits(serve, chromium):
     """What the test above proves: over HTTP/1.1 Chromium opens 6 connections per host."""
     server = await serve(settings())
-    page = chromium
-    try:
+    async with chromium.running("test_over_http11_the_seventh_eventsource_waits") as page:
         await open_sources(page, server.url, 7, "seven")
         await server.wait_open_streams(6)
         await publish(server.url + "/streams/seven/messages", {"n": 1})
@@ -115,8 +110,6 @@ async def test_over_http11_the_seventh_eventsource_waits(serve, chromium):
         await server.wait_open_streams(6)
         await publish(server.url + "/streams/seven/messages", {"n": 2})
         await eventually(page, "sources[6].got.join()", "2")
-    finally:
-        await page.close()
 
 
 @pytest_twisted.ensureDeferred
