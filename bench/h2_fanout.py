@@ -8,7 +8,8 @@ each payload), lost and duplicated messages, and the server's CPU and RSS.
 By default it starts its own streamd (twistd -n streamd with an C{ssl:} listener on a
 self-signed certificate made with openssl, and a C{tcp:} one for publishing, both on
 loopback) and stops it afterwards; C{--tls-port P --port Q --pid PID} target one that
-is already running. Only 127.0.0.1 is ever contacted.
+is already running. Only 127.0.0.1 is ever contacted. It needs the h2 library (the
+C{http2} or C{test} extra: C{pip install -e '.[test]'}).
 
     python bench/h2_fanout.py                                 # 100 streams, 1 connection
     python bench/h2_fanout.py --streams 100 --connections 10 # 10 streams per connection
