@@ -7,12 +7,16 @@ passed in.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -81,14 +85,24 @@ def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 class StreamdService(service.Service):
-    """Starts the sources, listens on every endpoint, and ends streams on stop."""
+    """
+    Starts the sources, listens on every endpoint, and ends streams on stop.
 
-    def __init__(self, settings: dict[str, Any], reactor) -> None:
+    @ivar on_fatal: called with an exit status when streamd cannot run as configured
+        (an endpoint it cannot listen on); the reactor is stopped as well.
+    """
+
+    def __init__(self, settings: dict[str, Any], reactor,
+                 on_fatal: Callable[[int], None] = lambda status: None,
+                 stderr=None) -> None:
         self.settings = settings
         self.reactor = reactor
         self.app = StreamdApp(settings, reactor)
         self.site = make_site(self.app, reactor)
         self.ports: list[Any] = []
+        self.on_fatal = on_fatal
+        self.stderr = stderr if stderr is not None else sys.stderr
+        self.failed = False
 
     def startService(self) -> None:
         super().startService()
@@ -110,9 +124,26 @@ class StreamdService(service.Service):
         log.info("streamd listening on {address}", address=f"{kind}:{where}")
 
     def _listen_failed(self, failure, desc: str) -> None:
-        log.critical("streamd cannot listen on {desc}: {error}", desc=desc,
-                     error=failure.getErrorMessage())
-        self.reactor.stop()
+        """
+        One endpoint is unusable (a port in use, a socket path not writable): stop,
+        exit non-zero, so that a service manager restarts us and a person at a
+        terminal sees why, rather than a streamd that serves fewer endpoints, or none.
+        """
+        why = failure.getErrorMessage()
+        log.critical("streamd cannot listen on {desc}: {error}", desc=desc, error=why)
+        # The log may be a file: say it on stderr too, in one line, as config errors do.
+        self.stderr.write(f"streamd: cannot listen on {desc}: {why}\n")
+        self.stderr.flush()
+        if self.failed:
+            return
+        self.failed = True
+        self.on_fatal(1)
+        # This runs before the reactor does when listen() fails at once (TCP).
+        self.reactor.callWhenRunning(self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
+        with contextlib.suppress(error.ReactorNotRunning):  # already stopping (SIGTERM)
+            self.reactor.stop()
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -141,7 +172,23 @@ class StreamdService(service.Service):
             self.reactor._exitSignal = None
 
 
+def exit_status_at_exit(status: int) -> None:
+    """
+    Make the process exit with C{status} once twistd is done. twistd has no exit
+    status of its own (it exits 0 whenever its reactor stops), so this replaces that 0
+    at interpreter exit: after the services stopped, twistd logged its last line and
+    removed its pid file.
+    """
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    atexit.register(leave)
+
+
 def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
-    return StreamdService(options["settings"], reactor)
+    return StreamdService(options["settings"], reactor, on_fatal=exit_status_at_exit)
