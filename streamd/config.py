@@ -145,7 +145,9 @@ STREAM_KEYS = [
 
 #: Keys of the whole service only.
 SERVICE_KEYS = [
-    Key("listen", "list", ["tcp:8080"], "endpoint to listen on (repeatable)"),
+    # Loopback only: open to the network is a choice (--listen tcp:8080), not a default.
+    Key("listen", "list", ["tcp:8080:interface=127.0.0.1"],
+        "endpoint to listen on (repeatable)"),
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
     Key("log_format", "enum", "text", "text, or json (one object per line)",
         choices=("text", "json")),

@@ -44,8 +44,8 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
-        """Twisted endpoint to serve on, e.g. tcp:8080 or unix:/run/streamd.sock
-        (repeatable; default tcp:8080)"""
+        """Twisted endpoint to serve on, e.g. tcp:8080 (every interface) or
+        unix:/run/streamd.sock (repeatable; default tcp:8080:interface=127.0.0.1)"""
         self["listen"].append(endpoint)
 
     def postOptions(self) -> None:
