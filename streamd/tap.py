@@ -16,25 +16,46 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
+from twisted.copyright import version as twisted_version
 from twisted.internet import defer, error
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 
-from streamd import config, logs
+from streamd import __version__, config, logs
 from streamd.web import StreamdApp
 from streamd.web.site import make_site
 
 log = Logger()
 
 
+def option_help(key: config.Key) -> str:
+    """A config key's help as an option's: its values if it has a few, and its default."""
+    shown = []
+    if key.type == "enum":
+        shown.append(f"one of: {', '.join(key.choices)}")
+    if "default" not in key.help:  # a help that explains its default says it better
+        shown.append(f"default: {key.default}")
+    return f"{key.help} ({'; '.join(shown)})" if shown else key.help
+
+
 class Options(usage.Options):
     """Every top-level config key is also an option (C{max_pending} is C{--max-pending})."""
 
     synopsis = "[--listen ENDPOINT]... [--config FILE] [options]"
+    # getUsage wraps this into one paragraph.
+    longdesc = (
+        "Serves message sources as live HTTP streams (NDJSON and Server-Sent Events). "
+        "Each option is also a top-level key of the TOML file given with --config FILE "
+        "(--max-pending is max_pending; the command line wins), whose tables declare the "
+        "rest: [streams.NAME] a stream and its source (memory, sqs, redis-pubsub, "
+        "redis-list, redis-stream), [redis] the Redis connections, [auth] identity and "
+        "access, [store] the event store, [channels] channel values. The README describes "
+        "every key, with commands that run."
+    )
     optParameters = [["config", "c", None, "TOML configuration file"]] + [
-        [k.name.replace("_", "-"), None, None, f"{k.help} (default: {k.default})"]
+        [k.name.replace("_", "-"), None, None, option_help(k)]
         for k in config.TOP_KEYS.values()
         if k.name != "listen" and k.cli
     ]
@@ -44,9 +65,18 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
-        """Twisted endpoint to serve on, e.g. tcp:8080 (every interface) or
-        unix:/run/streamd.sock (repeatable; default tcp:8080:interface=127.0.0.1)"""
         self["listen"].append(endpoint)
+
+    # A docstring's indentation would show in --help.
+    opt_listen.__doc__ = (
+        "Twisted endpoint to serve on, e.g. tcp:8080 (every interface) or "
+        "unix:/run/streamd.sock (repeatable; default tcp:8080:interface=127.0.0.1)")
+
+    def opt_version(self) -> None:
+        """Display streamd's and Twisted's versions and exit."""
+        print(f"streamd {__version__}")
+        print(f"Twisted {twisted_version}")
+        sys.exit(0)
 
     def postOptions(self) -> None:
         try:
