@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from redis_server import redis_fixture  # noqa: F401
 
 # twistd as installed beside this Python (what `twistd` on PATH runs).
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -144,6 +145,26 @@ def test_one_busy_listen_of_two_stops_streamd_too(tmp_path, busy_port):
     assert proc.returncode == 1
     err = proc.stderr.decode()
     assert f"streamd: cannot listen on {busy}:" in err and free not in err, err
+
+
+def test_a_clean_shutdown_does_not_report_redis_down(tmp_path, redis):
+    cfg = tmp_path / "streamd.toml"
+    cfg.write_text(f'[redis]\nurl = "{redis.url}"\n'
+                   '[streams.chat]\nsource = "redis-pubsub"\nchannels = ["chat"]\n'
+                   '[streams.jobs]\nsource = "redis-list"\nkey = "jobs"\n'
+                   '[streams.log]\nsource = "redis-stream"\nkey = "log"\n')
+    proc, _ = start(tmp_path, "--config", str(cfg))
+    log = tmp_path / "streamd.log"
+    try:
+        wait_for_line(proc, log, re.compile(rb"redis (default) \(.*\) is up"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "Server Shut Down" in text
+    assert "is down" not in text and "Traceback" not in text, text
 
 
 def test_twistd_lists_the_plugin(tmp_path):
