@@ -24,6 +24,10 @@ from typing import Any
 from streamd.config import ConfigError, Key
 from streamd.errors import HTTPError
 
+#: What a 401 says of a bearer token it refuses (its message and error_description).
+INVALID, EXPIRED, NOT_YET_VALID = "invalid token", "token expired", "token not yet valid"
+TOKEN_PROBLEMS = (INVALID, EXPIRED, NOT_YET_VALID)
+
 TOKEN_COOKIE = b"streamd_token"
 IDENTIFIER_HEADER = b"streamd-identifier"
 
@@ -120,12 +124,12 @@ class Auth:
             raise Unauthorized("credentials missing: send a bearer token",
                                'Bearer realm="streamd"')
         if self.mode == "token":
-            identity = self._static(token)
+            identity, problem = self._static(token), INVALID
         else:
-            identity = self._jwt(token, now)
+            identity, problem = self._jwt(token, now)
         if identity is None:
-            raise Unauthorized("invalid token",
-                               'Bearer realm="streamd", error="invalid_token"')
+            raise Unauthorized(problem, 'Bearer realm="streamd", error="invalid_token", '
+                                        f'error_description="{problem}"')
         return identity
 
     def _static(self, token: str) -> Identity | None:
@@ -136,10 +140,11 @@ class Auth:
                 found = identity
         return found
 
-    def _jwt(self, token: str, now: float) -> Identity | None:
-        claims = verify_hs256(token, self.jwt_secret, now)
+    def _jwt(self, token: str, now: float) -> tuple[Identity | None, str]:
+        """The token's identity, or None and why not (one of L{TOKEN_PROBLEMS})."""
+        claims, problem = check_hs256(token, self.jwt_secret, now)
         if claims is None or not isinstance(claims.get("sub"), str):
-            return None
+            return None, problem or INVALID
 
         def globs(name: str) -> tuple[str, ...]:
             v = claims.get(name, [])
@@ -147,7 +152,7 @@ class Auth:
             return tuple(p for p in v if isinstance(p, str))
 
         return Identity(claims["sub"], globs("read"), globs("publish"),
-                        claims.get("admin") is True or claims["sub"] in self.admins)
+                        claims.get("admin") is True or claims["sub"] in self.admins), ""
 
 
 def bearer_token(request) -> str | None:
@@ -171,29 +176,41 @@ def _b64(part: str) -> bytes:
 
 def verify_hs256(token: str, secret: bytes, now: float) -> dict[str, Any] | None:
     """The claims of a valid, unexpired HS256 JWT; None for anything else."""
+    return check_hs256(token, secret, now)[0]
+
+
+def check_hs256(token: str, secret: bytes, now: float) -> tuple[dict[str, Any] | None, str]:
+    """
+    The claims of a valid HS256 JWT that is valid now, or None and why not (one of
+    L{TOKEN_PROBLEMS}). The time claims are told apart only for a token whose
+    signature is ours.
+    """
     parts = token.split(".")
     if len(parts) != 3 or not secret:
-        return None
+        return None, INVALID
     try:
         header = json.loads(_b64(parts[0]))
         signature = _b64(parts[2])
         claims = json.loads(_b64(parts[1]))
     except (ValueError, binascii.Error):
-        return None
+        return None, INVALID
     # Only HS256: a token must not choose its own algorithm ("none", RS256 with our
     # secret as a public key, ...).
     if not isinstance(header, dict) or header.get("alg") != "HS256":
-        return None
+        return None, INVALID
     expected = hmac.new(secret, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
     if not hmac.compare_digest(signature, expected) or not isinstance(claims, dict):
-        return None
-    exp = claims.get("exp")
-    if exp is not None and (not isinstance(exp, (int, float)) or now >= exp):
-        return None
-    nbf = claims.get("nbf")
-    if nbf is not None and (not isinstance(nbf, (int, float)) or now < nbf):
-        return None
-    return claims
+        return None, INVALID
+    exp, nbf = claims.get("exp"), claims.get("nbf")
+    for value in (exp, nbf):
+        if value is not None and (isinstance(value, bool) or
+                                  not isinstance(value, (int, float))):
+            return None, INVALID
+    if exp is not None and now >= exp:
+        return None, EXPIRED
+    if nbf is not None and now < nbf:
+        return None, NOT_YET_VALID
+    return claims, ""
 
 
 def sign_hs256(claims: dict[str, Any], secret: bytes) -> str:

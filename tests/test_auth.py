@@ -97,6 +97,28 @@ async def test_jwt_mode_claims_and_expiry(serve):
     reader.close()
 
 
+@ensure
+async def test_jwt_says_expired_or_not_yet_valid(serve):
+    server = await serve(settings(auth={"mode": "jwt", "jwt_secret": SECRET}))
+    url = server.url + "/streams/orders"
+    now = time.time()
+    cases = [
+        ({"exp": now - 1}, "token expired"),
+        ({"nbf": now + 600}, "token not yet valid"),
+        ({"exp": "tomorrow"}, "invalid token"),
+    ]
+    for claims, why in cases:
+        token = sign_hs256({"sub": "svc", "read": ["*"], **claims}, SECRET.encode())
+        r, body = await status("get", url, headers={"Authorization": f"Bearer {token}"})
+        assert r.code == 401 and body["error"]["message"] == why
+        assert r.headers.getRawHeaders("www-authenticate") == [
+            f'Bearer realm="streamd", error="invalid_token", error_description="{why}"']
+    # An expired token signed with another secret is just invalid: say nothing more.
+    forged = sign_hs256({"sub": "svc", "exp": now - 1}, b"another-secret-entirely")
+    r, body = await status("get", url, headers={"Authorization": f"Bearer {forged}"})
+    assert body["error"]["message"] == "invalid token"
+
+
 def test_jwt_rejects_alg_none_and_tampering():
     token = sign_hs256({"sub": "a"}, b"k" * 16)
     head, body, sig = token.split(".")
