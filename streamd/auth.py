@@ -8,6 +8,9 @@ header), C{token} (static tokens from the config) and C{jwt} (HS256 tokens signe
 the configured secret, claims C{sub}, C{read}, C{publish}, C{admin}, C{exp}).
 Tokens come from C{Authorization: Bearer}, the C{streamd_token} cookie, or
 C{?access_token=} (a browser's EventSource cannot set headers).
+
+With a mode other than C{none}, the operational endpoints (L{OPERATIONAL}) answer an
+admin only, except those that C{[auth] public} lists (by default C{health}).
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from streamd.errors import HTTPError
 INVALID, EXPIRED, NOT_YET_VALID = "invalid token", "token expired", "token not yet valid"
 TOKEN_PROBLEMS = (INVALID, EXPIRED, NOT_YET_VALID)
 
+#: The operational endpoints, by the names C{[auth] public} lists: GET /health, GET /
+#: (the JSON status, and the live page for a browser), GET /metrics, GET /openapi.json.
+OPERATIONAL = ("health", "status", "page", "metrics", "openapi")
+
 TOKEN_COOKIE = b"streamd_token"
 IDENTIFIER_HEADER = b"streamd-identifier"
 
@@ -38,6 +45,10 @@ AUTH_KEYS = {
         Key("jwt_secret", "str", "", secret=True),
         Key("max_connections_per_identity", "int", 0, minimum=0),
         Key("admins", "list", []),
+        # With a mode other than none, these answer anyone; the others an admin only.
+        Key("public", "list", ["health"], check=lambda names: next(
+            (f"unknown endpoint {n!r} (known: {', '.join(OPERATIONAL)})"
+             for n in names if n not in OPERATIONAL), None)),
     ]
 }
 TOKEN_KEYS = {
@@ -91,21 +102,41 @@ class Auth:
     tokens: dict[str, Identity] = field(default_factory=dict)
     admins: tuple[str, ...] = ()
     max_connections_per_identity: int = 0
+    public: frozenset[str] = frozenset({"health"})
 
     @classmethod
     def from_settings(cls, table: dict[str, Any]) -> Auth:
+        admins = tuple(table["admins"])
         tokens = {
             t["token"]: Identity(t["identity"], tuple(t["read"]), tuple(t["publish"]),
-                                 t["admin"])
+                                 t["admin"] or t["identity"] in admins)
             for t in table.get("tokens", [])
         }
         return cls(
             mode=table["mode"],
             jwt_secret=table["jwt_secret"].encode(),
             tokens=tokens,
-            admins=tuple(table["admins"]),
+            admins=admins,
             max_connections_per_identity=table["max_connections_per_identity"],
+            public=frozenset(table["public"]),
         )
+
+    def is_public(self, endpoint: str) -> bool:
+        """Whether anyone may see the operational C{endpoint} (one of L{OPERATIONAL})."""
+        return self.mode == "none" or endpoint in self.public
+
+    def operator(self, request, endpoint: str, now: float) -> Identity | None:
+        """
+        Who may see an operational endpoint: anyone (None) if it L{is_public}, else an
+        identity with C{admin}. Raises L{Unauthorized} (401) or L{Forbidden} (403).
+        """
+        if self.is_public(endpoint):
+            return None
+        identity = self.identify(request, now)
+        if not identity.admin:
+            raise Forbidden(f"{identity.name!r} may not see {endpoint}: it needs an admin "
+                            "identity")
+        return identity
 
     def identify(self, request, now: float) -> Identity:
         """Who sent C{request}; raises L{Unauthorized} (401) when that cannot be told."""
