@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -118,3 +120,48 @@ def test_blocking_read_can_be_called_again_in_one_process(streamd):
                           capture_output=True, env=ENV, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().splitlines() == ["[1, 2]", "[3]", "[2, 3]"]
+
+
+class HangUpServer:
+    """A real listening socket that accepts each connection and closes it at once."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(30)  # bounded: the thread ends with the test at the latest
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/streams/news"
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.accepted += 1
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_max_retries_n_gives_up_after_n_failed_attempts(n):
+    server = HangUpServer()
+    try:
+        tail = run("tail", server.url, "--max-retries", str(n))
+    finally:
+        server.close()
+    assert tail.returncode == 1
+    assert f"gave up after {n} attempts" in tail.stderr.decode(), tail.stderr
+    assert server.accepted == n
+
+
+def test_max_retries_must_be_at_least_1():
+    tail = run("tail", "http://127.0.0.1:9/streams/news", "--max-retries", "0")
+    assert tail.returncode == 2
+    assert "--max-retries: must be at least 1" in tail.stderr.decode()
