@@ -81,11 +81,12 @@ def test_tail_prints_records_as_they_are_published_and_exits_after_the_limit(str
         '{"id":"2","stream":"news","data":{"n": 2}}',
         '{"id":"3","stream":"news","data":{"n": 3}}',
     ]
-    # Resume after an id, as SSE: one JSON line per event.
+    # Resume after an id, as SSE: the same lines as NDJSON, data as the server sent it.
     resumed = run("tail", streamd + "/streams/news", "--since", "2", "--sse", "--limit", "2")
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.decode().splitlines() == [
-        '{"id":"3","data":{"n":3}}', '{"id":"4","data":{"n":4}}']
+        '{"id":"3","stream":"news","data":{"n": 3}}',
+        '{"id":"4","stream":"news","data":{"n": 4}}']
 
 
 def test_pub_from_a_file_and_errors(streamd, tmp_path):

@@ -28,7 +28,7 @@ from twisted.web.http import PotentialDataLoss
 
 from streamd.client.acks import Acks
 from streamd.client.queues import MemoryQueue
-from streamd.client.records import Notice, Record, SSEParser, parser_for
+from streamd.client.records import Notice, Record, SSEParser, parser_for, stream_of
 from streamd.client.results import ClientError, GaveUp, Result, error_message
 from streamd.client.state import MemoryState
 
@@ -346,7 +346,7 @@ class StreamClient:
     async def _read(self, response) -> str:
         ctype = response.headers.getRawHeaders("content-type", [None])[0]
         session = response.headers.getRawHeaders("streamd-session", [None])[0]
-        parser = parser_for(ctype)
+        parser = parser_for(ctype, stream_of(self.url))
         self.sse = isinstance(parser, SSEParser)
         body = _Body(self, parser, session)
         self._outcome = outcome = Deferred()
