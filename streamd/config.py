@@ -145,9 +145,11 @@ STREAM_KEYS = [
 
 #: Keys of the whole service only.
 SERVICE_KEYS = [
-    Key("listen", "list", ["tcp:8080"], "endpoint to listen on (repeatable)"),
+    # Loopback only: open to the network is a choice (--listen tcp:8080), not a default.
+    Key("listen", "list", ["tcp:8080:interface=127.0.0.1"],
+        "endpoint to listen on (repeatable)"),
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
-    Key("log_format", "enum", "text", "text, or json (one object per line)",
+    Key("log_format", "enum", "text", "log lines as text, or json (one object per line)",
         choices=("text", "json")),
     Key("shutdown_timeout", "number", 10.0, "seconds SIGTERM waits for streams to end",
         minimum=0),

@@ -149,6 +149,17 @@ class StreamdApp:
             identity.require(action, name)
         return identity
 
+    def operator(self, request, endpoint: str) -> None:
+        """401 or 403 unless the operational C{endpoint} is public or the caller an admin."""
+        self.auth.operator(request, endpoint, self.reactor.seconds())
+
+    def _admin(self, request) -> bool:
+        """Whether the caller is an admin (no error if it cannot be told)."""
+        try:
+            return self.identify(request).admin
+        except HTTPError:
+            return False
+
     # -- sources ----------------------------------------------------------------
 
     def _source(self, name: str):
@@ -206,18 +217,17 @@ class StreamdApp:
     @app.route("/", methods=["GET"])
     def index(self, request):
         if page.prefers_html(request):
+            self.operator(request, "page")
             return page.render_page(request)
+        self.operator(request, "status")
         info = self._info()
-        try:
-            identity = self.identify(request)
-        except HTTPError:
-            identity = None
-        if identity is not None and identity.admin:
+        if self._admin(request):
             info["identities"] = {k: v for k, v in self.connections.items() if v}
         return json_response(request, 200, info)
 
     @app.route("/metrics", methods=["GET"])
     def metrics_page(self, request):
+        self.operator(request, "metrics")
         request.setHeader(b"Content-Type", metrics.CONTENT_TYPE.encode())
         return self.metrics.render()
 
@@ -227,10 +237,18 @@ class StreamdApp:
 
     @app.route("/health", methods=["GET"])
     def health(self, request):
+        """
+        200 when every source is up, else 503. Only those who may see the status
+        (C{GET /}) learn more than that: source names and reasons describe the setup.
+        """
+        self.operator(request, "health")
         info = self._info()
         up = all(s["status"] == "ok" for s in info["sources"].values())
         up = up and info["events"]["status"] == "ok"
-        return json_response(request, 200 if up else 503, info)
+        status = "ok" if up else "down"
+        if not (self.auth.is_public("status") or self._admin(request)):
+            info = {"service": info["service"]}
+        return json_response(request, 200 if up else 503, {**info, "status": status})
 
     # -- the event store (streamd/web/events.py) ---------------------------------------
 
