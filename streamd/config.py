@@ -152,9 +152,11 @@ STREAM_KEYS = [
 
 #: Keys of the whole service only.
 SERVICE_KEYS = [
-    Key("listen", "list", ["tcp:8080"], "endpoint to listen on (repeatable)"),
+    # Loopback only: open to the network is a choice (--listen tcp:8080), not a default.
+    Key("listen", "list", ["tcp:8080:interface=127.0.0.1"],
+        "endpoint to listen on (repeatable)"),
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
-    Key("log_format", "enum", "text", "text, or json (one object per line)",
+    Key("log_format", "enum", "text", "log lines as text, or json (one object per line)",
         choices=("text", "json")),
     Key("access_log", "enum", "log", "one line per response: in the log, raw on stdout, "
         "in access_log_file, or off", choices=("log", "stdout", "file", "off")),

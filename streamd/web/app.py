@@ -34,6 +34,7 @@ from streamd.sources import Services, make_source
 from streamd.stream import Stream
 from streamd.web import channels as channels_routes
 from streamd.web import openapi, page
+from streamd.web.activity import Activity
 from streamd.web.common import (
     BODY_TYPES,
     JSON_TYPES,
@@ -88,6 +89,8 @@ class StreamdApp:
                                            settings["channels"]["max_channels"])
         self._reaper = None
         self.events = EventsAPI(settings, reactor, root=self)
+        # Readers and messages per second of each stream, for GET / and the live page.
+        self.activity = Activity(reactor, lambda: self.open_streams, lambda: self.sources)
 
     def _channel_store(self, table: dict[str, Any]):
         if table["backend"] != "redis":
@@ -112,6 +115,7 @@ class StreamdApp:
                 log.failure("{what} failed to start", what=what)
 
         self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
+        self.activity.start()
         await one("the event store", self.events.start)
         for name, source in self.sources.items():
             await one(f"source {name}", source.start)
@@ -127,6 +131,7 @@ class StreamdApp:
         self.subscriptions.close()
         if self._reaper is not None and self._reaper.active():
             self._reaper.cancel()
+        self.activity.stop()
         for stream in list(self.open_streams):
             stream.source_ended("shutdown")
         stops = [maybeDeferred(s.stop) for s in self.sources.values()]
@@ -145,6 +150,17 @@ class StreamdApp:
         if action is not None:
             identity.require(action, name)
         return identity
+
+    def operator(self, request, endpoint: str) -> None:
+        """401 or 403 unless the operational C{endpoint} is public or the caller an admin."""
+        self.auth.operator(request, endpoint, self.reactor.seconds())
+
+    def _admin(self, request) -> bool:
+        """Whether the caller is an admin (no error if it cannot be told)."""
+        try:
+            return self.identify(request).admin
+        except HTTPError:
+            return False
 
     # -- sources ----------------------------------------------------------------
 
@@ -184,8 +200,9 @@ class StreamdApp:
         out = {}
         for name, source in self.sources.items():
             state, reason = source.status()
-            out[name] = {"source": source.kind, "status": state, "reason": reason}
-        return out
+            out[name] = {"source": source.kind, "status": state, "reason": reason,
+                         "declared": name in self.settings["streams"]}
+        return self.activity.describe(out)
 
     # -- service info --------------------------------------------------------------
 
@@ -202,18 +219,17 @@ class StreamdApp:
     @app.route("/", methods=["GET"])
     def index(self, request):
         if page.prefers_html(request):
+            self.operator(request, "page")
             return page.render_page(request)
+        self.operator(request, "status")
         info = self._info()
-        try:
-            identity = self.identify(request)
-        except HTTPError:
-            identity = None
-        if identity is not None and identity.admin:
+        if self._admin(request):
             info["identities"] = {k: v for k, v in self.connections.items() if v}
         return json_response(request, 200, info)
 
     @app.route("/metrics", methods=["GET"])
     def metrics_page(self, request):
+        self.operator(request, "metrics")
         request.setHeader(b"Content-Type", metrics.CONTENT_TYPE.encode())
         return self.metrics.render()
 
@@ -223,10 +239,18 @@ class StreamdApp:
 
     @app.route("/health", methods=["GET"])
     def health(self, request):
+        """
+        200 when every source is up, else 503. Only those who may see the status
+        (C{GET /}) learn more than that: source names and reasons describe the setup.
+        """
+        self.operator(request, "health")
         info = self._info()
         up = all(s["status"] == "ok" for s in info["sources"].values())
         up = up and info["events"]["status"] == "ok"
-        return json_response(request, 200 if up else 503, info)
+        status = "ok" if up else "down"
+        if not (self.auth.is_public("status") or self._admin(request)):
+            info = {"service": info["service"]}
+        return json_response(request, 200 if up else 503, {**info, "status": status})
 
     # -- the event store (streamd/web/events.py) ---------------------------------------
 
@@ -290,6 +314,7 @@ class StreamdApp:
                 self.metrics.messages_in.labels(label, source.kind),
                 self.metrics.publish_seconds.labels(label))
         counted[0].inc(count)
+        self.activity.publish(name, count)
         counted[1].observe(self.reactor.seconds() - started)
         return json_response(request, 202, {"ids": ids})
 
@@ -401,6 +426,7 @@ class StreamdApp:
                 del self.connections[stream.identity]
         if stream.session is not None:
             self.sessions.pop(stream.session, None)
+        self.activity.ended(stream)
 
     @app.route("/streams/<name>/ack", methods=["POST"])
     def ack(self, request, name):
