@@ -11,6 +11,7 @@ back to its source (C{nack}), so a durable source loses nothing when a client go
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from typing import Any
 
@@ -579,6 +580,10 @@ class Stream:
             transport.loseConnection()
             left = self.outbox.buffered() if self.outbox is not None else 0
             self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, left)
+        elif getattr(self.request, "channel", None) is not None:
+            # HTTP/2: the request's channel is its own stream of the connection;
+            # aborting it resets that stream only.
+            self.clock.callLater(SLOW_CLOSE_GRACE, _abort_quietly, self.request.channel)
 
     def _cut_off_if_stuck(self, transport, left_before: int) -> None:
         if getattr(transport, "disconnected", False):
@@ -601,3 +606,9 @@ class Stream:
             self._last_write = now
             due = now + self.heartbeat
         self._beat = self.clock.callLater(due - now, self._heartbeat)
+
+
+def _abort_quietly(channel) -> None:
+    # An HTTP/2 stream that closed meanwhile raises (h2's StreamClosedError).
+    with contextlib.suppress(Exception):
+        channel.abortConnection()
