@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
 from streamd.errors import BadRequest, HTTPError
+from streamd.json_input import InvalidJSON, parse
 
 log = Logger()
 
@@ -27,6 +28,14 @@ def json_response(request, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(body).encode() + b"\n"
+
+
+def json_body(body: bytes, max_depth: int) -> Any:
+    """A request body's JSON value; 400 naming what is wrong with it."""
+    try:
+        return parse(body, max_depth)
+    except InvalidJSON as e:
+        raise BadRequest(f"body: {e}") from None
 
 
 def query(request) -> dict[str, list[str]]:
