@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+from http import HTTPStatus
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.web.http import RESPONSES
 from werkzeug.exceptions import HTTPException
 
 from streamd.errors import BadRequest, HTTPError
@@ -24,8 +26,13 @@ JSON_TYPES = ("application/json", "")
 BODY_TYPES = JSON_TYPES + ("application/x-ndjson",)
 
 
+#: Status -> reason phrase: Twisted's, and the standard one where Twisted has none
+#: (it writes "429 Unknown Status").
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus} | RESPONSES
+
+
 def json_response(request, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
+    request.setResponseCode(status, REASONS.get(status))
     request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(body).encode() + b"\n"
 
