@@ -13,6 +13,8 @@ import pytest
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, within
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import globalLogPublisher
 
 from streamd.auth import sign_hs256
@@ -172,3 +174,109 @@ async def test_a_jwt_of_deep_or_nan_json_is_a_401_not_a_500(serve, failures):
         assert r.code == 401, await treq.content(r)
         assert (await treq.json_content(r))["error"]["status"] == 401
     assert failures == []
+
+
+# -- over a raw socket -------------------------------------------------------------
+
+
+class RawClient(protocol.Protocol):
+    """Sends bytes as they are; C{closed} fires with all it read once the server hangs up."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason) -> None:
+        self.closed.callback(self.data)
+
+
+async def raw(server, request: bytes) -> bytes:
+    """Send C{request} on a new connection; everything the server answered."""
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server.port.getHost().port)
+    client = await within(endpoint.connect(protocol.Factory.forProtocol(RawClient)))
+    client.transport.write(request)
+    return await within(client.closed)
+
+
+# -- Twisted's HTTP parser -----------------------------------------------------------
+
+
+def responses(data: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """(status line, headers, body) of each response (bodies with a Content-Length)."""
+    out = []
+    while data:
+        head, data = data.split(b"\r\n\r\n", 1)
+        status, *lines = head.split(b"\r\n")
+        headers = {k.lower(): v for k, v in (line.split(b": ", 1) for line in lines)}
+        length = int(headers[b"content-length"])
+        out.append((status, headers, data[:length]))
+        data = data[length:]
+    return out
+
+
+def json_error(data: bytes, status: int, reason: bytes) -> str:
+    """Assert C{data} is one JSON error answer with C{status}; its message."""
+    [(line, headers, body)] = responses(data)
+    assert line == b"HTTP/1.1 %d %s" % (status, reason)
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"connection"] == b"close"
+    error = json.loads(body)["error"]
+    assert error["status"] == status
+    return error["message"]
+
+
+GET = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+POST = b"POST /streams/news/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+MALFORMED = {
+    "NUL in a header": GET + b"X-A: a\x00b\r\n\r\n",
+    "header line without a colon": GET + b"no colon here\r\n\r\n",
+    "two Content-Lengths": POST + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+    "Content-Length and Transfer-Encoding":
+        POST + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    "0xFF in the path": b"GET /streams/\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+    "HTTP/0.9 request line": b"GET /health\r\n\r\n",
+    "bad chunk size": POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+}
+
+
+@ensure
+async def test_malformed_requests_get_a_json_400_and_others_are_served(serve, failures):
+    server, reader = await serve_a_reader(serve)
+    for what, request in MALFORMED.items():
+        message = json_error(await raw(server, request), 400, b"Bad Request")
+        assert message.startswith("malformed HTTP request"), what
+    await still_serving(server, reader, failures, {"after": "malformed"})
+
+
+@ensure
+async def test_oversized_uri_is_414_and_oversized_headers_431(serve, failures):
+    server, reader = await serve_a_reader(serve)
+    long_path = b"GET /streams/" + b"a" * 60_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    message = json_error(await raw(server, long_path), 414, b"Request-URI Too Long")
+    assert message == "request line (URI) over 16384 bytes"
+    big_header = GET + b"X-Big: " + b"b" * 100_000 + b"\r\n\r\n"
+    message = json_error(await raw(server, big_header), 431, b"Request Header Fields Too Large")
+    assert message == "a header line over 16384 bytes"
+    many = GET + b"".join(b"X-H%d: %s\r\n" % (i, b"h" * 100) for i in range(200)) + b"\r\n"
+    message = json_error(await raw(server, many), 431, b"Request Header Fields Too Large")
+    assert message == "headers over 16384 bytes"
+    count = GET + b"X-H: 1\r\n" * 501 + b"\r\n"
+    message = json_error(await raw(server, count), 431, b"Request Header Fields Too Large")
+    assert message == "more than 500 headers"
+    await still_serving(server, reader, failures, {"after": "oversized"})
+
+
+@ensure
+async def test_keep_alive_requests_are_answered_as_before(serve):
+    server = await serve(app_settings())
+    body = b'{"n": 1}'
+    one = POST + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    data = await raw(server, one + one + GET + b"Connection: close\r\n\r\n")
+    # Twisted chunks these bodies: read the status lines and the two 202 bodies.
+    assert [line for line in data.split(b"\r\n") if line.startswith(b"HTTP/")] == [
+        b"HTTP/1.1 202 Accepted", b"HTTP/1.1 202 Accepted", b"HTTP/1.1 200 OK"]
+    assert data.count(b'{"ids": ["') == 2

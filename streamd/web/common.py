@@ -37,6 +37,11 @@ def json_response(request, status: int, body: Any) -> bytes:
     return json.dumps(body).encode() + b"\n"
 
 
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """What every error answers: C{{"error": {"status": ..., "message": ...}}}."""
+    return {"error": {"status": status, "message": message}}
+
+
 def json_body(body: bytes, max_depth: int) -> Any:
     """A request body's JSON value; 400 naming what is wrong with it."""
     try:
@@ -133,7 +138,7 @@ def render_error(request, failure) -> bytes:
         log.failure("Unhandled error for {method} {uri}", failure,
                     method=request.method, uri=request.uri)
         status, message = 500, "internal error"
-    return json_response(request, status, {"error": {"status": status, "message": message}})
+    return json_response(request, status, error_body(status, message))
 
 
 def stream_options(request, params: dict[str, list[str]], default_heartbeat: float):
