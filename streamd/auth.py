@@ -26,6 +26,7 @@ from typing import Any
 
 from streamd.config import ConfigError, Key
 from streamd.errors import HTTPError
+from streamd.json_input import parse
 
 #: What a 401 says of a bearer token it refuses (its message and error_description).
 INVALID, EXPIRED, NOT_YET_VALID = "invalid token", "token expired", "token not yet valid"
@@ -220,9 +221,11 @@ def check_hs256(token: str, secret: bytes, now: float) -> tuple[dict[str, Any] |
     if len(parts) != 3 or not secret:
         return None, INVALID
     try:
-        header = json.loads(_b64(parts[0]))
+        # The incoming-JSON parser: no RecursionError on a header nested thousands deep
+        # (read before the signature is checked), no NaN as an expiry.
+        header = parse(_b64(parts[0]))
         signature = _b64(parts[2])
-        claims = json.loads(_b64(parts[1]))
+        claims = parse(_b64(parts[1]))
     except (ValueError, binascii.Error):
         return None, INVALID
     # Only HS256: a token must not choose its own algorithm ("none", RS256 with our

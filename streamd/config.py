@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streamd.json_input import DEFAULT_MAX_DEPTH
 from streamd.store.base import RESERVED
 
 if sys.version_info >= (3, 11):
@@ -156,6 +157,10 @@ SERVICE_KEYS = [
     Key("listen", "list", ["tcp:8080:interface=127.0.0.1"],
         "endpoint to listen on (repeatable)"),
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
+    # At most 500: json.loads and json.dumps recurse once per level, within Python's
+    # recursion limit (1000 frames, some of them Twisted's and klein's).
+    Key("max_json_depth", "int", DEFAULT_MAX_DEPTH, "deepest nesting of arrays and objects "
+        "in a JSON body", minimum=1, maximum=500),
     Key("log_format", "enum", "text", "log lines as text, or json (one object per line)",
         choices=("text", "json")),
     Key("access_log", "enum", "log", "one line per response: in the log, raw on stdout, "

@@ -202,6 +202,7 @@ async def test_max_connections_per_identity_is_429_with_retry_after(serve):
     await server.wait_open_streams(1)
     r, body = await status("get", server.url + "/streams/a?identifier=me")
     assert r.code == 429 and r.headers.getRawHeaders("retry-after") == ["10"]
+    assert r.phrase == b"Too Many Requests"  # the status line's reason (not "Unknown Status")
     other = await open_stream(server.url + "/streams/a?identifier=you")
     first.close()
     other.close()

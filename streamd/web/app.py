@@ -42,6 +42,7 @@ from streamd.web.common import (
     arg,
     bool_arg,
     install_error_handler,
+    json_body,
     json_response,
     query,
     read_body,
@@ -284,7 +285,7 @@ class StreamdApp:
         body = read_body(request, BODY_TYPES, self.settings["max_body_bytes"], "one value")
         ctype = request_content_type(request)
         try:
-            payloads = decode_body(body, ctype)
+            payloads = decode_body(body, ctype, self.settings["max_json_depth"])
         except InvalidPayload as e:
             raise BadRequest(f"line {e.line}: {e.reason}") from None
         max_message = settings["max_message_bytes"]
@@ -344,7 +345,8 @@ class StreamdApp:
             request.args.update(parse_qs(body, 1))
         params = query(request)
         if ctype == "application/json":
-            params.update(_json_params(request.content.read(self.settings["max_body_bytes"])))
+            body = request.content.read(self.settings["max_body_bytes"])
+            params.update(_json_params(json_body(body or b"{}", self.settings["max_json_depth"])))
         return self._open_stream(request, name, params)
 
     def _open_stream(self, request, name: str, params: dict[str, list[str]],
@@ -434,10 +436,8 @@ class StreamdApp:
         self._source(name)
         if request_content_type(request) not in JSON_TYPES:
             raise UnsupportedMediaType("send application/json")
-        try:
-            body = json.loads(request.content.read(self.settings["max_body_bytes"]))
-        except ValueError:
-            raise BadRequest("body: not valid JSON") from None
+        body = json_body(request.content.read(self.settings["max_body_bytes"]),
+                         self.settings["max_json_depth"])
         if not isinstance(body, dict):
             raise BadRequest('body: expected {"session": ..., "ids": [...]}')
         session, ids = body.get("session"), body.get("ids")
@@ -457,12 +457,8 @@ openapi.mount(StreamdApp.app)
 install_error_handler(StreamdApp.app)
 
 
-def _json_params(body: bytes) -> dict[str, list[str]]:
+def _json_params(value: Any) -> dict[str, list[str]]:
     """A JSON filter body as query parameters: lists join with commas, as in a URL."""
-    try:
-        value = json.loads(body or b"{}")
-    except ValueError:
-        raise BadRequest("body: not valid JSON") from None
     if not isinstance(value, dict):
         raise BadRequest("body: expected a JSON object of filters")
     out: dict[str, list[str]] = {}
