@@ -82,11 +82,11 @@ def processes():
         p.kill()
 
 
-def stream_config(queue_url: str, endpoint: str, **keys) -> str:
-    """The table of stream "orders" on this queue; C{keys} add to or override its keys."""
+def stream_config(queue_url: str, endpoint: str, stream: str = "orders", **keys) -> str:
+    """The table of a stream on this queue; C{keys} add to or override its keys."""
     table = {"source": "sqs", "queue_url": queue_url, "endpoint_url": endpoint,
              "region": "us-east-1", "wait_time_seconds": 1, **keys}
-    lines = ["[streams.orders]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    lines = [f"[streams.{stream}]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 
