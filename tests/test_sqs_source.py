@@ -227,6 +227,15 @@ def test_stop_cancels_a_receive_still_in_flight_after_its_grace():
     assert d.called and fake.polls == []
 
 
+def test_stop_does_not_rest_after_a_receive_that_failed_during_it():
+    source, fake, clock = make(shutdown_timeout=10)
+    attach(source)
+    d = source.stop()
+    poll, _ = fake.polls.pop()
+    poll.errback(SQSError("InternalError", "", 500))  # through all the client's retries
+    assert d.called  # not after PROBE_CAP
+
+
 @pytest.mark.parametrize(("shutdown_timeout", "wait_time_seconds", "wait"), [
     (None, 20, 20),  # no shutdown to fit in (a source built by hand)
     (10, 20, 9),     # the defaults: a poll ends before the shutdown gives up on it
