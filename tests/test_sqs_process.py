@@ -144,21 +144,6 @@ async def test_sigterm_gives_back_messages_in_hand_at_once(tmp_path, moto, proce
     assert moto.counts(queue) == (20, 0)
 
 
-def receive_all(moto, queue_url: str, n: int) -> list[str]:  # noqa: F811
-    """
-    The MessageIds of C{n} messages received now (no long poll, bounded tries), each
-    hidden for a minute so that none comes twice: whatever is still hidden is missing.
-    """
-    ids: list[str] = []
-    for _ in range(n + 10):
-        if len(ids) >= n:
-            break
-        answer = moto.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                          WaitTimeSeconds=0, VisibilityTimeout=60)
-        ids.extend(m["MessageId"] for m in answer.get("Messages", []))
-    return ids
-
-
 @ensure
 async def test_sigterm_waits_for_receives_in_flight_and_gives_back_what_they_bring(
         tmp_path, moto, processes):  # noqa: F811
@@ -185,7 +170,7 @@ async def test_sigterm_waits_for_receives_in_flight_and_gives_back_what_they_bri
     took = time.monotonic() - started
     assert took < 5, f"shutdown took {took:.1f} s"
     assert moto.counts(queue) == (20, 0)
-    assert sorted(receive_all(moto, queue, 20)) == sorted(sent)
+    assert sorted(m["MessageId"] for m in moto.receive_all(queue, 20)) == sorted(sent)
 
 
 @ensure
@@ -210,4 +195,5 @@ async def test_sigterm_under_load_leaves_no_message_hidden(tmp_path, moto, proce
     assert len(set(read)) == len(read), "a message was written twice"
     visible, hidden = moto.counts(queue)
     assert hidden == 0, f"{hidden} messages hidden after SIGTERM ({visible} visible)"
-    assert sorted(read + receive_all(moto, queue, visible)) == sorted(sent)
+    rest = [m["MessageId"] for m in moto.receive_all(queue, visible)]
+    assert sorted(read + rest) == sorted(sent)
