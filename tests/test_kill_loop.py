@@ -139,8 +139,8 @@ def finish(proc: StreamdProcess, sink: Sink, readers: list[Reader]) -> None:
 
 def kill_loop(tmp_path, started: list, config: str, n: int, left) -> dict:
     """
-    Serve n messages (numbered 0..n-1) under KILLS SIGKILLs, then drain them; fail
-    if any is lost. C{left()} returns the numbers still in the source.
+    Serve n messages (numbered 0..n-1) under KILLS SIGKILLs, then drain them; the
+    counts (see L{check}). C{left()} returns the numbers still in the source.
     """
     rng = random.Random(SEED)
     got: Counter[int] = Counter()
