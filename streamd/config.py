@@ -126,7 +126,7 @@ STREAM_KEYS = [
         minimum=1),
     Key("max_pending_bytes", "int", 1024 * 1024, "payload bytes queued for one client that "
         "is behind", minimum=1),
-    Key("send_buffer", "int", 64 * 1024, "kernel send buffer of a streaming connection, "
+    Key("send_buffer", "int", 32 * 1024, "kernel send buffer of a streaming connection, "
         "bytes (SO_SNDBUF; 0: the kernel's default)", minimum=0),
     Key("slow_policy", "enum", "disconnect", "what a client gets when its queue is full",
         choices=("disconnect", "drop-oldest")),

@@ -23,7 +23,10 @@ knows.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import socket
+import struct
+import termios
 
 from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
@@ -53,6 +56,14 @@ class Outbox:
         """Bytes in Twisted's buffer for this connection: still in this process."""
         t = self.transport
         return len(t.dataBuffer) - t.offset + t._tempDataLen
+
+    def backlog(self) -> int:
+        """Bytes the client has yet to take: here, and in the kernel's send queue."""
+        queued = 0
+        with contextlib.suppress(OSError):
+            queued = struct.unpack("i", fcntl.ioctl(self.transport.getHandle().fileno(),
+                                                    termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        return self.buffered() + queued
 
     def clear(self) -> bool:
         """Everything written so far has left the process."""

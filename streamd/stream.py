@@ -26,7 +26,7 @@ from streamd.outbox import outbox_for
 #: Bytes written in one chunk at most: big enough to amortise the per-write cost, small
 #: enough that a notice written after it (a slow-consumer error, a warning) is not stuck
 #: behind much: a stream writes its next chunk only once the last one left the process.
-WRITE_BATCH_BYTES = 32 * 1024
+WRITE_BATCH_BYTES = 16 * 1024
 
 #: After a slow-consumer disconnect, a client that reads nothing for this many seconds
 #: is cut off (so a stuck client cannot pin the buffer); one that reads keeps reading.
@@ -82,7 +82,7 @@ class Stream:
         heartbeat: float = 15.0,
         max_pending: int = 1000,
         max_pending_bytes: int = 1024 * 1024,
-        send_buffer: int = 64 * 1024,
+        send_buffer: int = 32 * 1024,
         slow_policy: str = "disconnect",
         ack: str = "write",
         max_unacked: int = 100,
@@ -578,7 +578,7 @@ class Stream:
             # Close once the final line is out; a client that reads nothing at all
             # for a grace period is cut off, so its buffered bytes are freed.
             transport.loseConnection()
-            left = self.outbox.buffered() if self.outbox is not None else 0
+            left = self.outbox.backlog() if self.outbox is not None else 0
             self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, left)
         elif getattr(self.request, "channel", None) is not None:
             # HTTP/2: the request's channel is its own stream of the connection;
@@ -588,7 +588,7 @@ class Stream:
     def _cut_off_if_stuck(self, transport, left_before: int) -> None:
         if getattr(transport, "disconnected", False):
             return
-        left = self.outbox.buffered() if self.outbox is not None else 0
+        left = self.outbox.backlog() if self.outbox is not None else 0
         if 0 < left < left_before:
             # still reading: look again after another grace period
             self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, left)

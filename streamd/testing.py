@@ -163,6 +163,8 @@ class FakeOutbox:
     def buffered(self) -> int:
         return self.waiting
 
+    backlog = buffered
+
     def clear(self) -> bool:
         return not self.waiting
 
