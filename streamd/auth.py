@@ -8,6 +8,9 @@ header), C{token} (static tokens from the config) and C{jwt} (HS256 tokens signe
 the configured secret, claims C{sub}, C{read}, C{publish}, C{admin}, C{exp}).
 Tokens come from C{Authorization: Bearer}, the C{streamd_token} cookie, or
 C{?access_token=} (a browser's EventSource cannot set headers).
+
+With a mode other than C{none}, the operational endpoints (L{OPERATIONAL}) answer an
+admin only, except those that C{[auth] public} lists (by default C{health}).
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ from typing import Any
 
 from streamd.config import ConfigError, Key
 from streamd.errors import HTTPError
+from streamd.json_input import parse
+
+#: What a 401 says of a bearer token it refuses (its message and error_description).
+INVALID, EXPIRED, NOT_YET_VALID = "invalid token", "token expired", "token not yet valid"
+TOKEN_PROBLEMS = (INVALID, EXPIRED, NOT_YET_VALID)
+
+#: The operational endpoints, by the names C{[auth] public} lists: GET /health, GET /
+#: (the JSON status, and the live page for a browser), GET /metrics, GET /openapi.json.
+OPERATIONAL = ("health", "status", "page", "metrics", "openapi")
 
 TOKEN_COOKIE = b"streamd_token"
 IDENTIFIER_HEADER = b"streamd-identifier"
@@ -34,6 +46,10 @@ AUTH_KEYS = {
         Key("jwt_secret", "str", "", secret=True),
         Key("max_connections_per_identity", "int", 0, minimum=0),
         Key("admins", "list", []),
+        # With a mode other than none, these answer anyone; the others an admin only.
+        Key("public", "list", ["health"], check=lambda names: next(
+            (f"unknown endpoint {n!r} (known: {', '.join(OPERATIONAL)})"
+             for n in names if n not in OPERATIONAL), None)),
     ]
 }
 TOKEN_KEYS = {
@@ -87,21 +103,41 @@ class Auth:
     tokens: dict[str, Identity] = field(default_factory=dict)
     admins: tuple[str, ...] = ()
     max_connections_per_identity: int = 0
+    public: frozenset[str] = frozenset({"health"})
 
     @classmethod
     def from_settings(cls, table: dict[str, Any]) -> Auth:
+        admins = tuple(table["admins"])
         tokens = {
             t["token"]: Identity(t["identity"], tuple(t["read"]), tuple(t["publish"]),
-                                 t["admin"])
+                                 t["admin"] or t["identity"] in admins)
             for t in table.get("tokens", [])
         }
         return cls(
             mode=table["mode"],
             jwt_secret=table["jwt_secret"].encode(),
             tokens=tokens,
-            admins=tuple(table["admins"]),
+            admins=admins,
             max_connections_per_identity=table["max_connections_per_identity"],
+            public=frozenset(table["public"]),
         )
+
+    def is_public(self, endpoint: str) -> bool:
+        """Whether anyone may see the operational C{endpoint} (one of L{OPERATIONAL})."""
+        return self.mode == "none" or endpoint in self.public
+
+    def operator(self, request, endpoint: str, now: float) -> Identity | None:
+        """
+        Who may see an operational endpoint: anyone (None) if it L{is_public}, else an
+        identity with C{admin}. Raises L{Unauthorized} (401) or L{Forbidden} (403).
+        """
+        if self.is_public(endpoint):
+            return None
+        identity = self.identify(request, now)
+        if not identity.admin:
+            raise Forbidden(f"{identity.name!r} may not see {endpoint}: it needs an admin "
+                            "identity")
+        return identity
 
     def identify(self, request, now: float) -> Identity:
         """Who sent C{request}; raises L{Unauthorized} (401) when that cannot be told."""
@@ -120,12 +156,12 @@ class Auth:
             raise Unauthorized("credentials missing: send a bearer token",
                                'Bearer realm="streamd"')
         if self.mode == "token":
-            identity = self._static(token)
+            identity, problem = self._static(token), INVALID
         else:
-            identity = self._jwt(token, now)
+            identity, problem = self._jwt(token, now)
         if identity is None:
-            raise Unauthorized("invalid token",
-                               'Bearer realm="streamd", error="invalid_token"')
+            raise Unauthorized(problem, 'Bearer realm="streamd", error="invalid_token", '
+                                        f'error_description="{problem}"')
         return identity
 
     def _static(self, token: str) -> Identity | None:
@@ -136,10 +172,11 @@ class Auth:
                 found = identity
         return found
 
-    def _jwt(self, token: str, now: float) -> Identity | None:
-        claims = verify_hs256(token, self.jwt_secret, now)
+    def _jwt(self, token: str, now: float) -> tuple[Identity | None, str]:
+        """The token's identity, or None and why not (one of L{TOKEN_PROBLEMS})."""
+        claims, problem = check_hs256(token, self.jwt_secret, now)
         if claims is None or not isinstance(claims.get("sub"), str):
-            return None
+            return None, problem or INVALID
 
         def globs(name: str) -> tuple[str, ...]:
             v = claims.get(name, [])
@@ -147,7 +184,7 @@ class Auth:
             return tuple(p for p in v if isinstance(p, str))
 
         return Identity(claims["sub"], globs("read"), globs("publish"),
-                        claims.get("admin") is True or claims["sub"] in self.admins)
+                        claims.get("admin") is True or claims["sub"] in self.admins), ""
 
 
 def bearer_token(request) -> str | None:
@@ -171,29 +208,43 @@ def _b64(part: str) -> bytes:
 
 def verify_hs256(token: str, secret: bytes, now: float) -> dict[str, Any] | None:
     """The claims of a valid, unexpired HS256 JWT; None for anything else."""
+    return check_hs256(token, secret, now)[0]
+
+
+def check_hs256(token: str, secret: bytes, now: float) -> tuple[dict[str, Any] | None, str]:
+    """
+    The claims of a valid HS256 JWT that is valid now, or None and why not (one of
+    L{TOKEN_PROBLEMS}). The time claims are told apart only for a token whose
+    signature is ours.
+    """
     parts = token.split(".")
     if len(parts) != 3 or not secret:
-        return None
+        return None, INVALID
     try:
-        header = json.loads(_b64(parts[0]))
+        # The incoming-JSON parser: no RecursionError on a header nested thousands deep
+        # (read before the signature is checked), no NaN as an expiry.
+        header = parse(_b64(parts[0]))
         signature = _b64(parts[2])
-        claims = json.loads(_b64(parts[1]))
+        claims = parse(_b64(parts[1]))
     except (ValueError, binascii.Error):
-        return None
+        return None, INVALID
     # Only HS256: a token must not choose its own algorithm ("none", RS256 with our
     # secret as a public key, ...).
     if not isinstance(header, dict) or header.get("alg") != "HS256":
-        return None
+        return None, INVALID
     expected = hmac.new(secret, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
     if not hmac.compare_digest(signature, expected) or not isinstance(claims, dict):
-        return None
-    exp = claims.get("exp")
-    if exp is not None and (not isinstance(exp, (int, float)) or now >= exp):
-        return None
-    nbf = claims.get("nbf")
-    if nbf is not None and (not isinstance(nbf, (int, float)) or now < nbf):
-        return None
-    return claims
+        return None, INVALID
+    exp, nbf = claims.get("exp"), claims.get("nbf")
+    for value in (exp, nbf):
+        if value is not None and (isinstance(value, bool) or
+                                  not isinstance(value, (int, float))):
+            return None, INVALID
+    if exp is not None and now >= exp:
+        return None, EXPIRED
+    if nbf is not None and now < nbf:
+        return None, NOT_YET_VALID
+    return claims, ""
 
 
 def sign_hs256(claims: dict[str, Any], secret: bytes) -> str:

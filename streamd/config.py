@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamd import sources
+from streamd.json_input import DEFAULT_MAX_DEPTH
 from streamd.store.base import RESERVED
 
 if sys.version_info >= (3, 11):
@@ -122,11 +123,18 @@ STREAM_KEYS = [
     Key("buffer", "int", 100, "messages a memory stream keeps for resuming by id", minimum=0),
     Key("buffer_ttl", "number", 300.0, "seconds a buffered message stays resumable",
         minimum=0),
-    Key("max_pending", "int", 1000, "messages queued for one paused client", minimum=1),
+    Key("max_pending", "int", 1000, "messages queued for one client that is behind",
+        minimum=1),
+    Key("max_pending_bytes", "int", 1024 * 1024, "payload bytes queued for one client that "
+        "is behind", minimum=1),
+    Key("send_buffer", "int", 32 * 1024, "kernel send buffer of a streaming connection, "
+        "bytes (SO_SNDBUF; 0: the kernel's default)", minimum=0),
     Key("slow_policy", "enum", "disconnect", "what a client gets when its queue is full",
         choices=("disconnect", "drop-oldest")),
     Key("max_message_bytes", "int", 256 * 1024, "largest message accepted", minimum=1),
     Key("retry", "int", 3000, "SSE reconnection hint, milliseconds", minimum=0),
+    Key("coalesce_ms", "number", 0.0, "milliseconds messages may wait to reach a stream "
+        "together (0: until the end of the reactor turn)", minimum=0, maximum=1000),
     Key("ack", "enum", "write", "when a durable source's message counts as delivered",
         choices=("write", "client")),
     Key("max_unacked", "int", 100, "client-ack mode: messages outstanding per stream",
@@ -146,10 +154,19 @@ STREAM_KEYS = [
 
 #: Keys of the whole service only.
 SERVICE_KEYS = [
-    Key("listen", "list", ["tcp:8080"], "endpoint to listen on (repeatable)"),
+    # Loopback only: open to the network is a choice (--listen tcp:8080), not a default.
+    Key("listen", "list", ["tcp:8080:interface=127.0.0.1"],
+        "endpoint to listen on (repeatable)"),
     Key("max_body_bytes", "int", 8 * 1024 * 1024, "largest publish request body", minimum=1),
-    Key("log_format", "enum", "text", "text, or json (one object per line)",
+    # At most 500: json.loads and json.dumps recurse once per level, within Python's
+    # recursion limit (1000 frames, some of them Twisted's and klein's).
+    Key("max_json_depth", "int", DEFAULT_MAX_DEPTH, "deepest nesting of arrays and objects "
+        "in a JSON body", minimum=1, maximum=500),
+    Key("log_format", "enum", "text", "log lines as text, or json (one object per line)",
         choices=("text", "json")),
+    Key("access_log", "enum", "log", "one line per response: in the log, raw on stdout, "
+        "in access_log_file, or off", choices=("log", "stdout", "file", "off")),
+    Key("access_log_file", "str", "streamd-access.log", "where access_log = \"file\" writes"),
     Key("shutdown_timeout", "number", 10.0, "seconds SIGTERM waits for streams to end",
         minimum=0),
     Key("cors_origins", "list", [], "origins whose browsers may use the API ('*': any)"),

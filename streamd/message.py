@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from streamd.json_input import InvalidJSON, parse
+
 _UNPARSED = object()
 
 
@@ -54,6 +56,19 @@ class Message:
         return f"<Message {self.stream}/{self.id} {len(self.data)}B>"
 
 
+class SharedBatch(list):
+    """
+    A list of messages that a broadcast source hands, unchanged, to every consumer:
+    C{encoded} keeps the batch's bytes per framing, so they are joined once.
+    """
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, messages) -> None:
+        super().__init__(messages)
+        self.encoded: dict = {}
+
+
 class InvalidPayload(ValueError):
     """A published payload is not valid JSON; C{line} is 1-based."""
 
@@ -63,21 +78,28 @@ class InvalidPayload(ValueError):
         self.reason = reason
 
 
-def normalize_json(raw: bytes, line: int = 1) -> bytes:
+def normalize_json(raw: bytes, line: int = 1, max_depth: int | None = None) -> bytes:
     """
-    Check that C{raw} is one JSON value and return it as one line of JSON text.
+    Check that C{raw} is one JSON value (see L{streamd.json_input.parse} for
+    C{max_depth}) and return it as one line of JSON text.
 
     The publisher's bytes are kept when they already fit on one line (so "007" in a
     string or 1.50 stays as sent); a pretty-printed value is re-encoded compactly,
     since NDJSON and SSE framing need the value on one line.
     """
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidPayload(line, f"not valid JSON ({e})") from None
+        value = parse(raw, max_depth)
+    except InvalidJSON as e:
+        raise InvalidPayload(line, str(e)) from None
     raw = raw.strip()
     if b"\n" in raw or b"\r" in raw:
-        raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            # allow_nan=False: 1e400 parses as inf, which would be written "Infinity".
+            raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                             allow_nan=False).encode()
+        except ValueError:
+            raise InvalidPayload(line, "a number too large for a double (it would be "
+                                 "relayed as Infinity)") from None
     return raw
 
 
@@ -93,7 +115,7 @@ def body_json(body: str) -> bytes:
         return json.dumps(body, ensure_ascii=False).encode()
 
 
-def decode_body(body: bytes, content_type: str) -> list[bytes]:
+def decode_body(body: bytes, content_type: str, max_depth: int | None = None) -> list[bytes]:
     """
     Split a publish request body into JSON payloads.
 
@@ -104,8 +126,8 @@ def decode_body(body: bytes, content_type: str) -> list[bytes]:
         out = []
         for n, line in enumerate(body.split(b"\n"), 1):
             if line.strip():
-                out.append(normalize_json(line, n))
+                out.append(normalize_json(line, n, max_depth))
         return out
     if not body.strip():
         raise InvalidPayload(1, "empty body")
-    return [normalize_json(body)]
+    return [normalize_json(body, 1, max_depth)]

@@ -10,8 +10,52 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 (re-export)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 DYNAMIC = "_dynamic"
+
+
+class Tally:
+    """A counter child without a lock: incremented on the reactor thread only."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class TallyCounter:
+    """
+    A labelled counter of L{Tally} children, read when scraped. prometheus_client's
+    C{Counter} takes a mutex on every C{inc}: per write, per reader, that was 9% of the
+    fan-out's CPU.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.children: dict[tuple[str, ...], Tally] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> Tally:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = Tally()
+        return child
+
+    def collect(self):
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self.children.items():
+            family.add_metric(list(values), child.value)
+        yield family
+
+    def describe(self):
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 
 
 class StreamMetrics:
@@ -38,10 +82,10 @@ class Metrics:
                                   ["stream"], registry=r)
         self.messages_in = Counter("streamd_messages_in", "Messages taken in from sources "
                                    "or publishers", ["stream", "source"], registry=r)
-        self.messages_out = Counter("streamd_messages_out", "Messages written to clients",
-                                    ["stream", "source"], registry=r)
-        self.bytes_out = Counter("streamd_bytes_out", "Bytes of messages written to clients",
-                                 ["stream"], registry=r)
+        self.messages_out = TallyCounter("streamd_messages_out", "Messages written to "
+                                         "clients", ["stream", "source"], registry=r)
+        self.bytes_out = TallyCounter("streamd_bytes_out", "Bytes of messages written to "
+                                      "clients", ["stream"], registry=r)
         self.pauses = Counter("streamd_pauses", "Times a client's stream was paused",
                               ["stream"], registry=r)
         self.slow_actions = Counter("streamd_slow_policy_actions", "Slow-client policy "

@@ -116,6 +116,8 @@ class RedisConnection:
         self.listeners: list[Callable[[bool], None]] = []
         self.waiters: list[tuple[Callable[[], bool], Deferred]] = []
         self._was_up = False
+        #: closed on purpose (shutdown, last source gone): no longer "down", just gone
+        self.closing = False
         #: objects built on this connection by the sources (the pub/sub hub), closed
         #: and dropped with it
         self.shared: dict[str, Any] = {}
@@ -166,6 +168,10 @@ class RedisConnection:
 
     def _changed(self) -> None:
         self.changed()
+        if self.closing:
+            # Our own close() dropped the connections: that is no outage to report,
+            # nor one for the sources to count.
+            return
         up = self.up
         if up != self._was_up:
             self._was_up = up
@@ -208,6 +214,7 @@ class RedisConnection:
             self.factories.remove(factory)
 
     def close(self):
+        self.closing = True
         factories, self.factories = self.factories, []
         return gatherResults([f.disconnect() for f in factories], consumeErrors=True)
 

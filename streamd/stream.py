@@ -11,6 +11,7 @@ back to its source (C{nack}), so a durable source loses nothing when a client go
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from typing import Any
 
@@ -20,27 +21,16 @@ from zope.interface import implementer
 
 from streamd.interfaces import IConsumer
 from streamd.message import Message
+from streamd.outbox import outbox_for
 
-#: Bytes written in one chunk at most: big enough to amortise the per-write cost,
-#: small enough that a pause (at 64 KiB of Twisted's buffer) is noticed promptly.
-WRITE_BATCH_BYTES = 64 * 1024
+#: Bytes written in one chunk at most: big enough to amortise the per-write cost, small
+#: enough that a notice written after it (a slow-consumer error, a warning) is not stuck
+#: behind much: a stream writes its next chunk only once the last one left the process.
+WRITE_BATCH_BYTES = 16 * 1024
 
-#: After a slow-consumer disconnect, the seconds a client gets to read the final line
-#: before its connection is aborted (so a stuck client cannot pin the buffer).
+#: After a slow-consumer disconnect, a client that reads nothing for this many seconds
+#: is cut off (so a stuck client cannot pin the buffer); one that reads keeps reading.
 SLOW_CLOSE_GRACE = 5.0
-
-
-class SharedBatch(list):
-    """
-    A list of messages that a broadcast source hands, unchanged, to every consumer:
-    C{encoded} keeps the batch's bytes per framing, so they are joined once.
-    """
-
-    __slots__ = ("encoded",)
-
-    def __init__(self, messages) -> None:
-        super().__init__(messages)
-        self.encoded: dict = {}
 
 
 @implementer(IPushProducer, IConsumer)
@@ -49,11 +39,20 @@ class Stream:
     One client's stream.
 
     @ivar pending: what was taken from the source but not yet written: messages,
-        and notices (bytes) in the order they happened. Only a paused stream queues;
-        its length is bounded by C{max_pending} and the slow policy.
+        and notices (bytes) in the order they happened. Messages queue while the
+        stream cannot write (paused by Twisted, or its last write has not yet left
+        the process); C{max_pending} and C{max_pending_bytes} bound them under the
+        slow policy.
+    @ivar pending_bytes: the payload bytes of the messages in C{pending}.
     @ivar accepted: messages taken for this client, which C{limit} bounds (surplus is
         given back at once, so C{limit=N} delivers exactly N).
     @ivar unacked: in client-ack mode, written messages awaiting the client's ack, by id.
+    @ivar outbox: the connection's L{streamd.outbox.Outbox}: whether its bytes have
+        left the process. None where that is not followed (HTTP/2, TLS, tests): a write
+        then counts as sent.
+    @ivar inflight: batches written but still in this process; acked to the source
+        once the outbox has drained, given back if the connection is lost first. A
+        crash in between loses nothing.
     @ivar source_paused: what we last told the subscription, so pause and resume are
         each sent once per change of demand.
     @ivar done: fires when the stream ends normally (klein then finishes the response);
@@ -63,12 +62,13 @@ class Stream:
     # Thousands of idle streams are the common case: no per-instance dict.
     __slots__ = (
         "request", "source", "framing", "clock", "limit", "heartbeat", "max_pending",
-        "slow_policy", "client_ack", "max_unacked", "retry", "session", "on_end", "filter",
-        "stall_warnings", "name", "identity", "metrics", "_warned", "pending", "queued",
-        "unacked", "accepted", "written", "bytes_written", "dropped", "dropped_total",
-        "paused", "source_paused", "subscription", "ended", "end_reason", "started_at",
-        "_last_write", "_starting", "_flushing", "_surplus", "_skipped", "_beat", "done",
-        "__weakref__",
+        "max_pending_bytes", "send_buffer", "slow_policy", "client_ack", "max_unacked",
+        "retry", "session", "on_end", "filter", "stall_warnings", "name", "identity",
+        "metrics", "_warned", "pending", "queued", "pending_bytes", "unacked", "accepted",
+        "written", "sent", "bytes_written", "dropped", "dropped_total", "paused", "source_paused",
+        "subscription", "ended", "end_reason", "started_at", "outbox", "inflight",
+        "_cancel_settled", "_last_write", "_starting", "_flushing", "_surplus", "_skipped",
+        "_beat", "done", "__weakref__",
     )
 
     def __init__(
@@ -81,6 +81,8 @@ class Stream:
         limit: int | None = None,
         heartbeat: float = 15.0,
         max_pending: int = 1000,
+        max_pending_bytes: int = 1024 * 1024,
+        send_buffer: int = 32 * 1024,
         slow_policy: str = "disconnect",
         ack: str = "write",
         max_unacked: int = 100,
@@ -91,6 +93,7 @@ class Stream:
         stall_warnings: bool = False,
         name: str = "",
         metrics=None,
+        outbox=None,
     ) -> None:
         self.request = request
         self.source = source
@@ -99,6 +102,8 @@ class Stream:
         self.limit = limit
         self.heartbeat = heartbeat
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.send_buffer = send_buffer
         self.slow_policy = slow_policy
         self.client_ack = ack == "client"
         self.max_unacked = max_unacked
@@ -112,11 +117,15 @@ class Stream:
         self.metrics = metrics  # a streamd.metrics.StreamMetrics, or None
         self._warned = False
 
-        self.pending: deque[Message | bytes] = deque()
+        # A deque costs 600 bytes: made when something first queues (most streams of
+        # a fast reader never queue).
+        self.pending: deque[Message | bytes] | tuple = ()
         self.queued = 0  # messages (not notices) in pending
+        self.pending_bytes = 0
         self.unacked: dict[str, Message] = {}
         self.accepted = 0
         self.written = 0
+        self.sent = 0  # written messages whose bytes left the process
         self.bytes_written = 0
         self.dropped = 0  # dropped since the last notice
         self.dropped_total = 0
@@ -126,6 +135,9 @@ class Stream:
         self.ended = False
         self.end_reason: str | None = None
         self.started_at = clock.seconds()
+        self.outbox = outbox
+        self.inflight: list | None = None
+        self._cancel_settled = False
         self._last_write = self.started_at
         self._starting = False
         self._flushing = False
@@ -156,7 +168,13 @@ class Stream:
         request.setHeader(b"X-Accel-Buffering", b"no")
         if self.session is not None:
             request.setHeader(b"Streamd-Session", self.session.encode())
+        if self.outbox is None:
+            self.outbox = outbox_for(request, self.send_buffer)
+        if self.outbox is not None:
+            self.outbox.listen(self)
         request.write(self.framing.preamble(self.retry))
+        if self.outbox is not None:
+            self.outbox.watch()  # the headers may still be here: hear when they left
         request.registerProducer(self, True)
         if self._surplus:
             self.subscription.nack(self._surplus)
@@ -165,6 +183,8 @@ class Stream:
             self._skip(self._skipped)
             self._skipped = []
         self._flush()
+        if self.queued and not self.ended:
+            self._behind()
         if not self.ended:
             self._update_demand()
             if self.heartbeat:
@@ -174,10 +194,10 @@ class Stream:
     def _cancelled(self, _d: Deferred) -> None:
         # The client went away (klein cancels the route's Deferred): nothing can be
         # written or unregistered any more; give back what we hold.
-        self._release("client gone")
+        self.transport_lost()
 
     def stopProducing(self) -> None:
-        self._release("client gone")
+        self.transport_lost()
 
     def end(self, reason: str, notice: bytes | None = None) -> None:
         """End the stream normally: optional last line, then the terminating chunk."""
@@ -199,16 +219,66 @@ class Stream:
         self._beat = None
         giveback = [m for m in self.pending if type(m) is Message]
         giveback.extend(self.unacked.values())
-        self.pending.clear()
+        self.pending = ()
         self.unacked.clear()
         self.queued = 0
+        self.pending_bytes = 0
         sub = self.subscription
         if sub is not None:
             if giveback:
                 sub.nack(giveback)
-            sub.cancel()
+            if self.inflight:
+                # Written, not yet out of the process: the subscription stays until
+                # those bytes leave (ack) or the connection is lost (give back).
+                self._cancel_settled = True
+                if not self.source_paused:
+                    self.source_paused = True
+                    sub.pause()
+            else:
+                sub.cancel()
+        if self.outbox is not None and not self.inflight:
+            self.outbox.forget(self)
         if self.on_end is not None:
             self.on_end(self)
+
+    # -- what the connection's outbox calls -----------------------------------------
+
+    def drained(self) -> None:
+        """Everything written to the connection has left the process."""
+        inflight, self.inflight = self.inflight, None
+        if inflight:
+            sub = self.subscription
+            for batch in inflight:
+                self.sent += len(batch)
+                sub.ack(batch)
+        if self.ended:
+            self._settled()
+            return
+        if self._flushing:
+            return
+        if self.pending:
+            self._flush()
+            if self.queued and not self.ended:
+                self._behind()
+        if not self.ended:
+            self._update_demand()
+
+    def transport_lost(self) -> None:
+        """The connection is gone: what is still in this process will never leave."""
+        inflight, self.inflight = self.inflight, None
+        if inflight and self.subscription is not None:
+            self.subscription.nack([m for batch in inflight for m in batch])
+        if self.ended:
+            self._settled()
+        else:
+            self._release("client gone")
+
+    def _settled(self) -> None:
+        if self.outbox is not None:
+            self.outbox.forget(self)
+        if self._cancel_settled:
+            self._cancel_settled = False
+            self.subscription.cancel()
 
     # -- IConsumer: what the source calls -------------------------------------------
 
@@ -240,51 +310,72 @@ class Stream:
                     self.subscription.nack(surplus)
         if not messages:
             return
-        if not (self.pending or self.paused or self._starting or self._flushing
-                or self.dropped or self.client_ack):
+        if not (self.pending or self._starting or self._flushing or self.dropped
+                or self.client_ack) and self._can_write():
             encoded = getattr(messages, "encoded", None)
-            if encoded is not None:
-                self._write_shared(messages, encoded)
+            if encoded is not None and self._write_shared(messages, encoded):
                 return
-        self.pending.extend(messages)
-        self.queued += len(messages)
-        self.accepted += len(messages)
+        self._queue().extend(messages)
+        n = len(messages)
+        self.queued += n
+        self.accepted += n
+        self.pending_bytes += sum([len(m.data) for m in messages])
         if self._starting:
             return
-        if not self.paused:
-            self._flush()
-        if self.paused:  # before, or by the write just made
-            if self.stall_warnings and not self._warned:
-                self._stall_warning()
-            self._overflow()
+        self._flush()
+        if self.queued and not self.ended:  # it could not all be written
+            self._behind()
         if not self.ended:
             self._update_demand()
 
-    def _write_shared(self, batch: list[Message], encoded: dict) -> None:
+    def _write_shared(self, batch: list[Message], encoded: dict) -> bool:
         """
-        The common case of a broadcast: nothing queued, not paused, the whole batch
+        The common case of a broadcast: nothing queued, free to write, the whole batch
         accepted. The batch's bytes are joined once for every stream with the same
-        framing (a L{SharedBatch} from the source) instead of once per stream.
+        framing (a L{SharedBatch} from the source) instead of once per stream. A batch
+        too large for one write goes the common way (False).
         """
         framing = self.framing
         data = encoded.get(framing)
         if data is None:
             data = encoded[framing] = b"".join([framing.message(m) for m in batch])
+        if len(data) > WRITE_BATCH_BYTES:
+            return False
         n = len(batch)
         self._warned = False  # nothing is queued: caught up
         self.accepted += n
         self.written += n
         self.bytes_written += len(data)
         self._last_write = self.clock.seconds()
-        self.request.write(data)
+        self._flushing = True
+        try:
+            self.request.write(data)
+        finally:
+            self._flushing = False
         if self.metrics is not None:
             self.metrics.out.inc(n)
             self.metrics.bytes.inc(len(data))
-        self.subscription.ack(batch)
+        self._ack_when_sent(batch)
         if not self.ended:
             self._maybe_finish()
         if not self.ended:
             self._update_demand()
+        return True
+
+    def _ack_when_sent(self, batch: list[Message]) -> None:
+        outbox = self.outbox
+        if outbox is None or outbox.clear():
+            self.sent += len(batch)
+            self.subscription.ack(batch)
+            return
+        if self.inflight is None:
+            self.inflight = []
+        self.inflight.append(batch)
+
+    def _queue(self) -> deque:
+        if type(self.pending) is tuple:
+            self.pending = deque()
+        return self.pending
 
     def _skip(self, messages: list[Message]) -> None:
         # The filter rejected these before they cost this client anything: the source
@@ -294,8 +385,8 @@ class Stream:
 
     def gap(self, info: dict[str, Any]) -> None:
         if not self.ended:
-            self.pending.append(self.framing.control("gap", info))
-            if not self._starting and not self.paused:
+            self._queue().append(self.framing.control("gap", info))
+            if not self._starting:
                 self._flush()
 
     def source_ended(self, reason: str) -> None:
@@ -310,8 +401,6 @@ class Stream:
 
     def pauseProducing(self) -> None:
         self.paused = True
-        if self.metrics is not None:
-            self.metrics.pauses.inc()
         self._update_demand()
 
     def resumeProducing(self) -> None:
@@ -340,8 +429,15 @@ class Stream:
 
     # -- internals ---------------------------------------------------------------
 
-    def _wants_more(self) -> bool:
+    def _can_write(self) -> bool:
+        """Not paused, and the last write has left the process (so little waits here)."""
         if self.paused or self.ended:
+            return False
+        outbox = self.outbox
+        return outbox is None or outbox.clear()
+
+    def _wants_more(self) -> bool:
+        if not self._can_write():
             return False
         if self.limit is not None and self.accepted >= self.limit:
             return False
@@ -354,6 +450,8 @@ class Stream:
             if want:
                 self.subscription.resume()
             else:
+                if self.metrics is not None and not self._can_write():
+                    self.metrics.pauses.inc()  # the client is behind (not a limit)
                 self.subscription.pause()
 
     def _flush(self) -> None:
@@ -363,7 +461,7 @@ class Stream:
         try:
             pending = self.pending
             framing = self.framing
-            while pending and not self.paused and not self.ended:
+            while pending and self._can_write():
                 # In client-ack mode at most max_unacked messages are outstanding: the
                 # rest wait here (written once acks make room), not in the socket.
                 room = self.max_unacked - len(self.unacked) if self.client_ack else -1
@@ -372,6 +470,7 @@ class Stream:
                 parts = []
                 batch = []
                 size = 0
+                payload = 0
                 if self.dropped:
                     parts.append(framing.control("dropped", self.dropped))
                     self.dropped = 0
@@ -382,27 +481,30 @@ class Stream:
                     else:
                         frame = framing.message(item)
                         batch.append(item)
+                        payload += len(item.data)
                     parts.append(frame)
                     size += len(frame)
                 self.queued -= len(batch)
+                self.pending_bytes -= payload
                 self.written += len(batch)
                 self.bytes_written += size
                 self._last_write = self.clock.seconds()
                 if self.client_ack:
                     for m in batch:
                         self.unacked[m.id] = m
-                # The write may pause us (Twisted's buffer passed 64 KiB): the loop
-                # then stops and the rest waits in pending.
+                # The write may not all leave at once (the kernel's buffer is full), or
+                # may pause us (Twisted's buffer passed 64 KiB): the loop then stops
+                # and the rest waits in pending.
                 self.request.write(b"".join(parts))
                 if batch:
                     if self.metrics is not None:
                         self.metrics.out.inc(len(batch))
                         self.metrics.bytes.inc(size)
                     if not self.client_ack:
-                        self.subscription.ack(batch)
+                        self._ack_when_sent(batch)
         finally:
             self._flushing = False
-        if self._warned and self.queued * 2 < self.max_pending:
+        if self._warned and self._percent_full() < 50:
             self._warned = False  # caught up: warn again next time it falls behind
         self._maybe_finish()
 
@@ -418,8 +520,20 @@ class Stream:
         ):
             self.end("limit")
 
+    def _percent_full(self) -> int:
+        return max(self.queued * 100 // self.max_pending,
+                   self.pending_bytes * 100 // self.max_pending_bytes)
+
+    def _behind(self) -> None:
+        """Messages wait here: warn at half full, apply the slow policy past full."""
+        if self.stall_warnings and not self._warned:
+            self._stall_warning()
+        if self.queued > self.max_pending or self.pending_bytes > self.max_pending_bytes:
+            self._overflow()
+
     def _stall_warning(self) -> None:
-        if self.queued * 2 < self.max_pending:
+        percent = self._percent_full()
+        if percent < 50:
             return
         self._warned = True
         # Written ahead of the queue, straight to the transport: the client reads it
@@ -427,39 +541,59 @@ class Stream:
         self.request.write(self.framing.control("warning", {
             "code": "FALLING_BEHIND",
             "message": "the client is not reading fast enough",
-            "percent_full": min(100, self.queued * 100 // self.max_pending),
+            "percent_full": min(100, percent),
             "dropped": self.dropped_total,
         }))
 
     def _overflow(self) -> None:
-        excess = self.queued - self.max_pending
-        if excess <= 0:
-            return
         if self.slow_policy == "drop-oldest":
+            pending = self.pending
             dropped = []
-            while len(dropped) < excess:
-                item = self.pending.popleft()
+            payload = 0
+            while self.queued > self.max_pending or self.pending_bytes > self.max_pending_bytes:
+                item = pending.popleft()
                 if type(item) is Message:
                     dropped.append(item)
-            self.queued -= excess
+                    self.queued -= 1
+                    self.pending_bytes -= len(item.data)
+                    payload += len(item.data)
+            excess = len(dropped)
             self.dropped += excess
             self.dropped_total += excess
             self.subscription.nack(dropped)
             if self.metrics is not None:
                 self.metrics.drops.inc(excess)
             return
-        notice = self.framing.control(
-            "error", {"message": "slow consumer", "max_pending": self.max_pending}
-        )
+        # The notice goes ahead of everything still queued here (given back to the
+        # source by end()); only the one write already under way is before it.
+        info: dict[str, Any] = {"message": "slow consumer", "max_pending": self.max_pending}
+        if self.pending_bytes > self.max_pending_bytes:
+            info["max_pending_bytes"] = self.max_pending_bytes
+        notice = self.framing.control("error", info)
         transport = getattr(self.request, "transport", None)
         if self.metrics is not None:
             self.metrics.disconnects.inc()
         self.end("slow consumer", notice)
         if transport is not None:
-            # Close once the final line is out; a client that never reads again is
-            # cut off after a grace period so its buffered bytes are freed.
+            # Close once the final line is out; a client that reads nothing at all
+            # for a grace period is cut off, so its buffered bytes are freed.
             transport.loseConnection()
-            self.clock.callLater(SLOW_CLOSE_GRACE, transport.abortConnection)
+            left = self.outbox.backlog() if self.outbox is not None else 0
+            self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, left)
+        elif getattr(self.request, "channel", None) is not None:
+            # HTTP/2: the request's channel is its own stream of the connection;
+            # aborting it resets that stream only.
+            self.clock.callLater(SLOW_CLOSE_GRACE, _abort_quietly, self.request.channel)
+
+    def _cut_off_if_stuck(self, transport, left_before: int) -> None:
+        if getattr(transport, "disconnected", False):
+            return
+        left = self.outbox.backlog() if self.outbox is not None else 0
+        if 0 < left < left_before:
+            # still reading: look again after another grace period
+            self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, left)
+            return
+        transport.abortConnection()
 
     def _heartbeat(self) -> None:
         if self.ended:
@@ -467,8 +601,14 @@ class Stream:
         now = self.clock.seconds()
         due = self._last_write + self.heartbeat
         if now >= due:
-            if not self.paused:
+            if self._can_write() and not self.pending:  # a keep-alive, never a queue-jumper
                 self.request.write(self.framing.heartbeat(now))
             self._last_write = now
             due = now + self.heartbeat
         self._beat = self.clock.callLater(due - now, self._heartbeat)
+
+
+def _abort_quietly(channel) -> None:
+    # An HTTP/2 stream that closed meanwhile raises (h2's StreamClosedError).
+    with contextlib.suppress(Exception):
+        channel.abortConnection()

@@ -7,30 +7,55 @@ passed in.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.copyright import version as twisted_version
+from twisted.internet import defer, error
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 
-from streamd import config, logs
+from streamd import __version__, config, logs
 from streamd.web import StreamdApp
 from streamd.web.site import make_site
 
 log = Logger()
 
 
+def option_help(key: config.Key) -> str:
+    """A config key's help as an option's: its values if it has a few, and its default."""
+    shown = []
+    if key.type == "enum":
+        shown.append(f"one of: {', '.join(key.choices)}")
+    if "default" not in key.help:  # a help that explains its default says it better
+        shown.append(f"default: {key.default}")
+    return f"{key.help} ({'; '.join(shown)})" if shown else key.help
+
+
 class Options(usage.Options):
     """Every top-level config key is also an option (C{max_pending} is C{--max-pending})."""
 
     synopsis = "[--listen ENDPOINT]... [--config FILE] [options]"
+    # getUsage wraps this into one paragraph.
+    longdesc = (
+        "Serves message sources as live HTTP streams (NDJSON and Server-Sent Events). "
+        "Each option is also a top-level key of the TOML file given with --config FILE "
+        "(--max-pending is max_pending; the command line wins), whose tables declare the "
+        "rest: [streams.NAME] a stream and its source (memory, sqs, redis-pubsub, "
+        "redis-list, redis-stream), [redis] the Redis connections, [auth] identity and "
+        "access, [store] the event store, [channels] channel values. The README describes "
+        "every key, with commands that run."
+    )
     optParameters = [["config", "c", None, "TOML configuration file"]] + [
-        [k.name.replace("_", "-"), None, None, f"{k.help} (default: {k.default})"]
+        [k.name.replace("_", "-"), None, None, option_help(k)]
         for k in config.TOP_KEYS.values()
         if k.name != "listen" and k.cli
     ]
@@ -40,9 +65,18 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
-        """Twisted endpoint to serve on, e.g. tcp:8080 or unix:/run/streamd.sock
-        (repeatable; default tcp:8080)"""
         self["listen"].append(endpoint)
+
+    # A docstring's indentation would show in --help.
+    opt_listen.__doc__ = (
+        "Twisted endpoint to serve on, e.g. tcp:8080 (every interface) or "
+        "unix:/run/streamd.sock (repeatable; default tcp:8080:interface=127.0.0.1)")
+
+    def opt_version(self) -> None:
+        """Display streamd's and Twisted's versions and exit."""
+        print(f"streamd {__version__}")
+        print(f"Twisted {twisted_version}")
+        sys.exit(0)
 
     def postOptions(self) -> None:
         try:
@@ -81,14 +115,24 @@ def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 class StreamdService(service.Service):
-    """Starts the sources, listens on every endpoint, and ends streams on stop."""
+    """
+    Starts the sources, listens on every endpoint, and ends streams on stop.
 
-    def __init__(self, settings: dict[str, Any], reactor) -> None:
+    @ivar on_fatal: called with an exit status when streamd cannot run as configured
+        (an endpoint it cannot listen on); the reactor is stopped as well.
+    """
+
+    def __init__(self, settings: dict[str, Any], reactor,
+                 on_fatal: Callable[[int], None] = lambda status: None,
+                 stderr=None) -> None:
         self.settings = settings
         self.reactor = reactor
         self.app = StreamdApp(settings, reactor)
         self.site = make_site(self.app, reactor)
         self.ports: list[Any] = []
+        self.on_fatal = on_fatal
+        self.stderr = stderr if stderr is not None else sys.stderr
+        self.failed = False
 
     def startService(self) -> None:
         super().startService()
@@ -110,9 +154,26 @@ class StreamdService(service.Service):
         log.info("streamd listening on {address}", address=f"{kind}:{where}")
 
     def _listen_failed(self, failure, desc: str) -> None:
-        log.critical("streamd cannot listen on {desc}: {error}", desc=desc,
-                     error=failure.getErrorMessage())
-        self.reactor.stop()
+        """
+        One endpoint is unusable (a port in use, a socket path not writable): stop,
+        exit non-zero, so that a service manager restarts us and a person at a
+        terminal sees why, rather than a streamd that serves fewer endpoints, or none.
+        """
+        why = failure.getErrorMessage()
+        log.critical("streamd cannot listen on {desc}: {error}", desc=desc, error=why)
+        # The log may be a file: say it on stderr too, in one line, as config errors do.
+        self.stderr.write(f"streamd: cannot listen on {desc}: {why}\n")
+        self.stderr.flush()
+        if self.failed:
+            return
+        self.failed = True
+        self.on_fatal(1)
+        # This runs before the reactor does when listen() fails at once (TCP).
+        self.reactor.callWhenRunning(self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
+        with contextlib.suppress(error.ReactorNotRunning):  # already stopping (SIGTERM)
+            self.reactor.stop()
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -125,6 +186,8 @@ class StreamdService(service.Service):
         super().stopService()
         deadline = self.reactor.seconds() + self.settings["shutdown_timeout"]
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        if self.site.access is not None:
+            self.site.access.flush()
         transports = [s.request.transport for s in self.app.open_streams]
         yield defer.ensureDeferred(
             self.app.stop(max(0.0, deadline - self.reactor.seconds())))
@@ -141,7 +204,23 @@ class StreamdService(service.Service):
             self.reactor._exitSignal = None
 
 
+def exit_status_at_exit(status: int) -> None:
+    """
+    Make the process exit with C{status} once twistd is done. twistd has no exit
+    status of its own (it exits 0 whenever its reactor stops), so this replaces that 0
+    at interpreter exit: after the services stopped, twistd logged its last line and
+    removed its pid file.
+    """
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    atexit.register(leave)
+
+
 def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
-    return StreamdService(options["settings"], reactor)
+    return StreamdService(options["settings"], reactor, on_fatal=exit_status_at_exit)

@@ -11,6 +11,7 @@ Every wait here is bounded (C{within}); nothing sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,10 @@ FLAGS = [
 ]
 
 TIMEOUT = 20.0
+
+#: Where a failing browser test leaves a screenshot of its page (C{STREAMD_TEST_OUTPUT}
+#: to choose another place).
+OUTPUT = os.environ.get("STREAMD_TEST_OUTPUT", "test-output")
 
 
 def available() -> bool:
@@ -102,15 +107,21 @@ class _Pipe(protocol.ProcessProtocol):
 
 
 class Browser:
-    """One headless Chromium with a fresh profile, and one page in it."""
+    """
+    One headless Chromium with a fresh profile, and one page in it.
+
+    @ivar flags: its command-line flags; a test may add some before L{start} (such as
+        C{--ignore-certificate-errors} for a server with a self-signed certificate).
+    """
 
     def __init__(self) -> None:
+        self.flags = list(FLAGS)
         self.pipe = _Pipe()
         self.profile = tempfile.mkdtemp(prefix="streamd-chromium-")
         self.session: str | None = None
 
     async def start(self) -> None:
-        args = [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"]
+        args = [CHROMIUM, *self.flags, f"--user-data-dir={self.profile}", "about:blank"]
         reactor.spawnProcess(self.pipe, CHROMIUM, args, env=os.environ.copy(),
                              childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
         await self.command("Browser.getVersion")
@@ -143,6 +154,40 @@ class Browser:
         shot = await self.command("Page.captureScreenshot", {"format": "png"}, page=True)
         with open(path, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
+
+    @contextlib.asynccontextmanager
+    async def screenshot_on_failure(self, name: str):
+        """
+        On an exception inside the block, save a screenshot of the page as
+        C{OUTPUT/NAME.png} and name the file in the failure's output.
+        """
+        try:
+            yield
+        except BaseException as failure:
+            os.makedirs(OUTPUT, exist_ok=True)
+            path = os.path.abspath(os.path.join(OUTPUT, name + ".png"))
+            try:
+                await self.screenshot(path)
+                note = f"screenshot of the page: {path}"
+            except Exception as e:
+                note = f"no screenshot of the page: {e!r}"
+            print(note)  # pytest shows a failing test's output
+            if hasattr(failure, "add_note"):
+                failure.add_note(note)
+            raise
+
+    @contextlib.asynccontextmanager
+    async def running(self, name: str):
+        """
+        Start the browser for the block and close it after, with a screenshot named
+        C{name} should the block fail (L{screenshot_on_failure}).
+        """
+        await self.start()
+        try:
+            async with self.screenshot_on_failure(name):
+                yield self
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         if self.pipe.transport is not None and not self.pipe.done:

@@ -35,12 +35,19 @@ def settings(streams: dict[str, Any] | None = None, **top: Any) -> dict[str, Any
 
 
 class Server:
-    """A StreamdApp on 127.0.0.1:PORT; C{url} is its base URL."""
+    """
+    A StreamdApp on 127.0.0.1:PORT; C{url} is its base URL. Started with C{tls=True} it
+    also listens with TLS (C{tls_url}), where ALPN offers h2 and http/1.1, as with
+    C{--listen ssl:...}.
+    """
 
-    def __init__(self, app: StreamdApp, port) -> None:
+    def __init__(self, app: StreamdApp, port, tls_port=None) -> None:
         self.app = app
         self.port = port
         self.url = f"http://127.0.0.1:{port.getHost().port}"
+        self.tls_port = tls_port
+        if tls_port is not None:
+            self.tls_url = f"https://127.0.0.1:{tls_port.getHost().port}"
 
     async def wait_open_streams(self, n: int, seconds: float = TIMEOUT) -> None:
         """Wait until exactly C{n} streams are open on the server."""
@@ -64,16 +71,27 @@ async def _tick(interval: float) -> None:
 
 @pytest_twisted.async_yield_fixture
 async def serve():
-    """Call C{await serve(settings)} to get a running L{Server}; stopped after the test."""
+    """
+    Call C{await serve(settings)} (C{tls=True}: with a TLS port too) to get a running
+    L{Server}; stopped after the test.
+    """
     servers = []
 
-    async def start(s: dict[str, Any] | None = None) -> Server:
+    async def start(s: dict[str, Any] | None = None, tls: bool = False) -> Server:
         s = s or settings()
         app = StreamdApp(s, reactor)
         await app.start()
         site = make_site(app)
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
-        server = Server(app, port)
+        tls_port = None
+        if tls:
+            from h2_helpers import certificate
+
+            key, cert = certificate()
+            tls_port = await serverFromString(
+                reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+            ).listen(site)
+        server = Server(app, port, tls_port)
         servers.append(server)
         return server
 
@@ -81,6 +99,8 @@ async def serve():
     for server in servers:
         await server.app.stop(TIMEOUT)
         await server.port.stopListening()
+        if server.tls_port is not None:
+            await server.tls_port.stopListening()
 
 
 class StreamReader:

@@ -33,6 +33,7 @@ class FakeSQS:
         self.in_flight: dict[str, dict[str, Any]] = {}
         self.calls: Counter[str] = Counter()
         self.polls: list[tuple[Deferred, int]] = []
+        self.waits: list[int] = []  # WaitTimeSeconds of every receive
         self.deleted: list[str] = []
         self.released: list[str] = []
         self.extended: list[tuple[str, int]] = []
@@ -84,6 +85,7 @@ class FakeSQS:
     def receive(self, queue_url, *, max_messages=10, wait=20, visibility=None,
                 message_attributes=("All",), system_attributes=()):
         self.calls["ReceiveMessage"] += 1
+        self.waits.append(wait)
         if self.error is not None:
             return fail(self.error)
         if self.visible or wait == 0:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -90,6 +91,23 @@ class MotoServer:
         )["Attributes"]
         return (int(a["ApproximateNumberOfMessages"]),
                 int(a["ApproximateNumberOfMessagesNotVisible"]))
+
+    def receive_all(self, queue_url: str, n: int, seconds: float = 0.0) -> list[dict]:
+        """
+        Receive up to C{n} messages now, each hidden for 10 minutes so that none comes
+        twice; with C{seconds}, long polls go on that long for hidden ones to come back.
+        """
+        out: list[dict] = []
+        deadline = time.monotonic() + seconds
+        while len(out) < n:
+            got = self.sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=min(10, n - len(out)),
+                WaitTimeSeconds=1 if seconds else 0, VisibilityTimeout=600,
+            ).get("Messages", [])
+            out += got
+            if not got and time.monotonic() >= deadline:
+                break
+        return out
 
     def stop(self) -> None:
         if self.proc.poll() is None:

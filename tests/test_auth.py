@@ -1,5 +1,6 @@
 """Identity and access: each mode's 401/403/429 paths, the happy paths, CORS."""
 
+import json
 import time
 
 import pytest
@@ -9,7 +10,7 @@ from conftest import StreamReader, open_stream, settings, within
 
 from streamd import config
 from streamd.auth import Auth, sign_hs256, verify_hs256
-from streamd.web.site import redact
+from streamd.web.access import redact
 
 ensure = pytest_twisted.ensureDeferred
 SECRET = "0123456789abcdef-secret"
@@ -97,6 +98,92 @@ async def test_jwt_mode_claims_and_expiry(serve):
     reader.close()
 
 
+@ensure
+async def test_jwt_says_expired_or_not_yet_valid(serve):
+    server = await serve(settings(auth={"mode": "jwt", "jwt_secret": SECRET}))
+    url = server.url + "/streams/orders"
+    now = time.time()
+    cases = [
+        ({"exp": now - 1}, "token expired"),
+        ({"nbf": now + 600}, "token not yet valid"),
+        ({"exp": "tomorrow"}, "invalid token"),
+    ]
+    for claims, why in cases:
+        token = sign_hs256({"sub": "svc", "read": ["*"], **claims}, SECRET.encode())
+        r, body = await status("get", url, headers={"Authorization": f"Bearer {token}"})
+        assert r.code == 401 and body["error"]["message"] == why
+        assert r.headers.getRawHeaders("www-authenticate") == [
+            f'Bearer realm="streamd", error="invalid_token", error_description="{why}"']
+    # An expired token signed with another secret is just invalid: say nothing more.
+    forged = sign_hs256({"sub": "svc", "exp": now - 1}, b"another-secret-entirely")
+    r, body = await status("get", url, headers={"Authorization": f"Bearer {forged}"})
+    assert body["error"]["message"] == "invalid token"
+
+
+OPS = {"/metrics": {}, "/openapi.json": {}, "/": {},
+       "/ ": {"Accept": "text/html"}}  # "/ ": the live page
+
+
+async def get(url, headers=None):
+    r = await within(treq.get(url, headers=headers or {}))
+    return r, await treq.content(r)
+
+
+@ensure
+async def test_with_auth_on_only_health_answers_anyone(serve):
+    server = await serve(settings(auth=TOKENS))
+    alice = {"Authorization": "Bearer alice-token"}
+    ops = {"Authorization": "Bearer ops-token"}
+    for path, headers in OPS.items():
+        url = server.url + path.strip()
+        r, body = await get(url, headers)
+        assert r.code == 401, (path, body)
+        assert r.headers.getRawHeaders("www-authenticate") == ['Bearer realm="streamd"']
+        r, body = await get(url, {**headers, **alice})
+        assert r.code == 403 and b"needs an admin identity" in body, (path, body)
+        r, body = await get(url, {**headers, **ops})
+        assert r.code == 200, (path, body)
+    # /health: anyone learns up or down, and nothing of the setup.
+    r, body = await get(server.url + "/health")
+    assert r.code == 200 and json.loads(body) == {"service": "streamd", "status": "ok"}
+    r, body = await get(server.url + "/health", alice)
+    assert json.loads(body) == {"service": "streamd", "status": "ok"}
+    r, body = await get(server.url + "/health", ops)
+    full = json.loads(body)
+    assert full["status"] == "ok" and "sources" in full and "version" in full
+
+
+@ensure
+async def test_public_lists_the_endpoints_that_answer_anyone(serve):
+    server = await serve(settings(auth={**TOKENS, "public": ["metrics", "status"]}))
+    r, body = await get(server.url + "/metrics")
+    assert r.code == 200 and b"streamd_" in body
+    r, body = await get(server.url + "/")
+    assert r.code == 200 and "identities" not in json.loads(body)
+    r, body = await get(server.url + "/health")
+    assert r.code == 401  # not listed any more
+    r, body = await get(server.url + "/health", {"Authorization": "Bearer alice-token"})
+    assert r.code == 403
+    r, body = await get(server.url + "/openapi.json")
+    assert r.code == 401
+
+
+@ensure
+async def test_with_auth_off_every_operational_endpoint_is_public(serve):
+    server = await serve(settings())
+    for path, headers in {**OPS, "/health": {}}.items():
+        r, body = await get(server.url + path.strip(), headers)
+        assert r.code == 200, (path, body)
+    r, body = await get(server.url + "/health")
+    assert "sources" in json.loads(body)
+
+
+def test_admins_make_static_tokens_admins_too():
+    auth = Auth.from_settings(config.build({"auth": {**TOKENS, "admins": ["alice"]}},
+                                           {})["auth"])
+    assert auth.tokens["alice-token"].admin
+
+
 def test_jwt_rejects_alg_none_and_tampering():
     token = sign_hs256({"sub": "a"}, b"k" * 16)
     head, body, sig = token.split(".")
@@ -115,6 +202,7 @@ async def test_max_connections_per_identity_is_429_with_retry_after(serve):
     await server.wait_open_streams(1)
     r, body = await status("get", server.url + "/streams/a?identifier=me")
     assert r.code == 429 and r.headers.getRawHeaders("retry-after") == ["10"]
+    assert r.phrase == b"Too Many Requests"  # the status line's reason (not "Unknown Status")
     other = await open_stream(server.url + "/streams/a?identifier=you")
     first.close()
     other.close()
@@ -168,6 +256,7 @@ def test_access_log_never_has_tokens():
         ({"mode": "jwt", "jwt_secret": "short"}, "auth.jwt_secret"),
         ({"mode": "magic"}, "auth.mode"),
         ({"mode": "token", "tokens": [{"identity": "x"}]}, "auth.tokens[0].token"),
+        ({"mode": "jwt", "jwt_secret": SECRET, "public": ["health", "docs"]}, "auth.public"),
     ],
 )
 def test_auth_config_errors(table, key):

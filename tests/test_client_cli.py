@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -79,11 +81,12 @@ def test_tail_prints_records_as_they_are_published_and_exits_after_the_limit(str
         '{"id":"2","stream":"news","data":{"n": 2}}',
         '{"id":"3","stream":"news","data":{"n": 3}}',
     ]
-    # Resume after an id, as SSE: one JSON line per event.
+    # Resume after an id, as SSE: the same lines as NDJSON, data as the server sent it.
     resumed = run("tail", streamd + "/streams/news", "--since", "2", "--sse", "--limit", "2")
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.decode().splitlines() == [
-        '{"id":"3","data":{"n":3}}', '{"id":"4","data":{"n":4}}']
+        '{"id":"3","stream":"news","data":{"n": 3}}',
+        '{"id":"4","stream":"news","data":{"n": 4}}']
 
 
 def test_pub_from_a_file_and_errors(streamd, tmp_path):
@@ -118,3 +121,48 @@ def test_blocking_read_can_be_called_again_in_one_process(streamd):
                           capture_output=True, env=ENV, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().splitlines() == ["[1, 2]", "[3]", "[2, 3]"]
+
+
+class HangUpServer:
+    """A real listening socket that accepts each connection and closes it at once."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(30)  # bounded: the thread ends with the test at the latest
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/streams/news"
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.accepted += 1
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_max_retries_n_gives_up_after_n_failed_attempts(n):
+    server = HangUpServer()
+    try:
+        tail = run("tail", server.url, "--max-retries", str(n))
+    finally:
+        server.close()
+    assert tail.returncode == 1
+    assert f"gave up after {n} attempts" in tail.stderr.decode(), tail.stderr
+    assert server.accepted == n
+
+
+def test_max_retries_must_be_at_least_1():
+    tail = run("tail", "http://127.0.0.1:9/streams/news", "--max-retries", "0")
+    assert tail.returncode == 2
+    assert "--max-retries: must be at least 1" in tail.stderr.decode()

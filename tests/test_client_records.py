@@ -1,6 +1,15 @@
 """The client's parsers: NDJSON and SSE bytes, in any chunking, to records and notices."""
 
-from streamd.client.records import NDJSONParser, Notice, Record, SSEParser, parser_for
+import pytest
+
+from streamd.client.records import (
+    NDJSONParser,
+    Notice,
+    Record,
+    SSEParser,
+    parser_for,
+    stream_of,
+)
 
 
 def feed_bytewise(parser, data: bytes) -> list:
@@ -66,8 +75,37 @@ def test_sse_events_ids_and_notices_in_any_chunking():
             ("9", "update", 5),
         ]
     records = [x for x in SSEParser().feed(body) if isinstance(x, Record)]
-    assert records[0].line == b'{"id":"1","data":{"n":1}}'
+    assert records[0].line == b'{"id":"1","data":{"n": 1}}'  # no stream name known
     assert Record.from_line(records[2].line).event == "update"  # a round trip via a queue
+
+
+def test_an_sse_record_line_is_streamds_ndjson_line():
+    """What streamd-tail prints is the same for --sse as for NDJSON."""
+    body = (b'id: 7\ndata: {"price": 1.50, "code": "007"}\n\n'
+            b"id: 8\ndata: plain text\n\n"
+            b"id: 9\ndata: [1,\ndata:  2]\n\n"
+            b'id: 10\nevent: update\ndata: "x"\n\n')
+    lines = [r.line for r in SSEParser(stream="news").feed(body)]
+    assert lines == [
+        b'{"id":"7","stream":"news","data":{"price": 1.50, "code": "007"}}',
+        b'{"id":"8","stream":"news","data":"plain text"}',
+        b'{"id":"9","stream":"news","data":[1,2]}',  # one line, whatever it spanned
+        b'{"id":"10","stream":"news","data":"x","event":"update"}',
+    ]
+    ndjson = NDJSONParser().feed(lines[0] + b"\n")[0]
+    assert (ndjson.id, ndjson.data) == ("7", {"price": 1.5, "code": "007"})
+
+
+@pytest.mark.parametrize(("url", "stream"), [
+    ("http://h:8080/streams/news", "news"),
+    ("http://h:8080/streams/news?since=3", "news"),
+    ("http://h/api/streams/a%3Ab/sample", "a:b"),
+    ("http://h/streams/tweets/filter", "tweets"),
+    ("http://h/events/stream", "events"),
+    ("http://h/subscription", None),
+])
+def test_the_stream_name_of_a_url(url, stream):
+    assert stream_of(url) == stream
 
 
 def test_sse_parser_remembers_last_id_and_retry():

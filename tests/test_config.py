@@ -8,7 +8,7 @@ from streamd.message import InvalidPayload, decode_body
 
 def test_embedded_defaults():
     s = config.build({}, {})
-    assert s["listen"] == ["tcp:8080"]
+    assert s["listen"] == ["tcp:8080:interface=127.0.0.1"]  # not every interface
     assert s["dynamic_streams"] is True and s["streams"] == {}
     assert (s["heartbeat"], s["buffer"], s["max_pending"]) == (15.0, 100, 1000)
 

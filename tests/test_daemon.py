@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from redis_server import redis_fixture  # noqa: F401
 
 # twistd as installed beside this Python (what `twistd` on PATH runs).
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -103,6 +105,66 @@ def test_bad_config_exits_nonzero_with_one_line_naming_the_key(tmp_path, toml, a
     err = proc.stderr.decode().strip()
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"streamd: config error: {named}:"), err
+
+
+@pytest.fixture
+def busy_port():
+    """A loopback port that this test holds (bound and listening), so streamd cannot."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def run_to_exit(tmp_path: Path, *args: str, seconds: float = 30.0):
+    """Run C{twistd -n streamd ARGS} to its end (bounded); return it and its log."""
+    log = tmp_path / "streamd.log"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*TWISTD, "--pidfile=", "-n", "--logfile", str(log), "streamd", *args],
+        cwd=tmp_path, capture_output=True, timeout=seconds,
+    )
+    return proc, log.read_text(), time.monotonic() - started
+
+
+def test_a_port_in_use_exits_nonzero_at_once_naming_the_endpoint(tmp_path, busy_port):
+    busy = f"tcp:{busy_port}:interface=127.0.0.1"
+    proc, log, took = run_to_exit(tmp_path, "--listen", busy)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert f"streamd: cannot listen on {busy}:" in err, err
+    assert "already in use" in err
+    assert f"cannot listen on {busy}" in log
+    assert took < 15  # not the shutdown timeout, nor for ever
+
+
+def test_one_busy_listen_of_two_stops_streamd_too(tmp_path, busy_port):
+    free = "tcp:0:interface=127.0.0.1"
+    busy = f"tcp:{busy_port}:interface=127.0.0.1"
+    proc, log, _ = run_to_exit(tmp_path, "--listen", free, "--listen", busy)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert f"streamd: cannot listen on {busy}:" in err and free not in err, err
+
+
+def test_a_clean_shutdown_does_not_report_redis_down(tmp_path, redis):
+    cfg = tmp_path / "streamd.toml"
+    cfg.write_text(f'[redis]\nurl = "{redis.url}"\n'
+                   '[streams.chat]\nsource = "redis-pubsub"\nchannels = ["chat"]\n'
+                   '[streams.jobs]\nsource = "redis-list"\nkey = "jobs"\n'
+                   '[streams.log]\nsource = "redis-stream"\nkey = "log"\n')
+    proc, _ = start(tmp_path, "--config", str(cfg))
+    log = tmp_path / "streamd.log"
+    try:
+        wait_for_line(proc, log, re.compile(rb"redis (default) \(.*\) is up"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "Server Shut Down" in text
+    assert "is down" not in text and "Traceback" not in text, text
 
 
 def test_twistd_lists_the_plugin(tmp_path):

@@ -222,7 +222,10 @@ async def test_index_and_health(serve):
     r = await treq.get(server.url + "/")
     body = await treq.json_content(r)
     assert body["service"] == "streamd" and body["open_streams"] == 1
-    assert body["sources"]["a"] == {"source": "memory", "status": "ok", "reason": None}
+    assert body["sources"]["a"] == {
+        "source": "memory", "status": "ok", "reason": None, "declared": True, "readers": 1,
+        "paused_readers": 0, "published": 0, "delivered": 0, "published_per_second": 0.0,
+        "delivered_per_second": 0.0}
     r = await treq.get(server.url + "/health")
     assert r.code == 200
     reader.close()

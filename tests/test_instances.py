@@ -48,7 +48,10 @@ queue_url = "{queue_url}"
 endpoint_url = "{endpoint}"
 region = "us-east-1"
 wait_time_seconds = 1
-visibility_timeout = 2
+# Long enough that a delete is never later than the message's visibility, on a loaded
+# machine too (with 2 s, one message was once received twice); short enough for the
+# SIGKILL part below.
+visibility_timeout = 5
 """
 
 

@@ -92,9 +92,14 @@ def test_json_logs_with_one_access_line_per_stream_and_no_secrets(tmp_path):
         if proc.poll() is None:
             proc.kill()
     events = [json.loads(line) for line in lines if line.strip()]
-    ended = [e for e in events if e.get("log_format", "").startswith("stream {stream} ended")]
+    ended = [e for e in events if e["message"].startswith("stream s ended")]
     assert len(ended) == 1
     e = ended[0]
+    assert e["message"].startswith("stream s ended (limit): identity=alice duration=")
+    assert (e["level"], e["namespace"]) == ("info", "streamd.web.app")
+    assert e["time"].endswith("Z")
+    # Plain JSON lines: no Twisted bookkeeping.
+    assert not [k for e in events for k in e if k.startswith("log_")]
     assert (e["stream"], e["identity"], e["reason"], e["messages"]) == ("s", "alice", "limit", 1)
     assert e["bytes"] > 0 and e["duration"] >= 0
     everything = b"\n".join(lines)

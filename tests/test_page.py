@@ -1,8 +1,10 @@
 """
 The live page: content negotiation on C{GET /}, and the page itself in a real headless
-Chromium (Debian's C{chromium}, which C{.ci/run} installs): it connects, shows what is
-published, reconnects after the server drops the stream, pauses and resumes without
-losing a message, and stops at its limit.
+Chromium (Debian's C{chromium}, which C{.ci/run} installs): it lists the server's
+streams with their status, readers and rates, and watches the one clicked; it connects,
+shows what is published, reconnects after the server drops the stream, pauses and
+resumes without losing a message, and stops at its limit. A failing test leaves a
+screenshot of the page in C{test-output/}.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import browser
 import pytest_twisted
 import treq
 from browser import chromium_fixture  # noqa: F401  (fixture)
-from conftest import publish, settings, within
+from conftest import open_stream, publish, settings, within
 from twisted.internet import defer, reactor
 
 from streamd import __version__
+from streamd.testing import FakeSource
 
 BROWSER_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,"
                   "image/webp,*/*;q=0.8")
@@ -77,13 +80,19 @@ def _click(element_id: str) -> str:
 async def test_page_in_chromium(serve, chromium):
     server = await serve(settings())
     messages = server.url + "/streams/demo/messages"
-    page = chromium
-    await page.start()
-    try:
+    async with chromium.running("test_page_in_chromium") as page:
         await page.open(server.url + "/")
-        # It watches the default stream "demo" with no click.
-        await eventually(page, "window.streamd && streamd.state", "open")
+        # No stream yet (nothing declared, none used): the page says so, watches nothing.
+        await eventually(page, "window.overview && overview.polls > 0")
+        assert await page.evaluate("document.getElementById('streams').textContent") \
+            == "no streams yet: type a name below, or publish to one"
+        assert await page.evaluate("streamd.state") == "idle"
+        # A name typed in: a memory stream made on first use.
+        await page.evaluate('document.getElementById("stream").value = "demo"')
+        await page.evaluate(_click("connect"))
+        await eventually(page, "streamd.state", "open")
         await server.wait_open_streams(1)
+        assert await page.evaluate("location.hash") == "#demo"
 
         await publish(messages, {"text": "from the test"}, ndjson=False)
         await eventually(page, STATE, ["open", 1, 0])
@@ -129,20 +138,77 @@ async def test_page_in_chromium(serve, chromium):
 
         if os.environ.get("STREAMD_SCREENSHOT"):
             await page.screenshot(os.environ["STREAMD_SCREENSHOT"])
-    finally:
-        await page.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_page_explains_a_refused_stream(serve, chromium):
     server = await serve(settings(streams={"news": {"source": "memory"}}))
-    page = chromium
-    await page.start()
-    try:
-        await page.open(server.url + "/")  # "demo" is not declared: 404
+    async with chromium.running("test_page_explains_a_refused_stream") as page:
+        await page.open(server.url + "/#demo")  # a link to "demo", which is not declared
         await eventually(page, "window.streamd && streamd.state", "failed")
         text = await eventually(
             page, "document.getElementById('state').textContent.startsWith('failed: 404')")
         assert text
-    finally:
-        await page.close()
+
+
+def _row(name: str, expression: str) -> str:
+    """A JavaScript expression about the overview's row of stream C{name}."""
+    return (f"(row => row && {expression})"
+            f"(document.querySelector('#streams tr[data-stream=\"{name}\"]'))")
+
+
+ROWS = "[...document.querySelectorAll('#streams tr[data-stream]')].map(r => r.dataset.stream)"
+
+
+@pytest_twisted.ensureDeferred
+async def test_overview_in_chromium(serve, chromium):
+    """The page lists the server's streams, live, and watches the one clicked."""
+    server = await serve(settings(streams={"news": {}, "alerts": {}}))
+    down = server.app.sources["orders"] = FakeSource("orders")
+    down.state = ("down", "queue missing")
+    server.app.stream_settings["orders"] = server.app.stream_settings["news"]
+    readers = [await open_stream(server.url + "/streams/news") for _ in range(2)]
+    async with chromium.running("test_overview_in_chromium") as page:
+        await page.open(server.url + "/")
+        await eventually(page, "window.overview && overview.polls > 0")
+        # Declared streams first, then the rest, each with its source and status.
+        await eventually(page, ROWS, ["alerts", "news", "orders"])
+        assert await page.evaluate(_row("orders", "row.classList.contains('down')"))
+        assert await page.evaluate(_row("orders", "row.querySelector('.status').textContent")) \
+            == "down: queue missing"
+        assert await page.evaluate(_row("news", "row.classList.contains('down')")) is False
+        await eventually(page, _row("news", "row.querySelector('.readers').textContent"), "2")
+
+        # Messages per second, in and out, and a chart of the last minute.
+        # (Published until the page shows both rates: a rate lasts one sample, 1 s.)
+        rates = _row("news", "[row.querySelector('.in').textContent,"
+                             " row.querySelector('.out').textContent].map(Number)")
+        published = 0
+        deadline = reactor.seconds() + 15
+        while not all(await page.evaluate(rates)):
+            assert reactor.seconds() < deadline, await page.evaluate(rates)
+            await publish(server.url + "/streams/news/messages", *({"n": i} for i in range(10)))
+            published += 10
+            await _tick(0.2)
+        await eventually(page, _row("news", "row.querySelector('canvas').dataset.points >= 2"))
+        for r in readers:
+            await r.wait_for(published)
+
+        # A click watches the stream.
+        await page.evaluate(_row("news", "(row.querySelector('.name').click(), true)"))
+        await eventually(page, "streamd.state", "open")
+        await server.wait_open_streams(3)
+        await eventually(page, _row("news", "row.classList.contains('watching')"))
+        await eventually(page, _row("news", "row.querySelector('.readers').textContent"), "3")
+        assert await page.evaluate("location.hash") == "#news"
+        await publish(server.url + "/streams/news/messages", {"text": "clicked"}, ndjson=False)
+        await eventually(page, SHOWN, [f'{published + 1}{{"text":"clicked"}}'])
+
+        # A stream whose source is down is refused, and the page says why.
+        await page.evaluate(_row("orders", "(row.click(), true)"))
+        await eventually(page, "document.getElementById('state').textContent",
+                         "failed: 503 stream 'orders' is down: queue missing")
+        if os.environ.get("STREAMD_SCREENSHOT"):
+            await page.screenshot(os.environ["STREAMD_SCREENSHOT"])
+    for r in readers:
+        r.close()

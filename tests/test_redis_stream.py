@@ -159,7 +159,8 @@ async def test_group_mode_client_ack_and_entries_of_a_dead_consumer_are_claimed(
 
 @ensure
 async def test_paused_client_issues_no_reads(redis, serve):
-    server = await serve(config(redis, max_pending=100000, batch=100))
+    server = await serve(config(redis, max_pending=100000, max_pending_bytes=1 << 30,
+                                batch=100))
     big = "x" * 4000
     for _ in range(30):
         redis.command("XADD", "events", "*", "data", json.dumps([big] * 25))  # 100 KB each

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import pytest_twisted
@@ -39,20 +40,30 @@ class StreamdProcess:
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self.log: list[str] = []
-        self._listening = threading.Event()
+        self._logged = threading.Condition()
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:
         for raw in self.proc.stdout:  # type: ignore[union-attr]
             line = raw.decode(errors="replace")
-            self.log.append(line)
-            if "streamd listening on" in line:
-                self._listening.set()
+            with self._logged:
+                self.log.append(line)
+                self._logged.notify_all()
 
-    async def started(self, seconds: float = 20.0) -> None:
-        if not await deferToThread(self._listening.wait, seconds):
+    def wait_log(self, text: str, seconds: float = 20.0) -> bool:
+        """Block (at most C{seconds}) until a log line contains C{text}; whether one did."""
+        with self._logged:
+            return self._logged.wait_for(lambda: any(text in line for line in self.log),
+                                         seconds)
+
+    def wait_started(self, seconds: float = 20.0) -> None:
+        """Block until streamd listens (at most C{seconds}); kill it and fail if not."""
+        if not self.wait_log("streamd listening on", seconds):
             self.proc.kill()
             raise AssertionError("streamd did not start:\n" + "".join(self.log[-20:]))
+
+    async def started(self, seconds: float = 20.0) -> None:
+        await deferToThread(self.wait_started, seconds)
 
     async def exited(self, seconds: float = 20.0) -> int:
         return await deferToThread(self.proc.wait, seconds)
@@ -71,10 +82,11 @@ def processes():
         p.kill()
 
 
-def stream_config(queue_url: str, endpoint: str, **keys) -> str:
-    lines = ["[streams.orders]", 'source = "sqs"', f'queue_url = "{queue_url}"',
-             f'endpoint_url = "{endpoint}"', 'region = "us-east-1"', "wait_time_seconds = 1"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+def stream_config(queue_url: str, endpoint: str, stream: str = "orders", **keys) -> str:
+    """The table of a stream on this queue; C{keys} add to or override its keys."""
+    table = {"source": "sqs", "queue_url": queue_url, "endpoint_url": endpoint,
+             "region": "us-east-1", "wait_time_seconds": 1, **keys}
+    lines = [f"[streams.{stream}]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -130,3 +142,58 @@ async def test_sigterm_gives_back_messages_in_hand_at_once(tmp_path, moto, proce
     assert reader.items[-1] == {"shutdown": True}
     # Visible again now, not after the 120 s visibility timeout.
     assert moto.counts(queue) == (20, 0)
+
+
+@ensure
+async def test_sigterm_waits_for_receives_in_flight_and_gives_back_what_they_bring(
+        tmp_path, moto, processes):  # noqa: F811
+    """
+    Two long polls wait on an empty queue when SIGTERM comes; 20 messages are sent
+    after it. SQS (and moto) go on with a long poll whose caller hung up, so cancelling
+    the polls left those messages hidden for the visibility timeout (issue 11). Now
+    the polls end within shutdown_timeout and their messages are visible at once.
+    """
+    queue = moto.create_queue()
+    streamd = StreamdProcess(tmp_path, "shutdown_timeout = 5\n" + stream_config(
+        queue, moto.endpoint, wait_time_seconds=20, pollers=2, visibility_timeout=120))
+    processes.append(streamd)
+    await streamd.started()
+    reader = await open_stream(streamd.url + "/streams/orders")
+    moto.send(queue, ["warm-up"])
+    await reader.wait_for(1)  # the pollers poll
+
+    started = time.monotonic()
+    streamd.proc.send_signal(signal.SIGTERM)
+    assert await deferToThread(streamd.wait_log, "Received SIGTERM")
+    sent = moto.send(queue, [json.dumps({"i": i}) for i in range(20)])
+    assert await streamd.exited() in (0, -signal.SIGTERM)
+    took = time.monotonic() - started
+    assert took < 5, f"shutdown took {took:.1f} s"
+    assert moto.counts(queue) == (20, 0)
+    assert sorted(m["MessageId"] for m in moto.receive_all(queue, 20)) == sorted(sent)
+
+
+@ensure
+async def test_sigterm_under_load_leaves_no_message_hidden(tmp_path, moto, processes):  # noqa: F811
+    """
+    SIGTERM while two pollers receive as fast as a client reads: every message was
+    either read by the client or is visible again, none hidden, none twice.
+    """
+    queue = moto.create_queue()
+    sent = moto.send(queue, [json.dumps({"i": i}) for i in range(100)])
+    streamd = StreamdProcess(tmp_path, stream_config(
+        queue, moto.endpoint, pollers=2, visibility_timeout=120))
+    processes.append(streamd)
+    await streamd.started()
+    reader = await open_stream(streamd.url + "/streams/orders")
+    await reader.wait_for(20)
+
+    streamd.proc.send_signal(signal.SIGTERM)
+    assert await streamd.exited() in (0, -signal.SIGTERM)
+    await within(reader.done)
+    read = [m["id"] for m in reader.messages()]
+    assert len(set(read)) == len(read), "a message was written twice"
+    visible, hidden = moto.counts(queue)
+    assert hidden == 0, f"{hidden} messages hidden after SIGTERM ({visible} visible)"
+    rest = [m["MessageId"] for m in moto.receive_all(queue, visible)]
+    assert sorted(read + rest) == sorted(sent)

@@ -22,6 +22,7 @@ from streamd.sources.sqs import (
     PROBE_CAP,
     PROBE_FIRST,
     SKIP_DELAY,
+    STOP_MARGIN,
     SQSSource,
     body_json,
 )
@@ -31,11 +32,11 @@ from streamd.testing import FakeRequest
 QURL = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
 
 
-def make(**keys):
+def make(shutdown_timeout=None, **keys):
     table = {"source": "sqs", "queue_url": QURL, **keys}
     settings = config.build({"streams": {"orders": table}}, {})["streams"]["orders"]
     fake, clock = FakeSQS(), Clock()
-    source = SQSSource("orders", settings, fake, clock)
+    source = SQSSource("orders", settings, fake, clock, shutdown_timeout=shutdown_timeout)
     source.start()
     return source, fake, clock
 
@@ -202,6 +203,50 @@ def test_stop_ends_streams_and_gives_back_everything_not_written():
     assert fake.deleted == ["m1"]
     assert sorted(fake.released) == ["m2", "m3", "m4"]
     assert fake.counts() == (3, 0)
+
+
+def test_stop_lets_a_receive_in_flight_finish_and_gives_back_what_it_brings():
+    source, fake, clock = make(shutdown_timeout=10)
+    r = attach(source)
+    d = source.stop()
+    assert r.ended == ["shutdown"] and not d.called  # the long poll is still out
+    fake.put("1", "2")  # and answers during the shutdown
+    clock.advance(0)
+    assert d.called
+    assert r.delivered == [] and sorted(fake.released) == ["m1", "m2"]
+    assert fake.calls["ReceiveMessage"] == 1 and fake.counts() == (2, 0)  # no more polls
+
+
+def test_stop_cancels_a_receive_still_in_flight_after_its_grace():
+    source, fake, clock = make(shutdown_timeout=4)
+    attach(source)
+    d = source.stop()
+    clock.advance(4 - STOP_MARGIN - 0.01)
+    assert not d.called and len(fake.polls) == 1
+    clock.advance(0.01)
+    assert d.called and fake.polls == []
+
+
+def test_stop_does_not_rest_after_a_receive_that_failed_during_it():
+    source, fake, clock = make(shutdown_timeout=10)
+    attach(source)
+    d = source.stop()
+    poll, _ = fake.polls.pop()
+    poll.errback(SQSError("InternalError", "", 500))  # through all the client's retries
+    assert d.called  # not after PROBE_CAP
+
+
+@pytest.mark.parametrize(("shutdown_timeout", "wait_time_seconds", "wait"), [
+    (None, 20, 20),  # no shutdown to fit in (a source built by hand)
+    (10, 20, 9),     # the defaults: a poll ends before the shutdown gives up on it
+    (30, 20, 20),
+    (1.5, 20, 1),    # never below 1 s (that would be short polling)
+    (10, 0, 0),
+])
+def test_long_polls_end_within_the_shutdown_timeout(shutdown_timeout, wait_time_seconds, wait):
+    source, fake, clock = make(shutdown_timeout, wait_time_seconds=wait_time_seconds)
+    attach(source)
+    assert fake.waits[0] == wait
 
 
 def test_source_down_for_a_missing_queue_then_up_again():

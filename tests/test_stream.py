@@ -175,6 +175,7 @@ def test_memory_resume_replays_after_id_without_gap():
     stream, request, _, _ = make(source=mem)
     stream.start(since="1")
     mem.publish([b"4"])
+    clock.advance(0)  # the end of the reactor turn
     assert [m["id"] for m in messages(request)] == ["2", "3", "4"]
 
 
@@ -209,7 +210,8 @@ def test_memory_unknown_future_id_is_a_gap_not_silence():
 
 
 def test_one_paused_reader_does_not_hold_back_others():
-    mem = MemorySource("m", Clock())
+    clock = Clock()
+    mem = MemorySource("m", clock)
     slow, slow_req, _, _ = make(source=mem, max_pending=5)
     fast, fast_req, _, _ = make(source=mem)
     slow.start()
@@ -217,19 +219,22 @@ def test_one_paused_reader_does_not_hold_back_others():
     slow.pauseProducing()
     for i in range(20):
         mem.publish([b"%d" % i])
+        clock.advance(0)
     assert len(fast_req.lines()) == 20
     assert slow.ended  # the slow one was disconnected by its policy
     assert len(mem.subscribers) == 1
 
 
 def test_message_encoded_once_for_many_streams():
-    mem = MemorySource("m", Clock())
+    clock = Clock()
+    mem = MemorySource("m", clock)
     reqs = []
     for _ in range(3):
         s, r, _, _ = make(source=mem)
         s.start()
         reqs.append(r)
     mem.publish([b'{"k":1}'])
+    clock.advance(0)
     msg = mem.recent[-1][2]
     assert set(msg.frames) == {"ndjson"}
 
@@ -248,12 +253,16 @@ def test_client_ack_window_holds_a_whole_batch_beyond_max_unacked():
 
 
 def test_a_broadcast_batch_is_joined_once_for_all_streams_that_keep_up():
-    mem = MemorySource("m", Clock())
+    clock = Clock()
+    mem = MemorySource("m", clock)
     readers = [make(source=mem) for _ in range(3)]
     for stream, *_ in readers:
         stream.start()
     readers[2][0].pauseProducing()  # this one queues instead
-    mem.publish([b'{"a":1}', b'{"b":2}'])
+    mem.publish([b'{"a":1}'])
+    mem.publish([b'{"b":2}'])  # a second POST in the same reactor turn
+    assert readers[0][1].writes == [b""]  # nothing yet: gathered until the turn ends
+    clock.advance(0)
     first, second = readers[0][1].writes[-1], readers[1][1].writes[-1]
     assert first is second  # the same bytes object: joined once
     assert first == (b'{"id":"1","stream":"m","data":{"a":1}}\n'
@@ -262,3 +271,19 @@ def test_a_broadcast_batch_is_joined_once_for_all_streams_that_keep_up():
     assert paused_stream.queued == 2
     paused_stream.resumeProducing()
     assert paused_request.written.endswith(first)
+
+
+def test_coalesce_ms_gathers_messages_that_far_apart():
+    clock = Clock()
+    mem = MemorySource("m", clock, coalesce=0.005)
+    stream, request, _, _ = make(source=mem)
+    stream.start()
+    mem.publish([b"1"])
+    clock.advance(0.004)
+    mem.publish([b"2"])
+    assert request.writes == [b""]
+    clock.advance(0.001)
+    assert len(request.writes) == 2 and len(request.lines()) == 2  # one write of both
+    mem.publish([b"3"])
+    clock.advance(0.005)
+    assert len(request.writes) == 3

@@ -38,8 +38,9 @@ def _tail_parser() -> argparse.ArgumentParser:
     p.add_argument("--sse", action="store_true", help="ask for Server-Sent Events")
     p.add_argument("--token", help="bearer token (Authorization header)")
     p.add_argument("--since", help="resume after this record id")
-    p.add_argument("--max-retries", type=int,
-                   help="give up after this many failed connection attempts in a row")
+    p.add_argument("--max-retries", type=int, metavar="N",
+                   help="give up once N connection attempts in a row have failed (the "
+                        "first one counts: 2 means one retry; default: never)")
     p.add_argument("--idle-timeout", type=float,
                    help="reconnect after this many seconds without a byte (streamd sends "
                         "a heartbeat every 15 s by default)")
@@ -74,6 +75,8 @@ def tail_main(argv: list[str] | None = None) -> None:
     args = _tail_parser().parse_args(argv)
     if args.limit is not None and args.limit < 1:
         _tail_parser().error("--limit: must be at least 1")
+    if args.max_retries is not None and args.max_retries < 1:
+        _tail_parser().error("--max-retries: must be at least 1")
     react(lambda reactor: Deferred.fromCoroutine(_tail(reactor, args)))
 
 

@@ -28,7 +28,7 @@ from twisted.web.http import PotentialDataLoss
 
 from streamd.client.acks import Acks
 from streamd.client.queues import MemoryQueue
-from streamd.client.records import Notice, Record, SSEParser, parser_for
+from streamd.client.records import Notice, Record, SSEParser, parser_for, stream_of
 from streamd.client.results import ClientError, GaveUp, Result, error_message
 from streamd.client.state import MemoryState
 
@@ -110,7 +110,9 @@ class StreamClient:
         C{"auto"} acknowledges a record once a consumer took it from the queue;
         C{"manual"} leaves it to the application (L{ack}).
     @param backoff: delays between reconnection attempts (L{Backoff}).
-    @param max_retries: consecutive failed attempts before giving up (None: never).
+    @param max_retries: give up once this many connection attempts in a row have failed
+        (the first attempt counts: 2 means one retry); None: never. A connection that
+        worked, then dropped, starts the count again.
     @param connect_timeout: seconds to wait for a response's status and headers.
     @param idle_timeout: seconds without a byte (while the client is not holding the
         transport paused itself) after which the connection is taken for dead and
@@ -144,6 +146,8 @@ class StreamClient:
     ) -> None:
         if ack not in ("auto", "manual"):
             raise ValueError(f"ack: expected auto or manual, got {ack!r}")
+        if max_retries is not None and max_retries < 1:
+            raise ValueError(f"max_retries: must be at least 1, got {max_retries}")
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         self.since: str | None = None
@@ -243,7 +247,8 @@ class StreamClient:
 
     async def _run(self) -> Result:
         state = self.state
-        attempt = 0
+        attempt = 0  # what the next backoff delay is for
+        failed = 0  # connection attempts that failed in a row
         last_error = ""
         try:
             await maybeDeferred(state.turn_on)
@@ -265,9 +270,10 @@ class StreamClient:
                     self._halt("ended")
                     break
                 attempt = 1 if connected else attempt + 1
+                failed = 0 if connected else failed + 1
                 last_error = outcome
-                if self.max_retries is not None and attempt > self.max_retries:
-                    raise GaveUp(attempt, last_error, self._result("gave up"))
+                if self.max_retries is not None and failed >= self.max_retries:
+                    raise GaveUp(failed, last_error, self._result("gave up"))
                 delay = self.backoff.delay(attempt, self.random)
                 log.info("reconnecting in {delay:.2f} s", delay=delay)
                 self._waiting = Deferred()
@@ -340,7 +346,7 @@ class StreamClient:
     async def _read(self, response) -> str:
         ctype = response.headers.getRawHeaders("content-type", [None])[0]
         session = response.headers.getRawHeaders("streamd-session", [None])[0]
-        parser = parser_for(ctype)
+        parser = parser_for(ctype, stream_of(self.url))
         self.sse = isinstance(parser, SSEParser)
         body = _Body(self, parser, session)
         self._outcome = outcome = Deferred()

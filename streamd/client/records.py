@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import attrs
 
@@ -40,8 +41,10 @@ class Record:
     @ivar data: the payload: streamd's C{"data"}, otherwise the whole NDJSON value or
         the SSE event's data (parsed as JSON when it is JSON, else a string).
     @ivar line: the record as one line of JSON (no newline): the NDJSON line as the
-        server sent it, or C{{"id", "data"}} for an SSE event. This is what a Redis
-        queue stores and what C{streamd-tail} prints.
+        server sent it, or for an SSE event the same shape, C{{"id", "stream", "data"}}
+        with the data's bytes as sent (C{"stream"} when the URL names one, see
+        L{stream_of}). This is what a Redis queue stores and what C{streamd-tail}
+        prints.
     @ivar event: the SSE event type ("message" unless the server names it).
     @ivar session: the C{Streamd-Session} of the response it came in, for acks.
     """
@@ -124,12 +127,15 @@ class SSEParser(_Lines):
     line dispatches, comments are ignored. Lines end in LF or CRLF (a lone CR, which
     the standard also allows, is not supported).
 
+    @ivar stream: the stream's name, for the records' L{Record.line} (SSE does not
+        carry it), or None.
     @ivar last_id: the last event id, what a reconnection sends as C{Last-Event-ID}.
     @ivar retry: the server's reconnection hint (ms), if it sent one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stream: str | None = None) -> None:
         super().__init__()
+        self.stream = stream
         self._data: list[str] = []
         self._event = ""
         self.last_id: str | None = None
@@ -166,20 +172,48 @@ class SSEParser(_Lines):
         if not data:
             return None
         text = "\n".join(data)
+        # streamd's NDJSON line holds the publisher's bytes (1.50 stays 1.50): so does
+        # this one when the data is JSON on one line, as streamd sends it.
+        raw: bytes | None = None
         try:
             value = json.loads(text)
+            if len(data) == 1:
+                raw = text.encode()
         except ValueError:
             value = text
         if event in SSE_NOTICES:
             return Notice(SSE_NOTICES[event], value)
-        line = {"id": self.last_id, "data": value}
+        if raw is None:
+            raw = _dumps(value)
+        line = b'{"id":' + _dumps(self.last_id)
+        if self.stream is not None:
+            line += b',"stream":' + _dumps(self.stream)
+        line += b',"data":' + raw
         if event != "message":
-            line["event"] = event
-        return Record(self.last_id, value, _dumps(line), event)
+            line += b',"event":' + _dumps(event)
+        return Record(self.last_id, value, line + b"}", event)
 
 
-def parser_for(content_type: str | None) -> NDJSONParser | SSEParser:
-    """The parser for a response's Content-Type: SSE for text/event-stream, else NDJSON."""
+def parser_for(content_type: str | None, stream: str | None = None
+               ) -> NDJSONParser | SSEParser:
+    """
+    The parser for a response's Content-Type: SSE for text/event-stream, else NDJSON.
+    C{stream} is the stream's name, for SSE records (see L{SSEParser}).
+    """
     if content_type and content_type.split(";")[0].strip().lower() == "text/event-stream":
-        return SSEParser()
+        return SSEParser(stream)
     return NDJSONParser()
+
+
+def stream_of(url: str) -> str | None:
+    """
+    The name of the stream a streamd URL reads (C{.../streams/NAME}, also with
+    C{/sample} or C{/filter}; C{.../events/stream} is C{events}), or None.
+    """
+    segments = urlsplit(url).path.rstrip("/").split("/")
+    for i in range(len(segments) - 2, -1, -1):
+        if segments[i] == "streams" and segments[i + 1]:
+            return unquote(segments[i + 1])
+    if segments[-2:] == ["events", "stream"]:
+        return "events"
+    return None

@@ -15,10 +15,10 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from streamd.coalesce import Coalescer
 from streamd.errors import BadRequest
 from streamd.interfaces import ISource, ISubscription, Unacknowledged
 from streamd.message import Message
-from streamd.stream import SharedBatch
 
 log = Logger()
 
@@ -51,7 +51,8 @@ class MemorySource:
     durable = False
     config_keys: list = []
 
-    def __init__(self, name: str, clock, buffer: int = 100, buffer_ttl: float = 300.0):
+    def __init__(self, name: str, clock, buffer: int = 100, buffer_ttl: float = 300.0,
+                 coalesce: float = 0.0):
         self.name = name
         self.clock = clock
         self.buffer = buffer
@@ -59,16 +60,19 @@ class MemorySource:
         self.seq = 0
         self.recent: deque[tuple[int, float, Message]] = deque(maxlen=buffer or None)
         self.subscribers: set[MemorySubscription] = set()
+        # Publishes of one reactor turn (or of coalesce seconds) reach a stream together.
+        self.outgoing = Coalescer(clock, self._deliver, coalesce)
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], services) -> MemorySource:
         return cls(settings["name"], services.reactor, settings["buffer"],
-                   settings["buffer_ttl"])
+                   settings["buffer_ttl"], settings["coalesce_ms"] / 1000)
 
     def start(self) -> None:
         pass
 
     def stop(self) -> None:
+        self.outgoing.flush()
         for sub in list(self.subscribers):
             sub.consumer.source_ended("shutdown")
 
@@ -91,7 +95,10 @@ class MemorySource:
             if self.buffer:
                 self.recent.append((self.seq, now, msg))
         self._expire()
-        batch = SharedBatch(batch)
+        self.outgoing.add(batch)
+        return [m.id for m in batch]
+
+    def _deliver(self, batch) -> None:
         # A consumer may end its stream (limit, slow policy) while we deliver.
         for sub in list(self.subscribers):
             try:
@@ -100,9 +107,11 @@ class MemorySource:
                 # A bug in one stream must not cost the publisher or other readers.
                 log.failure("stream of {name} failed; detaching it", name=self.name)
                 self.subscribers.discard(sub)
-        return [m.id for m in batch]
 
     def subscribe(self, consumer, since: str | None = None) -> MemorySubscription:
+        # What was published before this subscriber came is not for it (a resume
+        # replays it from the buffer): deliver it to the others first.
+        self.outgoing.flush()
         sub = MemorySubscription(self, consumer)
         if since is not None:
             self._replay(consumer, since)

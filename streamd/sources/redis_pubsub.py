@@ -24,6 +24,7 @@ from twisted.internet.defer import gatherResults
 from zope.interface import implementer
 
 from streamd import redis, redis_settings, resp
+from streamd.coalesce import Coalescer
 from streamd.config import ConfigError
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource
@@ -205,7 +206,7 @@ class RedisPubSubSource:
     faults: redis.Faults | None = None
 
     def __init__(self, name: str, conn: redis.RedisConnection, channels: list[str],
-                 patterns: list[str], clock, on_stop=None) -> None:
+                 patterns: list[str], clock, on_stop=None, coalesce: float = 0.0) -> None:
         self.name = name
         self.conn = conn
         self.channels = [c.encode() for c in channels]
@@ -216,6 +217,8 @@ class RedisPubSubSource:
         self.batch: list[Message] = []
         self.subscribers: set[PubSubSubscription] = set()
         self.hub: Hub | None = None
+        # Reads of one reactor turn (or of coalesce seconds) reach a stream together.
+        self.outgoing = Coalescer(clock, self._deliver, coalesce)
 
     @staticmethod
     def check_config(settings: dict[str, Any], where: str) -> None:
@@ -227,7 +230,8 @@ class RedisPubSubSource:
     def from_config(cls, settings: dict[str, Any], services) -> RedisPubSubSource:
         conn = redis.acquire(services, settings)
         source = cls(settings["name"], conn, settings["channels"], settings["patterns"],
-                   services.reactor, lambda: redis.release(services, conn))
+                     services.reactor, lambda: redis.release(services, conn),
+                     settings["coalesce_ms"] / 1000)
         source.faults = redis.Faults(services, settings["name"], cls.kind, conn)
         return source
 
@@ -237,6 +241,8 @@ class RedisPubSubSource:
         return self.conn.wait_for(lambda: self.conn.up and hub.up)
 
     def stop(self):
+        self.flush()
+        self.outgoing.flush()
         for sub in list(self.subscribers):
             sub.consumer.source_ended("shutdown")
         for sub in list(self.subscribers):
@@ -257,6 +263,7 @@ class RedisPubSubSource:
         if since is not None:
             consumer.gap({"since": since, "missed": None,
                           "reason": "pub/sub keeps no history"})
+        self.outgoing.flush()  # what came before this subscriber is not for it
         sub = PubSubSubscription(self, consumer)
         if not self.subscribers:
             self.hub.add(self)
@@ -278,11 +285,14 @@ class RedisPubSubSource:
         self.batch.append(Message(str(self.seq), self.name, redis.as_json(data), attributes))
 
     def flush(self) -> None:
-        """Deliver what arrived: each message encoded once, one batch per client."""
+        """The end of a read: what arrived goes out with the reactor turn's other reads."""
         batch, self.batch = self.batch, []
-        if not batch:
-            return
-        # A consumer may end its stream (slow policy) while we deliver.
+        if batch:
+            self.outgoing.add(batch)
+
+    def _deliver(self, batch) -> None:
+        # Each message encoded once, one batch per client. A consumer may end its stream
+        # (slow policy) while we deliver.
         for sub in list(self.subscribers):
             sub.consumer.deliver(batch)
 

@@ -9,6 +9,11 @@ client in C{ack = "client"} mode); one given back (client gone, C{limit} reached
 shutdown) is made visible again at once. Messages held longer than half the
 visibility timeout have it extended.
 
+Shutdown lets the receives in flight finish and gives back what they bring: SQS goes
+on with a long poll whose caller hung up, and what that poll receives stays hidden
+for the whole visibility timeout. So that every poll can end by itself within the
+service's C{shutdown_timeout}, long polls are shortened to end before it.
+
 C{delivery = "queue"} hands each batch to one client (round robin over those not
 paused); C{"broadcast"} hands it to every connected client and deletes a message once
 each of them has acked or given it back, if at least one wrote it.
@@ -30,7 +35,7 @@ from streamd.aws import SQSError
 from streamd.config import Key
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISubscription
-from streamd.message import Message, body_json
+from streamd.message import Message, SharedBatch, body_json
 from streamd.sqs_client import BATCH, SQSClient
 
 log = Logger()
@@ -51,6 +56,9 @@ ACK_LINGER = 0.05
 EMPTY_PAUSE = 1.0
 #: Seconds between "is the queue back?" probes while down: doubling up to the cap.
 PROBE_FIRST, PROBE_CAP = 0.5, 5.0
+
+#: Seconds of the shutdown_timeout kept for the last give-backs once receives ended.
+STOP_MARGIN = 1.0
 
 
 def _url(value: Any, required: bool = False) -> str | None:
@@ -133,6 +141,9 @@ class SQSSource:
         deleted or made visible again: what stop() gives back and what the
         visibility extender keeps hidden.
     @ivar down: why the queue cannot be used (missing, access denied), or None.
+    @ivar stop_grace: seconds stop() lets receives in flight finish before it cancels
+        them (None: at once); long polls (C{wait}) are no longer, so that none is left
+        running in SQS. From the service's C{shutdown_timeout}, less L{STOP_MARGIN}.
     """
 
     kind = "sqs"
@@ -140,7 +151,7 @@ class SQSSource:
     config_keys = CONFIG_KEYS
 
     def __init__(self, name: str, settings: dict[str, Any], client: SQSClient, clock,
-                 metrics=None) -> None:
+                 metrics=None, shutdown_timeout: float | None = None) -> None:
         self.name = name
         self.metrics = metrics  # streamd.metrics.Metrics, or None
         self.client = client
@@ -153,6 +164,11 @@ class SQSSource:
         self.pollers: int = settings.get("pollers", 1)
         self.attributes: list[str] = settings.get("attributes", ["All"])
         self.broadcast = settings.get("delivery", "queue") == "broadcast"
+        self.stop_grace: float | None = None
+        if shutdown_timeout is not None:
+            self.stop_grace = max(0.0, shutdown_timeout - STOP_MARGIN)
+            # A poll of at least 1 s: a shorter shutdown_timeout may cut one short.
+            self.wait = min(self.wait, max(1, int(self.stop_grace)))
 
         self.subscribers: list[SQSSubscription] = []
         self.held: dict[str, _Held] = {}
@@ -175,7 +191,8 @@ class SQSSource:
             settings["endpoint_url"], settings["profile"],
             connections=settings["pollers"] + 4, metrics=services.metrics,
         )
-        return cls(settings["name"], settings, client, services.reactor, services.metrics)
+        return cls(settings["name"], settings, client, services.reactor, services.metrics,
+                   services.settings.get("shutdown_timeout"))
 
     def _count(self, series: str) -> None:
         if self.metrics is not None:
@@ -191,7 +208,10 @@ class SQSSource:
         return ensureDeferred(self._check())
 
     def stop(self) -> Deferred:
-        """Stop polling, end the streams, give back every message not written."""
+        """
+        Stop polling, end the streams, give back every message not written, and what
+        the receives in flight bring once they end (within L{stop_grace}).
+        """
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -202,10 +222,6 @@ class SQSSource:
             self._extend_call.cancel()
         if self._probing is not None:
             self._probing.cancel()
-        for task in self._tasks:
-            # A long poll in progress is abandoned: should SQS have answered it in
-            # this instant, those messages reappear after their visibility timeout.
-            task.cancel()
         self._wake()
         for sub in list(self.subscribers):
             # The stream writes what it can, acks that and gives back the rest.
@@ -214,8 +230,25 @@ class SQSSource:
             (self._to_delete if held.written else self._to_release).append(handle)
         self.held.clear()
         self._flush()
+        await self._polls_ended()
+        self._flush()
         if self._ops:
             await DeferredList(list(self._ops))
+
+    async def _polls_ended(self) -> None:
+        """Wait for the receives in flight (L{_receive} gives back what they bring)."""
+        polls = [task for task in self._tasks if not task.called]
+        if not polls:
+            return
+        # One cancelled now would go on in SQS without us; past the grace it is
+        # cancelled all the same (the process is about to go).
+        timer = self.clock.callLater(self.stop_grace or 0.0,
+                                     lambda: [task.cancel() for task in polls])
+        try:
+            await DeferredList(polls)
+        finally:
+            if timer.active():
+                timer.cancel()
 
     def status(self) -> tuple[str, str | None]:
         return ("down", self.down) if self.down else ("ok", None)
@@ -262,9 +295,10 @@ class SQSSource:
                     raise
                 except Exception:
                     log.failure("stream {name}: poller failed", name=self.name)
-                    await deferLater(self.clock, PROBE_CAP, lambda: None)
+                    if self.running:
+                        await deferLater(self.clock, PROBE_CAP, lambda: None)
         except CancelledError:
-            pass  # stop(): what this poller held is given back there
+            pass  # stop(), past its grace: what this poller held is given back there
 
     async def _receive(self) -> list[Message]:
         try:
@@ -280,7 +314,13 @@ class SQSSource:
             else:  # throttled or 5xx through all the client's retries: rest a while
                 log.warn("stream {name}: receive failed: {error}", name=self.name,
                          error=str(e))
-                await deferLater(self.clock, PROBE_CAP, lambda: None)
+                if self.running:
+                    await deferLater(self.clock, PROBE_CAP, lambda: None)
+            return []
+        if not self.running:
+            # stop() began while this receive was in flight: back to SQS at once.
+            self._to_release.extend(r["ReceiptHandle"] for r in raw)
+            self._schedule_flush()
             return []
         if not raw:
             if self.wait == 0:  # no long poll: do not spin on an empty queue
@@ -308,6 +348,7 @@ class SQSSource:
             await self._changed()
         if self.broadcast:
             targets = list(self.subscribers)
+            batch = SharedBatch(batch)  # joined once for every stream that keeps up
         else:
             self._next = (self._next + 1) % len(ready)
             targets = [ready[self._next]]

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from streamd.json_input import InvalidJSON, parse
+
 #: Query parameters of C{GET /events} (and JSON-RPC C{items} arguments) that are not
 #: filters; an indexed key may not use these names.
 RESERVED = frozenset({"start", "end", "before", "since", "limit", "format", "heartbeat",
@@ -97,9 +99,9 @@ def index_pairs(obj: dict[str, Any], keys: Iterable[str]) -> frozenset[tuple[str
 def new_event(raw: bytes, keys: Iterable[str]) -> NewEvent:
     """Check one inserted JSON text (an object) and work out its index pairs."""
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise QueryError(f"not valid JSON ({e})") from None
+        obj = parse(raw)
+    except InvalidJSON as e:
+        raise QueryError(str(e)) from None
     if not isinstance(obj, dict):
         raise QueryError("an event must be a JSON object")
     return NewEvent(raw, index_pairs(obj, keys))

@@ -184,3 +184,55 @@ class Recorder:
 
     def data(self) -> list[bytes]:
         return [m.data for m in self.messages]
+
+
+class FakeOutbox:
+    """
+    A stand-in for a connection's L{streamd.outbox.Outbox}, over a L{FakeRequest}:
+    the "kernel" takes what is written at once while C{open}; when not, the bytes wait
+    until L{take} (the client read them) or L{lose} (the connection died).
+    """
+
+    def __init__(self, request: FakeRequest, open: bool = True) -> None:
+        self.waiting = 0  # bytes still "in the process"
+        self.open = open
+        self.listeners: list = []
+        write = request.write
+
+        def counting_write(data: bytes) -> None:
+            write(data)
+            if not self.open:
+                self.waiting += len(data)
+
+        request.write = counting_write
+
+    def buffered(self) -> int:
+        return self.waiting
+
+    backlog = buffered
+
+    def clear(self) -> bool:
+        return not self.waiting
+
+    def watch(self) -> None:
+        pass
+
+    def listen(self, stream) -> None:
+        if stream not in self.listeners:
+            self.listeners.append(stream)
+
+    def forget(self, stream) -> None:
+        if stream in self.listeners:
+            self.listeners.remove(stream)
+
+    def take(self, n: int | None = None) -> None:
+        """The kernel takes C{n} more bytes (default: all); drained once none wait."""
+        self.waiting = 0 if n is None else max(0, self.waiting - n)
+        if not self.waiting:
+            for stream in list(self.listeners):
+                stream.drained()
+
+    def lose(self) -> None:
+        listeners, self.listeners = self.listeners, []
+        for stream in listeners:
+            stream.transport_lost()

@@ -12,8 +12,9 @@ from collections import Counter
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import DeferredList, TimeoutError, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred
 from twisted.logger import Logger
+from twisted.web.http import parse_qs
 from werkzeug.exceptions import MethodNotAllowed
 
 from streamd import __version__, config, filters, metrics, sources
@@ -33,6 +34,7 @@ from streamd.sources import Services, make_source
 from streamd.stream import Stream
 from streamd.web import channels as channels_routes
 from streamd.web import openapi, page
+from streamd.web.activity import Activity
 from streamd.web.common import (
     BODY_TYPES,
     JSON_TYPES,
@@ -40,6 +42,7 @@ from streamd.web.common import (
     arg,
     bool_arg,
     install_error_handler,
+    json_body,
     json_response,
     query,
     read_body,
@@ -71,6 +74,7 @@ class StreamdApp:
         self.reactor = reactor
         self.started_at = reactor.seconds()
         self.metrics = Metrics()
+        self._publish_metrics: dict[tuple[str, str], tuple] = {}  # bound children
         self.services = Services(reactor=reactor, settings=settings, metrics=self.metrics)
         self.stream_settings: dict[str, dict[str, Any]] = dict(settings["streams"])
         self.sources: dict[str, Any] = {
@@ -86,6 +90,8 @@ class StreamdApp:
                                            settings["channels"]["max_channels"])
         self._reaper = None
         self.events = EventsAPI(settings, reactor, root=self)
+        # Readers and messages per second of each stream, for GET / and the live page.
+        self.activity = Activity(reactor, lambda: self.open_streams, lambda: self.sources)
 
     def _channel_store(self, table: dict[str, Any]):
         if table["backend"] != "redis":
@@ -110,6 +116,7 @@ class StreamdApp:
                 log.failure("{what} failed to start", what=what)
 
         self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
+        self.activity.start()
         await one("the event store", self.events.start)
         for name, source in self.sources.items():
             await one(f"source {name}", source.start)
@@ -125,6 +132,7 @@ class StreamdApp:
         self.subscriptions.close()
         if self._reaper is not None and self._reaper.active():
             self._reaper.cancel()
+        self.activity.stop()
         for stream in list(self.open_streams):
             stream.source_ended("shutdown")
         stops = [maybeDeferred(s.stop) for s in self.sources.values()]
@@ -143,6 +151,17 @@ class StreamdApp:
         if action is not None:
             identity.require(action, name)
         return identity
+
+    def operator(self, request, endpoint: str) -> None:
+        """401 or 403 unless the operational C{endpoint} is public or the caller an admin."""
+        self.auth.operator(request, endpoint, self.reactor.seconds())
+
+    def _admin(self, request) -> bool:
+        """Whether the caller is an admin (no error if it cannot be told)."""
+        try:
+            return self.identify(request).admin
+        except HTTPError:
+            return False
 
     # -- sources ----------------------------------------------------------------
 
@@ -182,8 +201,9 @@ class StreamdApp:
         out = {}
         for name, source in self.sources.items():
             state, reason = source.status()
-            out[name] = {"source": source.kind, "status": state, "reason": reason}
-        return out
+            out[name] = {"source": source.kind, "status": state, "reason": reason,
+                         "declared": name in self.settings["streams"]}
+        return self.activity.describe(out)
 
     # -- service info --------------------------------------------------------------
 
@@ -201,18 +221,17 @@ class StreamdApp:
     @app.route("/", methods=["GET"])
     def index(self, request):
         if page.prefers_html(request):
+            self.operator(request, "page")
             return page.render_page(request)
+        self.operator(request, "status")
         info = self._info()
-        try:
-            identity = self.identify(request)
-        except HTTPError:
-            identity = None
-        if identity is not None and identity.admin:
+        if self._admin(request):
             info["identities"] = {k: v for k, v in self.connections.items() if v}
         return json_response(request, 200, info)
 
     @app.route("/metrics", methods=["GET"])
     def metrics_page(self, request):
+        self.operator(request, "metrics")
         request.setHeader(b"Content-Type", metrics.CONTENT_TYPE.encode())
         return self.metrics.render()
 
@@ -222,10 +241,18 @@ class StreamdApp:
 
     @app.route("/health", methods=["GET"])
     def health(self, request):
+        """
+        200 when every source is up, else 503. Only those who may see the status
+        (C{GET /}) learn more than that: source names and reasons describe the setup.
+        """
+        self.operator(request, "health")
         info = self._info()
         up = all(s["status"] == "ok" for s in info["sources"].values())
         up = up and info["events"]["status"] == "ok"
-        return json_response(request, 200 if up else 503, info)
+        status = "ok" if up else "down"
+        if not (self.auth.is_public("status") or self._admin(request)):
+            info = {"service": info["service"]}
+        return json_response(request, 200 if up else 503, {**info, "status": status})
 
     # -- the event store (streamd/web/events.py) ---------------------------------------
 
@@ -250,13 +277,16 @@ class StreamdApp:
     # -- publish ----------------------------------------------------------------------
 
     @app.route("/streams/<name>/messages", methods=["POST"])
-    async def publish(self, request, name):
+    def publish(self, request, name):
+        # Not a coroutine: most sources publish synchronously, and a one-message POST
+        # is the common case, where the coroutine and Deferred layers cost more than
+        # the publish itself.
         self.identify(request, "publish", name)
         source, settings = self._source(name)
         body = read_body(request, BODY_TYPES, self.settings["max_body_bytes"], "one value")
         ctype = request_content_type(request)
         try:
-            payloads = decode_body(body, ctype)
+            payloads = decode_body(body, ctype, self.settings["max_json_depth"])
         except InvalidPayload as e:
             raise BadRequest(f"line {e.line}: {e.reason}") from None
         max_message = settings["max_message_bytes"]
@@ -270,12 +300,24 @@ class StreamdApp:
         state, reason = source.status()
         if state != "ok":
             raise Unavailable(f"stream {name!r} is down: {reason}")
-        params = {k: v[-1] for k, v in query(request).items()}
+        params = {k: v[-1] for k, v in query(request).items()} if request.args else {}
         started = self.reactor.seconds()
-        ids = await maybeDeferred(source.publish, payloads, params)
+        ids = source.publish(payloads, params)
+        if isinstance(ids, Deferred):
+            return ids.addCallback(self._published, request, name, source, len(payloads),
+                                   started)
+        return self._published(ids, request, name, source, len(payloads), started)
+
+    def _published(self, ids, request, name, source, count, started):
         label = self.metrics_label(name)
-        self.metrics.messages_in.labels(label, source.kind).inc(len(payloads))
-        self.metrics.publish_seconds.labels(label).observe(self.reactor.seconds() - started)
+        counted = self._publish_metrics.get((label, source.kind))
+        if counted is None:
+            counted = self._publish_metrics[label, source.kind] = (
+                self.metrics.messages_in.labels(label, source.kind),
+                self.metrics.publish_seconds.labels(label))
+        counted[0].inc(count)
+        self.activity.publish(name, count)
+        counted[1].observe(self.reactor.seconds() - started)
         return json_response(request, 202, {"ids": ids})
 
     # -- stream -------------------------------------------------------------------------
@@ -296,9 +338,16 @@ class StreamdApp:
         C{{"track": ["a b", "c"], "follow": ["12"], "locations": [-10, 35, 5, 45],
         "where": {"kind": ["x", "y"]}}}. Query parameters still apply.
         """
-        params = query(request)  # Twisted merges a form body into request.args
-        if request_content_type(request) == "application/json":
-            params.update(_json_params(request.content.read(self.settings["max_body_bytes"])))
+        ctype = request_content_type(request)
+        if ctype == "application/x-www-form-urlencoded":
+            # The Site leaves form bodies alone (see streamd.web.site): parsed here, as
+            # Twisted would, over the query's values of the same names.
+            body = request.content.read(self.settings["max_body_bytes"])
+            request.args.update(parse_qs(body, 1))
+        params = query(request)
+        if ctype == "application/json":
+            body = request.content.read(self.settings["max_body_bytes"])
+            params.update(_json_params(json_body(body or b"{}", self.settings["max_json_depth"])))
         return self._open_stream(request, name, params)
 
     def _open_stream(self, request, name: str, params: dict[str, list[str]],
@@ -331,6 +380,8 @@ class StreamdApp:
             limit=limit,
             heartbeat=heartbeat,
             max_pending=settings["max_pending"],
+            max_pending_bytes=settings["max_pending_bytes"],
+            send_buffer=settings["send_buffer"],
             slow_policy=settings["slow_policy"],
             ack=ack,
             max_unacked=settings["max_unacked"],
@@ -378,6 +429,7 @@ class StreamdApp:
                 del self.connections[stream.identity]
         if stream.session is not None:
             self.sessions.pop(stream.session, None)
+        self.activity.ended(stream)
 
     @app.route("/streams/<name>/ack", methods=["POST"])
     def ack(self, request, name):
@@ -385,10 +437,8 @@ class StreamdApp:
         self._source(name)
         if request_content_type(request) not in JSON_TYPES:
             raise UnsupportedMediaType("send application/json")
-        try:
-            body = json.loads(request.content.read(self.settings["max_body_bytes"]))
-        except ValueError:
-            raise BadRequest("body: not valid JSON") from None
+        body = json_body(request.content.read(self.settings["max_body_bytes"]),
+                         self.settings["max_json_depth"])
         if not isinstance(body, dict):
             raise BadRequest('body: expected {"session": ..., "ids": [...]}')
         session, ids = body.get("session"), body.get("ids")
@@ -408,12 +458,8 @@ openapi.mount(StreamdApp.app)
 install_error_handler(StreamdApp.app)
 
 
-def _json_params(body: bytes) -> dict[str, list[str]]:
+def _json_params(value: Any) -> dict[str, list[str]]:
     """A JSON filter body as query parameters: lists join with commas, as in a URL."""
-    try:
-        value = json.loads(body or b"{}")
-    except ValueError:
-        raise BadRequest("body: not valid JSON") from None
     if not isinstance(value, dict):
         raise BadRequest("body: expected a JSON object of filters")
     out: dict[str, list[str]] = {}

@@ -23,6 +23,7 @@ from streamd.web.common import (
     STREAM_NAME,
     arg,
     int_arg,
+    json_body,
     json_response,
     query,
 )
@@ -43,10 +44,7 @@ def _json_body(root, request):
     body = request.content.read(root.settings["max_body_bytes"] + 1)
     if len(body) > root.settings["max_body_bytes"]:
         raise PayloadTooLarge("body over max_body_bytes")
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise BadRequest("body: not valid JSON") from None
+    return json_body(body, root.settings["max_json_depth"])
 
 
 def _channel_list(root, value, key: str) -> list[str]:
@@ -72,7 +70,7 @@ def mount(app) -> None:
         if len(body) > limit:
             raise PayloadTooLarge(f"value over max_message_bytes ({limit} bytes)")
         try:
-            value = normalize_json(body)
+            value = normalize_json(body, max_depth=root.settings["max_json_depth"])
         except InvalidPayload as e:
             raise BadRequest(f"body: {e.reason}") from None
         await maybeDeferred(root.channels.set, name, value)
@@ -178,6 +176,8 @@ def _stream(root, request, identity, sub):
         limit=int_arg(params, "limit", 1),
         heartbeat=idle,
         max_pending=root.settings["max_pending"],
+        max_pending_bytes=root.settings["max_pending_bytes"],
+        send_buffer=root.settings["send_buffer"],
         slow_policy=root.settings["slow_policy"],
         retry=root.settings["retry"],
         on_end=root._stream_ended,

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import re
+from http import HTTPStatus
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.web.http import RESPONSES
 from werkzeug.exceptions import HTTPException
 
 from streamd.errors import BadRequest, HTTPError
+from streamd.json_input import InvalidJSON, parse
 
 log = Logger()
 
@@ -23,10 +26,28 @@ JSON_TYPES = ("application/json", "")
 BODY_TYPES = JSON_TYPES + ("application/x-ndjson",)
 
 
+#: Status -> reason phrase: Twisted's, and the standard one where Twisted has none
+#: (it writes "429 Unknown Status").
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus} | RESPONSES
+
+
 def json_response(request, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
+    request.setResponseCode(status, REASONS.get(status))
     request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(body).encode() + b"\n"
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """What every error answers: C{{"error": {"status": ..., "message": ...}}}."""
+    return {"error": {"status": status, "message": message}}
+
+
+def json_body(body: bytes, max_depth: int) -> Any:
+    """A request body's JSON value; 400 naming what is wrong with it."""
+    try:
+        return parse(body, max_depth)
+    except InvalidJSON as e:
+        raise BadRequest(f"body: {e}") from None
 
 
 def query(request) -> dict[str, list[str]]:
@@ -117,7 +138,7 @@ def render_error(request, failure) -> bytes:
         log.failure("Unhandled error for {method} {uri}", failure,
                     method=request.method, uri=request.uri)
         status, message = 500, "internal error"
-    return json_response(request, status, {"error": {"status": status, "message": message}})
+    return json_response(request, status, error_body(status, message))
 
 
 def stream_options(request, params: dict[str, list[str]], default_heartbeat: float):

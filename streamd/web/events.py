@@ -20,6 +20,7 @@ from klein import Klein
 from twisted.internet.defer import ensureDeferred
 
 from streamd.errors import BadRequest, PayloadTooLarge, Unavailable
+from streamd.json_input import InvalidJSON, parse
 from streamd.message import InvalidPayload, decode_body
 from streamd.store import make_store
 from streamd.store.base import (
@@ -128,7 +129,7 @@ class EventsAPI:
         self._identify(request, "publish")
         body = self._body(request, BODY_TYPES)
         try:
-            payloads = decode_body(body, content_type(request))
+            payloads = decode_body(body, content_type(request), self.settings["max_json_depth"])
         except InvalidPayload as e:
             raise BadRequest(f"line {e.line}: {e.reason}") from None
         if not payloads:
@@ -214,6 +215,8 @@ class EventsAPI:
             limit=limit,
             heartbeat=heartbeat,
             max_pending=settings["max_pending"],
+            max_pending_bytes=settings["max_pending_bytes"],
+            send_buffer=settings["send_buffer"],
             slow_policy=settings["slow_policy"],
             retry=settings["retry"],
             on_end=self.open_streams.discard if root is None else root._stream_ended,
@@ -238,12 +241,12 @@ class EventsAPI:
         """
         body = self._body(request, JSON_TYPES)
         try:
-            call = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            call = parse(body, self.settings["max_json_depth"])
+        except InvalidJSON as e:
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", b"application/json")
             return _dumps({"jsonrpc": "2.0", "id": None,
-                           "error": {"code": -32700, "message": "parse error"}}) + b"\n"
+                           "error": {"code": -32700, "message": f"parse error: {e}"}}) + b"\n"
         identity = self._identify(request)  # 401 without credentials
         if isinstance(call, list) and call:
             answers = [await self._rpc_one(c, identity) for c in call]

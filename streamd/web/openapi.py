@@ -236,7 +236,7 @@ def _doc() -> dict[str, Any]:
                     "content": {
                         "application/json": {"schema": _ref("Info")},
                         "text/html": {"schema": {"type": "string"}},
-                    }}},
+                    }}, **_errors(401, 403)},
             },
                 "post": {**_JSONRPC, "operationId": "jsonrpc_root",
                          "summary": "JSON-RPC, as POST /jsonrpc (where AwesomeStream's "
@@ -247,7 +247,8 @@ def _doc() -> dict[str, Any]:
                 "summary": "Prometheus metrics",
                 "responses": {"200": {"description": "Prometheus text format.",
                                       "content": {"text/plain": {
-                                          "schema": {"type": "string"}}}}},
+                                          "schema": {"type": "string"}}}},
+                              **_errors(401, 403)},
             }},
             "/events": {
                 "get": {"operationId": "query_events",
@@ -288,13 +289,15 @@ def _doc() -> dict[str, Any]:
             "/health": {"get": {
                 "operationId": "health",
                 "summary": "200 when every source is up, 503 otherwise",
-                "responses": {"200": _json(_ref("Info"), "Every source is up."),
-                              "503": _json(_ref("Info"), "A source is down.")},
+                "responses": {"200": _json(_ref("Health"), "Every source is up."),
+                              "503": _json(_ref("Health"), "A source is down."),
+                              **_errors(401, 403)},
             }},
             "/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")},
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1."),
+                              **_errors(401, 403)},
             }},
             "/streams/{name}": {
                 "parameters": [_name("stream")],
@@ -421,7 +424,18 @@ _SCHEMAS: dict[str, Any] = {
                      "type": "object", "properties": {
                          "source": {"type": "string"},
                          "status": {"enum": ["ok", "down"]},
-                         "reason": {"type": ["string", "null"]}}}},
+                         "reason": {"type": ["string", "null"]},
+                         "declared": {"type": "boolean", "description": "In the config "
+                                      "(not a memory stream made on first use)."},
+                         "readers": {"type": "integer", "description": "Open streams."},
+                         "paused_readers": {"type": "integer", "description": "Readers "
+                                            "whose source subscription is paused."},
+                         "published": {"type": "integer", "description": "Messages "
+                                       "published through this server."},
+                         "delivered": {"type": "integer", "description": "Messages "
+                                       "written to readers."},
+                         "published_per_second": {"type": "number"},
+                         "delivered_per_second": {"type": "number"}}}},
                  "source_kinds": {"type": "object", "description": "The installed source "
                                   "kinds (what `source =` may name) and the package "
                                   "that provides each.",
@@ -430,6 +444,11 @@ _SCHEMAS: dict[str, Any] = {
                                 "streams per identity.",
                                 "additionalProperties": {"type": "integer"}},
              }},
+    "Health": {"type": "object", "required": ["service", "status"],
+               "description": "With auth on, only these two fields, unless the caller may "
+                              "see GET / (then every field of Info too).",
+               "properties": {"service": {"const": "streamd"},
+                              "status": {"enum": ["ok", "down"]}}},
     "Message": {"type": "object", "required": ["id", "stream", "data"], "properties": {
         "id": {"type": "string"}, "stream": {"type": "string"},
         "data": {"description": "The published JSON value."},
@@ -478,5 +497,6 @@ def mount(app) -> None:
 
     @app.route("/openapi.json", methods=["GET"])
     def openapi_document(root, request):
+        root.operator(request, "openapi")
         request.setHeader(b"Content-Type", b"application/json")
         return _encoded()

@@ -5,15 +5,15 @@ log that never records a credential.
 
 from __future__ import annotations
 
-import re
+import json
 
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from streamd.web.common import json_response
-
-_SECRET_PARAMS = re.compile(rb"((?:^|[?&])(?:access_token|token)=)[^&]*", re.I)
+from streamd.outbox import StreamingChannel
+from streamd.web.access import open_access_log
+from streamd.web.common import REASONS, error_body, json_response
 
 #: Request headers a browser may send cross-origin (answering a preflight).
 ALLOW_HEADERS = b"Authorization, Content-Type, Last-Event-ID, Streamd-Identifier"
@@ -23,19 +23,20 @@ ALLOW_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
 EXPOSE_HEADERS = b"Streamd-Session, WWW-Authenticate, Retry-After"
 
 
-def redact(uri: bytes) -> bytes:
-    """C{uri} with the value of any token parameter replaced."""
-    return _SECRET_PARAMS.sub(rb"\1REDACTED", uri)
+class StreamdSite(Site):
+    """
+    The Site: Twisted's, less two costs that every request paid, and with streaming
+    responses written through an outbox (L{streamd.outbox}). It does not parse form
+    bodies (Twisted runs the stdlib's e-mail header parser on the Content-Type of every
+    request with a body for that; the one route that takes a form parses it itself), and
+    its access log is gathered and written once a second (L{streamd.web.access}).
+    """
 
+    access = None
 
-def access_log_line(timestamp: str, request) -> str:
-    """Twisted's combined log format, with credentials taken out of the URI."""
-    original = request.uri
-    request.uri = redact(original)
-    try:
-        return http.combinedLogFormatter(timestamp, request)
-    finally:
-        request.uri = original
+    def log(self, request) -> None:
+        if self.access is not None:
+            self.access.log(request)
 
 
 class CORS(Resource):
@@ -98,12 +99,65 @@ class UTF8URLs(Resource):
         return self.inner.render(request)
 
 
+class JSONErrorChannel(StreamingChannel):
+    """
+    Twisted's HTTP/1.1 parser, answering what it refuses the way streamd answers every
+    error: a JSON body. Twisted itself sends an empty-bodied 400 for a malformed
+    request (a NUL in a header, a header line without a colon, two Content-Lengths, a
+    raw 0xFF in the request line, an HTTP/0.9 request), and drops the
+    connection without a word when the request line or a header line is over
+    C{MAX_LENGTH}. Only those error paths are overridden: a well-formed request costs
+    nothing more.
+
+    This is the one place that leans on Twisted's private names: the hook through which
+    every refusal goes, the header counters it keeps (documented C{@ivar}s of
+    L{http.HTTPChannel}), and the wrapper that switches a TLS connection to HTTP/2.
+    """
+
+    @classmethod
+    def for_site(cls):
+        """
+        A new channel for C{Site.protocol}, inside the wrapper Twisted's own default
+        (C{http._genericHTTPChannelProtocolFactory}) uses, so that a connection on which
+        TLS negotiated C{h2} is still handed to HTTP/2.
+        """
+        return http._GenericHTTPChannelProtocol(cls())
+
+    def lineLengthExceeded(self, line):
+        # Nothing of this request counted yet: the over-long line is the request line.
+        if self._receivedHeaderSize == 0:
+            self._refuse(414, f"request line (URI) over {self.MAX_LENGTH} bytes")
+        else:
+            self._refuse(431, f"a header line over {self.MAX_LENGTH} bytes")
+
+    def _respondToBadRequestAndDisconnect(self):
+        # Private in Twisted: every refusal of a request line, header or chunked body.
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self._refuse(431, f"headers over {self.totalHeadersSize} bytes")
+        elif self._receivedHeaderCount > self.maxHeaders:
+            self._refuse(431, f"more than {self.maxHeaders} headers")
+        else:
+            self._refuse(400, "malformed HTTP request: request line, header or chunked "
+                              "body not valid HTTP/1.1")
+
+    def _refuse(self, status: int, message: str) -> None:
+        body = json.dumps(error_body(status, message)).encode() + b"\n"
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (status, REASONS[status], len(body), body))
+        self.loseConnection()
+
+
 def make_site(app, reactor=None) -> Site:
     """The Site for C{app} (a L{streamd.web.StreamdApp})."""
     resource = UTF8URLs(app.app.resource())
     if app.settings["cors_origins"]:
         resource = CORS(resource, app.settings["cors_origins"])
     kwargs = {"reactor": reactor} if reactor is not None else {}
-    site = Site(resource, logFormatter=access_log_line, **kwargs)
+    site = StreamdSite(resource, parsePOSTFormSubmission=False, **kwargs)
     site.displayTracebacks = False
+    site.protocol = JSONErrorChannel.for_site
+    settings = app.settings
+    site.access = open_access_log(settings["access_log"], settings["access_log_file"],
+                                  site.reactor, settings["log_format"] == "json")
     return site

@@ -1,0 +1,169 @@
+"""
+L{Outbox}: whether what a connection's streams wrote has left streamd's process.
+
+A durable source's message may be acknowledged only once its bytes have left streamd's
+process: bytes in the kernel's send buffer survive a SIGKILL (the kernel goes on sending
+them), bytes in Twisted's transport buffer die with the process. Twisted does not say when
+its buffer has drained unless its producer was paused, so a write that leaves bytes behind
+marks the producer paused (C{producerPaused}, a public attribute of the transport): the
+transport then calls the channel's C{resumeProducing} when the last byte has gone, and the
+channel tells the outbox, which tells the streams waiting on it (L{Stream.drained}).
+
+It also writes eagerly: a write to a connection with nothing buffered goes to the socket at
+once (C{sendmsg} of the parts, no join), and only what the kernel would not take is left to
+Twisted. A stream that keeps up then costs one C{send} per batch and no epoll
+register/unregister, and its acks need no further reactor turn.
+
+The cost per connection is one attribute on the channel, set when a stream starts; the
+channel class (L{StreamingChannel}) carries the rest. The length of Twisted's buffer is
+read from two private attributes in L{Outbox.buffered}: this module is the one place that
+knows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import socket
+import struct
+import termios
+
+from twisted.internet import tcp
+from twisted.web.http import HTTPChannel
+
+__all__ = ["Outbox", "StreamingChannel", "outbox_for"]
+
+
+class Outbox:
+    """
+    The eager writer of one TCP connection, and the streams waiting for its buffer to
+    drain (usually one: the response being streamed).
+    """
+
+    __slots__ = ("transport", "listeners")
+
+    def __init__(self, transport: tcp.Server, send_buffer: int = 0) -> None:
+        self.transport = transport
+        self.listeners: list = []
+        if send_buffer:
+            # The kernel's share of a slow client's backlog: bytes there are beyond our
+            # reach (a notice can't overtake them) and already acknowledged.
+            with contextlib.suppress(OSError):
+                transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                 send_buffer)
+
+    def buffered(self) -> int:
+        """Bytes in Twisted's buffer for this connection: still in this process."""
+        t = self.transport
+        return len(t.dataBuffer) - t.offset + t._tempDataLen
+
+    def backlog(self) -> int:
+        """Bytes the client has yet to take: here, and in the kernel's send queue."""
+        queued = 0
+        with contextlib.suppress(OSError):
+            queued = struct.unpack("i", fcntl.ioctl(self.transport.getHandle().fileno(),
+                                                    termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        return self.buffered() + queued
+
+    def clear(self) -> bool:
+        """Everything written so far has left the process."""
+        t = self.transport
+        return not t._tempDataLen and t.offset == len(t.dataBuffer)
+
+    def watch(self) -> None:
+        """Have the drain reported even if what waits was not written through us
+        (a response's headers, which Twisted writes to the transport itself)."""
+        if not self.clear():
+            self.transport.producerPaused = True
+
+    def listen(self, stream) -> None:
+        if stream not in self.listeners:
+            self.listeners.append(stream)
+
+    def forget(self, stream) -> None:
+        if stream in self.listeners:
+            self.listeners.remove(stream)
+
+    def write(self, parts: list[bytes]) -> None:
+        t = self.transport
+        if self.clear() and t.connected and not t.disconnecting:
+            try:
+                taken = t.getHandle().sendmsg(parts)
+            except OSError:
+                taken = 0  # EAGAIN; or an error Twisted's own write will meet and report
+            if taken:
+                for i, part in enumerate(parts):
+                    if taken < len(part):
+                        parts = [part[taken:], *parts[i + 1:]]
+                        break
+                    taken -= len(part)
+                else:
+                    return
+        t.writeSequence(parts)
+        # Bytes left behind: have Twisted say when they are gone (it resumes a paused
+        # producer, the channel, once its buffer is empty).
+        t.producerPaused = True
+
+    def drained(self) -> None:
+        for stream in list(self.listeners):
+            stream.drained()
+
+    def lost(self) -> None:
+        listeners, self.listeners = self.listeners, []
+        for stream in listeners:
+            stream.transport_lost()
+
+
+class StreamingChannel(HTTPChannel):
+    """
+    An HTTPChannel whose streaming responses write through an L{Outbox}, which it tells
+    when its transport's buffer has drained and when the connection is lost.
+    """
+
+    outbox: Outbox | None = None  # set when a stream starts on this connection
+
+    def write(self, data: bytes) -> None:
+        if self.outbox is None:
+            self.transport.write(data)
+        else:
+            self.outbox.write([data])
+
+    def writeSequence(self, iovec) -> None:
+        if self.outbox is None:
+            self.transport.writeSequence(iovec)
+        else:
+            self.outbox.write(list(iovec))
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.drained()
+            t = self.transport
+            if t.disconnecting and outbox.clear():
+                # A closing transport whose buffer drained resumes its paused producer
+                # instead of closing: one more (empty) write turn lets it close.
+                t.startWriting()
+
+    def connectionLost(self, reason) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            if self.outbox is not None:
+                self.outbox.lost()
+
+
+def outbox_for(request, send_buffer: int = 0) -> Outbox | None:
+    """
+    The outbox of C{request}'s connection (made on first use), or None where the bytes'
+    way out is not followed: HTTP/2 (a stream's data waits in the connection's own
+    flow-control buffers), TLS (the TLS layer buffers too), a test's transport.
+    """
+    channel = getattr(request, "channel", None)
+    if not isinstance(channel, StreamingChannel):
+        return None
+    if channel.outbox is None:
+        if not isinstance(channel.transport, tcp.Server):
+            return None
+        channel.outbox = Outbox(channel.transport, send_buffer)
+    return channel.outbox
