@@ -8,6 +8,7 @@ Integration helpers wait on events with a bound (C{within}), never on fixed dela
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 import pytest_twisted
@@ -20,6 +21,17 @@ from streamd.web import StreamdApp
 from streamd.web.site import make_site
 
 TIMEOUT = 10.0
+
+#: Programs some tests drive; where one is not on PATH its tests are skipped, with the reason.
+PROGRAMS = ("redis-server", "redis-cli", "chromium")
+
+
+def pytest_report_header(config) -> str | None:
+    missing = [p for p in PROGRAMS if shutil.which(p) is None]
+    if missing:
+        return (f"not on PATH: {', '.join(missing)}: the tests that need them are skipped "
+                "(README.md, Development)")
+    return None
 
 
 def within(d: defer.Deferred, seconds: float = TIMEOUT) -> defer.Deferred:

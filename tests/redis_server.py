@@ -25,11 +25,35 @@ import time
 
 import pytest
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+#: None where it is not on PATH: the tests that need it are then skipped (L{require})
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
 
 #: Seconds a server may take to say it is ready before the test fails.
 START_TIMEOUT = 10.0
+
+
+def _not_installed(program: str) -> str:
+    return f"{program} is not on PATH (on Debian: apt-get install redis-server)"
+
+
+def require(program: str = "redis-server") -> str:
+    """
+    The path of C{program} (redis-server or redis-cli). Where it is not on PATH, the test
+    that needs it is skipped with the reason; in CI, where C{.ci/run} installs it, failed.
+    """
+    path = REDIS_SERVER if program == "redis-server" else REDIS_CLI
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{program} is not on PATH: .ci/run installs it", pytrace=False)
+        pytest.skip(_not_installed(program))
+    return path
+
+
+#: For a test that starts a L{RedisServer} of its own rather than using the fixture: the
+#: same skip, reported at the test rather than inside L{RedisServer.start}.
+needs_redis_server = pytest.mark.skipif(
+    REDIS_SERVER is None and not os.environ.get("CI"), reason=_not_installed("redis-server"))
 
 
 def free_port() -> int:
@@ -76,7 +100,7 @@ class RedisServer:
         """Start the server and return once it accepts connections (bounded wait)."""
         assert self.proc is None, "already running"
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, *self._listen_args(), "--bind", "127.0.0.1", "--save", "",
+            [require("redis-server"), *self._listen_args(), "--bind", "127.0.0.1", "--save", "",
              *(["--appendonly", "yes", "--appendfsync", "always", "--dir", self.persist_dir]
                if self.persist_dir else ["--appendonly", "no"]),
              "--daemonize", "no"],
@@ -128,7 +152,7 @@ class RedisServer:
     def cli(self, *args: str) -> str:
         """Run C{redis-cli} against this server, as an operator or script would."""
         done = subprocess.run(
-            [REDIS_CLI, "-p", str(self.port), *args],
+            [require("redis-cli"), "-p", str(self.port), *args],
             capture_output=True, timeout=START_TIMEOUT, check=True,
         )
         return done.stdout.decode()
@@ -202,7 +226,10 @@ def read_reply(reader):
 
 @pytest.fixture(name="redis")
 def redis_fixture():
-    """A private, empty redis-server for one test; killed by PID afterwards."""
+    """
+    A private, empty redis-server for one test; killed by PID afterwards. The test is
+    skipped where redis-server is not installed (L{require}).
+    """
     server = RedisServer()
     server.start()
     try:

@@ -6,12 +6,12 @@ key prefix instead of flushing.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 
 import pytest
+from redis_server import require
 
 
 def free_port() -> int:
@@ -30,9 +30,7 @@ class RedisServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, seconds: float = 10.0) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.skip("redis-server is not installed")
+        exe = require("redis-server")  # skips the test where it is not installed
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--daemonize", "no", "--dir", str(self.directory)],

@@ -17,6 +17,7 @@ from events_helpers import (
     serve_store,
     wait_up,
 )
+from redis_server import needs_redis_server
 from twisted.internet import defer, reactor
 
 from streamd.store import tail as tail_module
@@ -146,6 +147,7 @@ async def test_redis_tail_sees_inserts_of_another_instance(stores, store_config)
     stream.end("done")
 
 
+@needs_redis_server
 @pytest_twisted.ensureDeferred
 async def test_redis_store_comes_back_after_a_server_restart(stores, tmp_path):
     from conftest import wait_until

@@ -19,7 +19,7 @@ from conftest import (
     wait_until,
     within,
 )
-from redis_server import RedisServer, redis_fixture  # noqa: F401
+from redis_server import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
 from test_daemon import start as start_daemon
 from twisted.internet import defer
 
@@ -178,6 +178,7 @@ async def test_redis_restart_during_a_stream(redis, serve):
     reader.close()
 
 
+@needs_redis_server
 @ensure
 async def test_acks_across_a_redis_restart_nothing_lost_nothing_dropped(tmp_path, serve):
     redis = RedisServer(persist_dir=str(tmp_path))  # keeps its data over a restart

@@ -7,7 +7,7 @@ import pytest
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
-from redis_server import RedisServer, redis_fixture  # noqa: F401
+from redis_server import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -114,6 +114,7 @@ async def test_redis_restart_resubscribes_with_a_gap_notice(redis, serve):
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+@needs_redis_server
 @ensure
 async def test_rediss_url_with_a_private_ca(tmp_path, serve):
     tls = RedisServer(tls_dir=str(tmp_path))  # speaks TLS only

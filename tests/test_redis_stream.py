@@ -6,7 +6,7 @@ import time
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
-from redis_server import RedisServer, redis_fixture  # noqa: F401
+from redis_server import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
 from test_redis_list import idle, reads
 
 ensure = pytest_twisted.ensureDeferred
@@ -233,6 +233,7 @@ async def test_group_mode_filtered_clients_share_the_entries(redis, serve):
     rb.close()
 
 
+@needs_redis_server
 @ensure
 async def test_group_acks_across_a_redis_restart(tmp_path, serve):
     redis = RedisServer(persist_dir=str(tmp_path))  # keeps its data over a restart
