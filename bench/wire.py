@@ -1,20 +1,21 @@
 """
 The client side of the fan-out benchmark: HTTP/1.1 over raw asyncio sockets.
 
-The subscriber side has to stay cheap (on a two-core machine it shares the CPU with the
-server), so a subscriber is a bare C{asyncio.Protocol} that decodes chunked encoding itself
-and, while the benchmark runs, only keeps each decoded piece of body with the time it was
-read. The pieces are parsed afterwards, outside the measured window, with one
-regular-expression pass instead of a C{json.loads} per line.
+The generator has to stay cheap (it has one core, the server another), so a subscriber is
+a bare C{asyncio.Protocol} that, while the benchmark runs, only keeps each read with the
+time it was read. Chunked decoding and parsing happen afterwards, outside the measured
+window, with one regular-expression pass instead of a C{json.loads} per line.
 
 A benchmark payload starts with C{{"seq":N,"t":T,...}} (T: the send time in integer
-microseconds since the epoch), so C{SEQ_RE} finds both inside the NDJSON envelope
-C{{"id":...,"stream":...,"data":{"seq":N,"t":T,...}}}.
+microseconds since the epoch), so C{SEQ_RE} finds both inside streamd's NDJSON envelope
+C{{"id":...,"stream":...,"data":{"seq":N,"t":T,...}}}, in an SSE C{data:} line, or as
+the whole of an Nchan message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import re
 import time
 from array import array
@@ -22,13 +23,25 @@ from itertools import accumulate
 
 SEQ_KEY = b'"seq":'
 SEQ_RE = re.compile(rb'"seq":\s*(\d+),\s*"t":\s*(\d+)')
+#: The message a publisher sends after all the others: a reader that got it has everything
+#: the server is going to send it (servers keep a stream's order).
+END = b'{"end":true}'
 
-#: Control lines a stream may carry besides messages, by the prefix that identifies them.
+#: Control lines an NDJSON stream may carry besides messages, by a marker found in them.
 CONTROLS = {
     "heartbeat": b'{"heartbeat"',
     "gap": b'{"gap"',
     "dropped": b'{"dropped"',
     "error": b'{"error"',
+    "end": END,
+}
+#: The same for SSE (streamd's event names; a heartbeat is a comment, with no data line).
+SSE_CONTROLS = {
+    "heartbeat": b": heartbeat",
+    "gap": b"event: gap\n",
+    "dropped": b"event: dropped\n",
+    "error": b"event: stream-error\n",
+    "end": END,
 }
 
 MAX_HEAD = 64 * 1024
@@ -132,36 +145,39 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 class Subscriber(asyncio.Protocol):
     """
-    One C{GET /streams/NAME} response read to its end.
+    One stream response (NDJSON or SSE, chunked or not) read to its end.
 
-    While the benchmark runs, C{data_received} only decodes the chunks and keeps each piece
-    of body with the time it was read (C{_blocks}). L{result} (or L{_digest}, once the
-    process holds L{DEFER_LIMIT} bytes) parses them: a message's receive time is the read
-    that brought the end of its line.
+    While the benchmark runs, C{data_received} only keeps each read with its time
+    (C{_raw}, C{_times}): no decoding at all, so that one generator process can read many
+    streams. L{result} (or L{digest_held}, when the process holds L{DEFER_LIMIT} bytes)
+    decodes the chunks and parses the lines: a message's receive time is the read that
+    brought the end of its line.
 
-    @ivar received: body bytes read so far (progress, for the caller's quiet timeout).
+    @ivar received: bytes read so far, framing included (progress, for the quiet timeout).
     @ivar pairs: sequence number and send time (microseconds) of each message line parsed
         so far, in arrival order, interleaved.
     @ivar recv: each of those lines' receive time (C{time.time()} seconds).
-    @ivar slow: this one stops reading once the stream is open (a stuck client), to see
-        what the server does to it and whether the others notice.
+    @ivar read_rate: None for a reader that reads as fast as it can; 0 for one that stops
+        reading once the stream is open (a stuck client); else the bytes per second it
+        reads at (a slow client). L{release} lets it read at full speed again.
     @ivar opened: resolves when the response head arrived (the stream is established).
     @ivar finished: resolves when the response ended, the connection closed or failed.
     """
 
-    deferred_bytes = 0  # held in _blocks by all subscribers of this process
-
-    def __init__(self, request: bytes, total: int, slow: bool = False) -> None:
+    def __init__(self, request: bytes, total: int, read_rate: float | None = None,
+                 sse: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.request = request
-        self.slow = slow
+        self.read_rate = read_rate
+        self.slow = read_rate is not None
+        self.sse = sse
         self.total = total
         self.received = 0
         self.pairs = array("q")
         self.recv = array("d")
         self.unparsed = 0
         self.other_lines = 0
-        self.controls = dict.fromkeys(CONTROLS, 0)
+        self.controls = dict.fromkeys(SSE_CONTROLS if sse else CONTROLS, 0)
         self.samples: dict[str, str] = {}
         self.status: int | None = None
         self.ended: str | None = None
@@ -170,8 +186,12 @@ class Subscriber(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._head = b""
         self._decoder: ChunkedDecoder | None = None
-        self._blocks: list[tuple[float, bytes]] = []
+        self._raw: list[bytes] = []
+        self._times = array("d")
+        self._blocks: list[tuple[float, bytes]] = []  # decoded, not yet parsed
         self._error_body = b""
+        self._live = False  # reading a 200 response at full speed: the fast path
+        self._parsed = 0  # bytes of `received` handed to _decode
 
     # asyncio.Protocol
 
@@ -180,29 +200,32 @@ class Subscriber(asyncio.Protocol):
         transport.write(self.request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
+        if self._live:  # nearly every read: keep it with its time, nothing else
+            self._times.append(time.time())
+            self._raw.append(data)
+            self.received += len(data)
+            return
         now = time.time()
         if self.ended is not None:
             return
-        try:
-            if self.status is None:
+        if self.status is None:
+            try:
                 data = self._read_head(data)
-                if data is None:
-                    return
-            if self.status != 200:
-                self._error_body = (self._error_body + data)[:4096]
+            except ProtocolError as e:
+                self._end(f"protocol error: {e}")
                 return
-            # Without chunked encoding the body is identity, ended by the connection.
-            pieces = [data] if self._decoder is None else self._decoder.feed(data)
-            for piece in pieces:
-                self._blocks.append((now, piece))
-                self.received += len(piece)
-                Subscriber.deferred_bytes += len(piece)
-            if Subscriber.deferred_bytes > DEFER_LIMIT:
-                self._digest()
-            if self._decoder is not None and self._decoder.done:
-                self._end("complete")
-        except ProtocolError as e:
-            self._end(f"protocol error: {e}")
+            if not data:
+                return
+        if self.status != 200:
+            self._error_body = (self._error_body + data)[:4096]
+            return
+        self._raw.append(data)
+        self._times.append(now)
+        self.received += len(data)
+        if self.read_rate and self.transport is not None:
+            # A slow reader: no more reads until this one's bytes are paid for.
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(len(data) / self.read_rate, self._resume)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.status is not None and self.status != 200:
@@ -215,12 +238,38 @@ class Subscriber(asyncio.Protocol):
 
     # API
 
+    def saw_end(self) -> bool:
+        """Whether the L{END} message arrived (what a publisher sends after all the rest)."""
+        if self.controls["end"]:
+            return True
+        window = b""
+        for data in reversed(self._raw):  # the last 128 bytes or more, contiguous
+            window = data[-128:] + window
+            if len(data) >= 128:
+                break
+        return END in window
+
+    def count_until(self, when: float) -> int:
+        """Message lines received up to C{when} (a C{time.time()})."""
+        self._digest()
+        return bisect.bisect_right(self.recv, when)
+
+    def release(self) -> None:
+        """Let a slow or stopped reader read at full speed from now on."""
+        self.read_rate = None
+        if self.transport is not None and self.ended is None:
+            self._live = self.status == 200
+            self.transport.resume_reading()
+
     def fail(self, reason: str) -> None:
         """Record a failure that happened outside the protocol (connect error, timeout)."""
         self._end(reason)
 
     def close(self) -> None:
         """Hang up (the client going away), recording why if nothing ended it before."""
+        self._digest()
+        if self._decoder is not None and self._decoder.done:
+            self._end("complete")
         self._end("closed by client")
 
     def result(self) -> dict:
@@ -262,7 +311,12 @@ class Subscriber(asyncio.Protocol):
 
     # internals
 
+    def _resume(self) -> None:
+        if self.transport is not None and self.ended is None:
+            self.transport.resume_reading()
+
     def _end(self, why: str) -> None:
+        self._live = False
         if self.ended is None:
             self.ended = why
         if not self.opened.done():
@@ -286,21 +340,37 @@ class Subscriber(asyncio.Protocol):
             self._decoder = ChunkedDecoder()
         if not self.opened.done():
             self.opened.set_result(self.status == 200)
-        if self.slow and self.transport is not None:
+        self._live = self.status == 200 and self.read_rate is None
+        if self.read_rate == 0 and self.transport is not None:
             self.transport.pause_reading()
         return rest
 
+    def _decode(self) -> None:
+        """Decode the reads held in C{_raw} into pieces of body, each with its read time."""
+        raw, times = self._raw, self._times
+        if not raw:
+            return
+        self._raw, self._times = [], array("d")
+        self._parsed += sum(len(data) for data in raw)
+        blocks, decoder = self._blocks, self._decoder
+        try:
+            for now, data in zip(times, raw, strict=True):
+                pieces = [data] if decoder is None else decoder.feed(data)
+                for piece in pieces:
+                    blocks.append((now, piece))
+        except ProtocolError as e:
+            self._end(f"protocol error: {e}")
+
     def _digest(self) -> None:
-        """Parse the complete lines held in C{_blocks}; keep the partial last line."""
+        """Parse the complete lines held; keep the partial last line."""
+        self._decode()
         blocks = self._blocks
         if not blocks:
             return
         data = b"".join(piece for _, piece in blocks)
-        Subscriber.deferred_bytes -= len(data)
         cut = data.rfind(b"\n") + 1
         tail = data[cut:]
         self._blocks = [(blocks[-1][0], tail)] if tail else []
-        Subscriber.deferred_bytes += len(tail)
         if not cut:
             return
         ends = list(accumulate(len(piece) for _, piece in blocks))
@@ -315,17 +385,28 @@ class Subscriber(asyncio.Protocol):
             pairs.append(int(m[2]))
             recv.append(blocks[k][0])
             n += 1
-        self.unparsed += data.count(SEQ_KEY, 0, cut) - n
-        rest = data.count(b"\n", 0, cut) - data.count(SEQ_KEY, 0, cut)
-        if not rest:
-            return
-        for name, prefix in CONTROLS.items():
-            c = data.count(prefix, 0, cut)
+        seqs = data.count(SEQ_KEY, 0, cut)
+        self.unparsed += seqs - n
+        self._count_others(data, cut, seqs)
+
+    def _count_others(self, data: bytes, cut: int, seqs: int) -> None:
+        """Count the control lines, and the lines that are neither message nor control."""
+        if self.sse:
+            # Only data lines count: ids, comments, retry hints and blank lines are framing.
+            lines = data.count(b"\ndata:", 0, cut) + data.startswith(b"data:")
+            controls = SSE_CONTROLS
+        else:
+            lines = data.count(b"\n", 0, cut)
+            controls = CONTROLS
+        rest = lines - seqs
+        for name, marker in controls.items():
+            c = data.count(marker, 0, cut)
             if c:
                 self.controls[name] += c
-                rest -= c
+                if marker != SSE_CONTROLS["heartbeat"]:  # an SSE comment has no data line
+                    rest -= c
                 if name not in self.samples:
-                    j = data.find(prefix)
+                    j = data.find(marker)
                     self.samples[name] = data[j : data.find(b"\n", j)][:200].decode(
                         "utf-8", "replace"
                     )
@@ -333,11 +414,25 @@ class Subscriber(asyncio.Protocol):
             self.other_lines += rest
             if "other" not in self.samples:
                 for line in data[:cut].split(b"\n"):
+                    if self.sse and not line.startswith(b"data:"):
+                        continue
                     if line and SEQ_KEY not in line and not any(
-                        line.startswith(p) for p in CONTROLS.values()
+                        marker in line for marker in controls.values()
                     ):
                         self.samples["other"] = line[:200].decode("utf-8", "replace")
                         break
+
+
+def digest_held(subs: list[Subscriber], limit: int | None = None) -> int:
+    """
+    Parse what the readers hold once it adds up to more than C{limit} bytes (so that a long
+    run keeps its memory bounded); return the bytes held before.
+    """
+    held = sum(s.received - s._parsed for s in subs)
+    if held > (DEFER_LIMIT if limit is None else limit):
+        for s in subs:
+            s._digest()
+    return held
 
 
 class HTTPConnection:

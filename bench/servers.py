@@ -1,0 +1,371 @@
+"""
+The servers the benchmark measures, each started for one run on a free loopback port and
+pinned to a CPU: streamd (C{twistd -n streamd}), nginx with the Nchan module (one worker,
+not a daemon, a temp prefix), and redis-server for the Redis scenario. Also what the
+benchmark reads from /proc: CPU seconds, RSS, per-CPU busy time.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from urllib.parse import quote
+
+HOST = "127.0.0.1"
+TICK = os.sysconf("SC_CLK_TCK")
+NCHAN_MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules")
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
+    out = {"VmRSS": 0, "VmHWM": 0}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in out:
+                    out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def cpu_busy() -> dict[str, float]:
+    """Busy CPU seconds so far, all CPUs ("all") and each ("cpu0", "cpu1", ...)."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu"):
+                break
+            name, *fields = line.split()
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            out["all" if name == "cpu" else name] = (
+                user + nice + system + irq + softirq + steal) / TICK
+    return out
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, seconds: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
+
+
+class Process:
+    """A server process started for one run, in a temp directory of its own."""
+
+    name = "?"
+
+    def __init__(self, cpu: int | None, keep_logs: bool = False) -> None:
+        self.cpu = cpu
+        self.keep_logs = keep_logs
+        self.dir = tempfile.mkdtemp(prefix=f"bench-{self.name}-")
+        self.log_path = os.path.join(self.dir, "server.log")
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.command: list[str] = []
+
+    def spawn(self, cmd: list[str], env: dict | None = None) -> None:
+        self.command = pinned(self.cpu, cmd)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
+
+    def pids(self) -> list[int]:
+        """The process and its children (nginx's worker)."""
+        if self.proc is None:
+            return []
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def rss(self) -> dict[str, int]:
+        """RSS and peak RSS (KiB), added up over the processes."""
+        out = {"VmRSS": 0, "VmHWM": 0}
+        for pid in self.pids():
+            for k, v in rss_kib(pid).items():
+                out[k] += v
+        return out
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def log_problems(self) -> int:
+        return 0
+
+    def stop(self, sig: int = signal.SIGTERM) -> dict:
+        """Stop it; report its exit code and the problems its log shows."""
+        if self.proc is None:
+            return {}
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        report = {"exit_code": self.proc.returncode, "log_problems": self.log_problems()}
+        if report["log_problems"] or self.keep_logs:
+            report["log"] = self.dir
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.proc = None
+        return report
+
+
+# --------------------------------------------------------------------------- streamd
+
+
+def twistd_command() -> list[str]:
+    """The twistd beside this interpreter, or the same entry point through C{-c}."""
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; "
+            "sys.argv[0] = 'twistd'; run()"]
+
+
+class Streamd(Process):
+    """C{twistd -n streamd} with a temp config: memory streams, no heartbeats."""
+
+    name = "streamd"
+    ndjson_suffix = b""
+
+    def start(self, redis_port: int | None = None, args: list[str] = (),
+              env: dict | None = None) -> None:
+        conf = os.path.join(self.dir, "streamd.toml")
+        with open(conf, "w") as f:
+            f.write("heartbeat = 0\ndynamic_streams = true\n")
+            if redis_port:
+                f.write(f'[redis]\nurl = "redis://{HOST}:{redis_port}/0"\n'
+                        '[streams.redis]\nsource = "redis-pubsub"\nchannels = ["bench"]\n')
+        self.port = free_port()
+        self.spawn([*twistd_command(), "-n", "--pidfile=", "streamd", "--config", conf,
+                    "--listen", f"tcp:{self.port}:interface={HOST}", *args],
+                   env=dict(os.environ, **(env or {})))
+        marker = f"streamd listening on tcp:{HOST}:{self.port}"
+
+        def listening() -> bool:
+            with open(self.log_path, errors="replace") as f:
+                return marker in f.read()
+
+        try:
+            wait_for(listening, 30, "streamd to listen", self.proc)
+        except RuntimeError as e:
+            tail = self.log_tail()
+            self.stop()
+            raise RuntimeError(f"{e} ({' '.join(self.command)}):\n{tail}") from None
+
+    def sub_request(self, name: str, sse: bool) -> bytes:
+        accept = "text/event-stream" if sse else "application/x-ndjson"
+        return (f"GET /streams/{quote(name)} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
+                f"Accept: {accept}\r\n\r\n").encode()
+
+    def pub_path(self, name: str) -> str:
+        return f"/streams/{quote(name)}/messages"
+
+    pub_ok = (202,)
+    info_headers = {"Accept": "application/json"}
+
+    def info_path(self, name: str) -> str:
+        return "/"
+
+    def subscribers(self, info: dict) -> int:
+        """Open streams, from C{GET /} (a fresh server holds only this run's)."""
+        return info.get("open_streams", -1)
+
+    def log_problems(self) -> int:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                log = f.read()
+        except OSError:
+            return 0
+        return log.count("Traceback") + log.count("Unhandled")
+
+
+# --------------------------------------------------------------------------- nginx + Nchan
+
+
+NGINX_CONF = """\
+load_module {module};
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    server {{
+        listen {host}:{port} backlog=4096;
+        location ~ ^/pub/(\\w+)$ {{ nchan_publisher; nchan_channel_id $1; }}
+        location ~ ^/sub/(\\w+)$ {{ nchan_subscriber http-chunked; nchan_channel_id $1; }}
+        location ~ ^/sse/(\\w+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}
+    }}
+}}
+"""
+
+
+def nchan_module() -> str | None:
+    for d in NCHAN_MODULE_DIRS:
+        path = os.path.join(d, "ngx_nchan_module.so")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def nchan_missing() -> str | None:
+    """Why Nchan cannot run here, or None."""
+    if not shutil.which("nginx"):
+        return "no nginx (apt-get install nginx libnginx-mod-nchan)"
+    if not nchan_module():
+        return "no ngx_nchan_module.so (apt-get install libnginx-mod-nchan)"
+    return None
+
+
+class Nchan(Process):
+    """nginx with Nchan: one worker, in the foreground, a temp prefix and config."""
+
+    name = "nchan"
+    ndjson_suffix = b"\n"  # a message is sent as one chunk, as published: end it with a line end
+
+    def start(self, **_) -> None:
+        self.port = free_port()
+        conf = os.path.join(self.dir, "nginx.conf")
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nofile = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(module=nchan_module(), dir=self.dir, host=HOST,
+                                      port=self.port, nofile=nofile,
+                                      connections=max(1024, nofile - 1000)))
+        self.spawn(["nginx", "-p", self.dir, "-c", conf, "-e", os.path.join(self.dir,
+                                                                            "error.log")])
+        try:
+            wait_for(lambda: accepts(self.port) and children(self.proc.pid), 15,
+                     "nginx to listen", self.proc)
+        except RuntimeError as e:
+            tail = self.log_tail() + self.error_log()
+            self.stop()
+            raise RuntimeError(f"{e} ({' '.join(self.command)}):\n{tail}") from None
+
+    def error_log(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "error.log"), errors="replace") as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+    def sub_request(self, name: str, sse: bool) -> bytes:
+        # Nchan answers 403 to a chunked subscriber that does not send TE: chunked, and to
+        # an EventSource one without Accept: text/event-stream.
+        path, extra = (f"/sse/{name}", "Accept: text/event-stream") if sse else (
+            f"/sub/{name}", "TE: chunked")
+        return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n{extra}\r\n\r\n".encode()
+
+    def pub_path(self, name: str) -> str:
+        return f"/pub/{name}"
+
+    pub_ok = (201, 202)
+    info_headers = {"Accept": "text/json"}
+
+    def info_path(self, name: str) -> str:
+        """The channel's info (404 until it exists)."""
+        return f"/pub/{name}"
+
+    def subscribers(self, info: dict) -> int:
+        return info.get("subscribers", 0)
+
+    def log_problems(self) -> int:
+        log = self.error_log()
+        return log.count("[alert]") + log.count("[crit]") + log.count("[emerg]")
+
+
+# --------------------------------------------------------------------------- redis
+
+
+class Redis(Process):
+    """A private redis-server on a free port: no persistence."""
+
+    name = "redis"
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.spawn([shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+                    "--bind", HOST, "--save", "", "--appendonly", "no", "--daemonize", "no"])
+
+        def answers() -> bool:
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_for(answers, 10, "redis-server", self.proc)
+
+    def numsub(self, channel: bytes) -> int:
+        with socket.create_connection((HOST, self.port), timeout=5) as s:
+            s.sendall(b"*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n$%d\r\n%s\r\n"
+                      % (len(channel), channel))
+            return int(s.recv(4096).split(b"\r\n")[-2][1:])
