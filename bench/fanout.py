@@ -156,6 +156,12 @@ def one_line(r: dict) -> str:
     if controls or r["other_lines"] or r["unparsed"] or r["out_of_range"]:
         extra.append(f"controls {controls}, other lines {r['other_lines']}, unparsed "
                      f"{r['unparsed']}, out of range {r['out_of_range']} {r['samples']}")
+    if r.get("slow"):
+        s = r["slow"]
+        extra.append(f"slow reader: {s['got_during_run']:,} msgs during the run, "
+                     f"{s['got_in_all']:,} in all; ended {s['ended']}; controls {s['controls']}"
+                     + "".join(f"; first {k} line: {v}" for k, v in s["samples"].items()
+                               if k != "end"))
     if r["timed_out"]:
         extra.append("TIMED OUT (--timeout)")
     if r.get("profile"):

@@ -47,3 +47,5 @@ def test_every_scenario_is_selectable_and_has_a_quick_form():
     groups = select("all", quick=True)
     assert [s.id for g in groups for s in g] == [s.id for s in SCENARIOS]
     assert select("g", quick=False)[0][1].slow == 1
+    assert [[s.id for s in g] for g in select("a,c,a-sse", quick=False)] == [
+        ["a"], ["a-sse"], ["c"]]
