@@ -215,15 +215,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
                    help="the generator's event loop (uvloop when installed)")
     p.add_argument("--json", metavar="FILE", help="write every run's figures to FILE")
+    p.add_argument("--tables", metavar="FILE", help="print the tables and targets of the "
+                   "runs a --json FILE holds (of the --scenario selected), and run nothing")
     args = p.parse_args(argv)
     if args.no_pin:
         args.server_cpu = args.bench_cpu = None
     return args
 
 
+def print_tables(group, results: dict) -> None:
+    print("\n" + table(group, results), flush=True)
+    for line in targets(group, results):
+        print(line, flush=True)
+    print(flush=True)
+
+
+def reprint(path: str, groups) -> int:
+    """The tables of the runs saved by --json."""
+    with open(path) as f:
+        runs = json.load(f)["runs"]
+    for group in groups:
+        ids = [s.id for s in group]
+        results: dict = {}
+        for r in runs:
+            if r["scenario"] in ids:
+                results.setdefault((r["scenario"], r["server"]), []).append(r)
+        results = dict(sorted(results.items(), key=lambda kv: ids.index(kv[0][0])))
+        if results:
+            print_tables(group, results)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     groups = select(args.scenario, args.quick)
+    if args.tables:
+        return reprint(args.tables, groups)
     servers = ["streamd", "nchan"] if args.server == "both" else [args.server]
     missing = nchan_missing()
     if "nchan" in servers and missing:
@@ -252,10 +279,7 @@ def main(argv=None) -> int:
                     results.setdefault((spec.id, srv), []).append(r)
                     everything.append(r)
                     print(one_line(r), flush=True)
-        print("\n" + table(group, results), flush=True)
-        for line in targets(group, results):
-            print(line, flush=True)
-        print(flush=True)
+        print_tables(group, results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"runs": everything}, f, indent=1)

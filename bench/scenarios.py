@@ -190,6 +190,11 @@ def bound(m: dict) -> str:
 # --------------------------------------------------------------------------- targets
 
 
+def offered_rate(spec: Spec, m: dict) -> bool:
+    """Whether a paced run published (nearly) at the rate it asked for."""
+    return m["publish_per_s"] >= 0.95 * spec.rate
+
+
 def targets(group: list[Spec], results: dict) -> list[str]:
     """Issue 12's targets for streamd, against this run's medians: one line each."""
     med = {key: medians(runs) for key, runs in results.items()}
@@ -216,13 +221,22 @@ def targets(group: list[Spec], results: dict) -> list[str]:
               f"{ms(sd['p99'])} vs {ms(nc.get('p99'))} ms")
     elif sid == "b" and "p99" in sd:
         check("p99 <= 5 ms", sd["p99"] <= 5, f"{ms(sd['p99'])} ms")
-        check("server CPU <= 50%", sd["server_cpu_pct"] <= 50, pct(sd["server_cpu_pct"]))
+        offered = offered_rate(group[0], sd)
+        check("server CPU <= 50%", sd["server_cpu_pct"] <= 50 if offered else None,
+              pct(sd["server_cpu_pct"]) + ("" if offered else
+                                           f" at {num(sd['publish_per_s'])} msgs/s, not "
+                                           f"the {num(group[0].rate)} offered"))
     elif sid == "c" and "p99" in sd:
         check(">= 10,000 POSTs/s", sd["publish_per_s"] >= 10_000, num(sd["publish_per_s"]))
         check("POSTs/s >= Nchan's", cmp(sd["publish_per_s"], nc.get("publish_per_s")),
               f"{num(sd['publish_per_s'])} vs {num(nc.get('publish_per_s'))}")
     elif sid == "d" and "p99" in sd:
         check("p99 <= 50 ms", sd["p99"] <= 50, f"{ms(sd['p99'])} ms")
+    if group[0].rate and "p99" in sd and not offered_rate(group[0], sd):
+        out.append(f"note: streamd took {num(sd['publish_per_s'])} msgs/s, not the "
+                   f"{num(group[0].rate)} offered: with 4 POSTs in flight the publisher sent "
+                   "each message when a connection was free, and how long it waited for one "
+                   "is not in the latency")
     elif sid == "f" and sd.get("kib_per_idle_stream") is not None:
         check("<= 11 KiB per idle stream", sd["kib_per_idle_stream"] <= 11,
               f"{sd['kib_per_idle_stream']:.1f} KiB")
