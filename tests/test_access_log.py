@@ -62,3 +62,19 @@ def test_file_and_off(tmp_path):
     line = json.loads(path.read_text())
     assert line["namespace"] == "streamd.access" and '"GET / HTTP/1.1"' in line["message"]
     assert open_access_log("off", str(path), clock, False) is None
+
+
+def test_log_mode_writes_streamd_access_events():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        log = open_access_log("log", "", Clock(), json_lines=False)
+        log.log(_Request(b"/streams/a?token=x"))
+        log.flush()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (event,) = [e for e in events if e.get("log_namespace") == "streamd.access"
+                and "line" in e]
+    assert '"GET /streams/a?token=REDACTED HTTP/1.1"' in event["line"]

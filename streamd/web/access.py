@@ -17,6 +17,7 @@ import re
 import sys
 import time
 
+from twisted.logger import Logger
 from twisted.web import http
 
 _SECRET_PARAMS = re.compile(rb"((?:^|[?&])(?:access_token|token)=)[^&]*", re.I)
@@ -48,7 +49,7 @@ class AccessLog:
     """
 
     def __init__(self, out, clock, json_lines: bool = False, every: float = 1.0) -> None:
-        self.out = out  # a file, or a function returning one (looked up at each write)
+        self.out = out
         self.clock = clock
         self.json_lines = json_lines
         self.every = every
@@ -86,14 +87,27 @@ class AccessLog:
             out.flush()
 
 
+_log = Logger(namespace="streamd.access")
+
+
+class _ToLog:
+    """A file whose lines go to streamd's log, as C{streamd.access} events."""
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines():
+            _log.info("{line}", line=line)
+
+    def flush(self) -> None:
+        pass
+
+
 def open_access_log(kind: str, path: str, clock, json_lines: bool) -> AccessLog | None:
     """The access log C{access_log = kind} asks for, or None for C{"off"}."""
     if kind == "off":
         return None
     if kind == "log":
-        # twistd replaces sys.stdout with a file that writes to its log, but only after
-        # the service is built: look it up at each write. The log's own format applies.
-        return AccessLog(lambda: sys.stdout, clock, json_lines=False)
+        # One log event per line, in the log's own format (text or JSON).
+        return AccessLog(_ToLog(), clock, json_lines=False)
     if kind == "stdout":
         out = sys.__stdout__
     else:
