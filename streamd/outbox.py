@@ -31,10 +31,36 @@ import termios
 from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
 
-__all__ = ["Outbox", "StreamingChannel", "outbox_for"]
+__all__ = ["Listeners", "Outbox", "StreamingChannel", "outbox_for"]
 
 
-class Outbox:
+class Listeners:
+    """The streams waiting on one connection's outbox (usually one), and telling them."""
+
+    __slots__ = ()
+    listeners: list
+
+    def listen(self, stream) -> None:
+        if stream not in self.listeners:
+            self.listeners.append(stream)
+
+    def forget(self, stream) -> None:
+        if stream in self.listeners:
+            self.listeners.remove(stream)
+
+    def drained(self) -> None:
+        """Everything written has left the process."""
+        for stream in list(self.listeners):
+            stream.drained()
+
+    def lost(self) -> None:
+        """The connection is gone."""
+        listeners, self.listeners = self.listeners, []
+        for stream in listeners:
+            stream.transport_lost()
+
+
+class Outbox(Listeners):
     """
     The eager writer of one TCP connection, and the streams waiting for its buffer to
     drain (usually one: the response being streamed).
@@ -76,14 +102,6 @@ class Outbox:
         if not self.clear():
             self.transport.producerPaused = True
 
-    def listen(self, stream) -> None:
-        if stream not in self.listeners:
-            self.listeners.append(stream)
-
-    def forget(self, stream) -> None:
-        if stream in self.listeners:
-            self.listeners.remove(stream)
-
     def write(self, parts: list[bytes]) -> None:
         t = self.transport
         if self.clear() and t.connected and not t.disconnecting:
@@ -104,14 +122,6 @@ class Outbox:
         # producer, the channel, once its buffer is empty).
         t.producerPaused = True
 
-    def drained(self) -> None:
-        for stream in list(self.listeners):
-            stream.drained()
-
-    def lost(self) -> None:
-        listeners, self.listeners = self.listeners, []
-        for stream in listeners:
-            stream.transport_lost()
 
 
 class StreamingChannel(HTTPChannel):

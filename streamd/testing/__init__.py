@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from streamd.interfaces import IConsumer, ISource, ISubscription
 from streamd.message import Message
+from streamd.outbox import Listeners
 
 
 class _Channel:
@@ -186,7 +187,7 @@ class Recorder:
         return [m.data for m in self.messages]
 
 
-class FakeOutbox:
+class FakeOutbox(Listeners):
     """
     A stand-in for a connection's L{streamd.outbox.Outbox}, over a L{FakeRequest}:
     the "kernel" takes what is written at once while C{open}; when not, the bytes wait
@@ -217,22 +218,10 @@ class FakeOutbox:
     def watch(self) -> None:
         pass
 
-    def listen(self, stream) -> None:
-        if stream not in self.listeners:
-            self.listeners.append(stream)
-
-    def forget(self, stream) -> None:
-        if stream in self.listeners:
-            self.listeners.remove(stream)
-
     def take(self, n: int | None = None) -> None:
         """The kernel takes C{n} more bytes (default: all); drained once none wait."""
         self.waiting = 0 if n is None else max(0, self.waiting - n)
         if not self.waiting:
-            for stream in list(self.listeners):
-                stream.drained()
+            self.drained()
 
-    def lose(self) -> None:
-        listeners, self.listeners = self.listeners, []
-        for stream in listeners:
-            stream.transport_lost()
+    lose = Listeners.lost  # the connection died
