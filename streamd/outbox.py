@@ -97,8 +97,11 @@ class Outbox(Listeners):
         return not t._tempDataLen and t.offset == len(t.dataBuffer)
 
     def watch(self) -> None:
-        """Have the drain reported even if what waits was not written through us
-        (a response's headers, which Twisted writes to the transport itself)."""
+        """
+        Have the drain reported: Twisted resumes a paused producer (the channel) once
+        its buffer is empty. Also for what was not written through us (a response's
+        headers, which Twisted writes to the transport itself).
+        """
         if not self.clear():
             self.transport.producerPaused = True
 
@@ -118,10 +121,7 @@ class Outbox(Listeners):
                 else:
                     return
         t.writeSequence(parts)
-        # Bytes left behind: have Twisted say when they are gone (it resumes a paused
-        # producer, the channel, once its buffer is empty).
-        t.producerPaused = True
-
+        self.watch()  # bytes left behind
 
 
 class StreamingChannel(HTTPChannel):

@@ -49,16 +49,6 @@ class _Protocol(resp.SubscriberProtocol):
         self.factory.hub.lost(self)
         super().connectionLost(why)
 
-    def dataReceived(self, data, unpause=False):
-        # Everything one read of the socket holds reaches a client in one write.
-        hub = self.factory.hub
-        hub.batching = True
-        try:
-            super().dataReceived(data, unpause)
-        finally:
-            hub.batching = False
-            hub.flush()
-
     def messageReceived(self, pattern, channel, message):
         self.factory.hub.message(pattern, channel, message)
 
@@ -79,9 +69,6 @@ class Hub:
         self.proto: _Protocol | None = None
         self.conn = conn
         self.outage_since: float | None = None
-        #: inside one read of the socket: sources collect messages until L{flush}
-        self.batching = False
-        self.filled: set[RedisPubSubSource] = set()
         self.factory = conn.subscriber(_Protocol)
         self.factory.hub = self
 
@@ -165,18 +152,6 @@ class Hub:
         if sources:
             for source in list(sources):
                 source.received(channel, data, pattern)
-                self.filled.add(source)
-            if not self.batching:
-                self.flush()
-
-    def flush(self) -> None:
-        """End of a read: listeners that batch (pub/sub sources) deliver now."""
-        filled, self.filled = self.filled, set()
-        for source in filled:
-            # Other listeners (the Redis channels store) take each message as it comes.
-            flush = getattr(source, "flush", None)
-            if flush is not None:
-                flush()
 
 
 class PubSubSubscription(MemorySubscription):
@@ -214,7 +189,6 @@ class RedisPubSubSource:
         self.clock = clock
         self.on_stop = on_stop
         self.seq = 0
-        self.batch: list[Message] = []
         self.subscribers: set[PubSubSubscription] = set()
         self.hub: Hub | None = None
         # Reads of one reactor turn (or of coalesce seconds) reach a stream together.
@@ -241,7 +215,6 @@ class RedisPubSubSource:
         return self.conn.wait_for(lambda: self.conn.up and hub.up)
 
     def stop(self):
-        self.flush()
         self.outgoing.flush()
         for sub in list(self.subscribers):
             sub.consumer.source_ended("shutdown")
@@ -277,18 +250,13 @@ class RedisPubSubSource:
                 self.hub.remove(self)
 
     def received(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
-        """One message from Redis, queued for L{flush}."""
+        """One message from Redis: out with the reactor turn's others (L{Coalescer})."""
         self.seq += 1
         attributes = {"channel": channel.decode("utf-8", "replace")}
         if pattern is not None:
             attributes["pattern"] = pattern.decode("utf-8", "replace")
-        self.batch.append(Message(str(self.seq), self.name, redis.as_json(data), attributes))
-
-    def flush(self) -> None:
-        """The end of a read: what arrived goes out with the reactor turn's other reads."""
-        batch, self.batch = self.batch, []
-        if batch:
-            self.outgoing.add(batch)
+        self.outgoing.add([Message(str(self.seq), self.name, redis.as_json(data),
+                                   attributes)])
 
     def _deliver(self, batch) -> None:
         # Each message encoded once, one batch per client. A consumer may end its stream
