@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable
 from zope.interface import implementer
 
 from streamd.errors import NotFound
-from streamd.interfaces import ISource, ISubscription, Unacknowledged
+from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
+from streamd.sources.unacknowledged import Unacknowledged
 
 Watcher = Callable[[str, bytes], None]
 

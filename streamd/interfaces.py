@@ -242,28 +242,3 @@ class IStore(Interface):
         Call C{callback(events)} with every batch of events inserted through this
         store, in id order, once stored. Returns a function that stops listening.
         """
-
-
-class Unacknowledged:
-    """
-    The subscription side of an at-most-once broadcast source (memory, pub/sub,
-    channel values): nothing to pause at the source, nothing to ack or give back.
-    A paused client's messages queue in its stream, bounded by its slow policy.
-    """
-
-    __slots__ = ()
-
-    def pause(self) -> None:
-        pass
-
-    def resume(self) -> None:
-        pass
-
-    def ack(self, messages) -> None:
-        pass
-
-    def nack(self, messages) -> None:
-        pass
-
-    def skip(self, messages) -> None:
-        pass

@@ -11,7 +11,6 @@ back to its source (C{nack}), so a durable source loses nothing when a client go
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 from typing import Any
 
@@ -19,22 +18,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from streamd.inflight import Inflight
 from streamd.interfaces import IConsumer
 from streamd.message import Message
 from streamd.outbox import outbox_for
+from streamd.slow import SlowReader
 
 #: Bytes written in one chunk at most: big enough to amortise the per-write cost, small
 #: enough that a notice written after it (a slow-consumer error, a warning) is not stuck
 #: behind much: a stream writes its next chunk only once the last one left the process.
 WRITE_BATCH_BYTES = 16 * 1024
 
-#: After a slow-consumer disconnect, a client that reads nothing for this many seconds
-#: is cut off (so a stuck client cannot pin the buffer); one that reads keeps reading.
-SLOW_CLOSE_GRACE = 5.0
-
-
 @implementer(IPushProducer, IConsumer)
-class Stream:
+class Stream(Inflight, SlowReader):
     """
     One client's stream.
 
@@ -241,45 +237,6 @@ class Stream:
         if self.on_end is not None:
             self.on_end(self)
 
-    # -- what the connection's outbox calls -----------------------------------------
-
-    def drained(self) -> None:
-        """Everything written to the connection has left the process."""
-        inflight, self.inflight = self.inflight, None
-        if inflight:
-            sub = self.subscription
-            for batch in inflight:
-                self.sent += len(batch)
-                sub.ack(batch)
-        if self.ended:
-            self._settled()
-            return
-        if self._flushing:
-            return
-        if self.pending:
-            self._flush()
-            if self.queued and not self.ended:
-                self._behind()
-        if not self.ended:
-            self._update_demand()
-
-    def transport_lost(self) -> None:
-        """The connection is gone: what is still in this process will never leave."""
-        inflight, self.inflight = self.inflight, None
-        if inflight and self.subscription is not None:
-            self.subscription.nack([m for batch in inflight for m in batch])
-        if self.ended:
-            self._settled()
-        else:
-            self._release("client gone")
-
-    def _settled(self) -> None:
-        if self.outbox is not None:
-            self.outbox.forget(self)
-        if self._cancel_settled:
-            self._cancel_settled = False
-            self.subscription.cancel()
-
     # -- IConsumer: what the source calls -------------------------------------------
 
     def deliver(self, messages: list[Message]) -> None:
@@ -361,16 +318,6 @@ class Stream:
         if not self.ended:
             self._update_demand()
         return True
-
-    def _ack_when_sent(self, batch: list[Message]) -> None:
-        outbox = self.outbox
-        if outbox is None or outbox.clear():
-            self.sent += len(batch)
-            self.subscription.ack(batch)
-            return
-        if self.inflight is None:
-            self.inflight = []
-        self.inflight.append(batch)
 
     def _queue(self) -> deque:
         if type(self.pending) is tuple:
@@ -520,81 +467,6 @@ class Stream:
         ):
             self.end("limit")
 
-    def _percent_full(self) -> int:
-        return max(self.queued * 100 // self.max_pending,
-                   self.pending_bytes * 100 // self.max_pending_bytes)
-
-    def _behind(self) -> None:
-        """Messages wait here: warn at half full, apply the slow policy past full."""
-        if self.stall_warnings and not self._warned:
-            self._stall_warning()
-        if self.queued > self.max_pending or self.pending_bytes > self.max_pending_bytes:
-            self._overflow()
-
-    def _stall_warning(self) -> None:
-        percent = self._percent_full()
-        if percent < 50:
-            return
-        self._warned = True
-        # Written ahead of the queue, straight to the transport: the client reads it
-        # before the messages that are waiting, and before any slow policy applies.
-        self.request.write(self.framing.control("warning", {
-            "code": "FALLING_BEHIND",
-            "message": "the client is not reading fast enough",
-            "percent_full": min(100, percent),
-            "dropped": self.dropped_total,
-        }))
-
-    def _overflow(self) -> None:
-        if self.slow_policy == "drop-oldest":
-            pending = self.pending
-            dropped = []
-            payload = 0
-            while self.queued > self.max_pending or self.pending_bytes > self.max_pending_bytes:
-                item = pending.popleft()
-                if type(item) is Message:
-                    dropped.append(item)
-                    self.queued -= 1
-                    self.pending_bytes -= len(item.data)
-                    payload += len(item.data)
-            excess = len(dropped)
-            self.dropped += excess
-            self.dropped_total += excess
-            self.subscription.nack(dropped)
-            if self.metrics is not None:
-                self.metrics.drops.inc(excess)
-            return
-        # The notice goes ahead of everything still queued here (given back to the
-        # source by end()); only the one write already under way is before it.
-        info: dict[str, Any] = {"message": "slow consumer", "max_pending": self.max_pending}
-        if self.pending_bytes > self.max_pending_bytes:
-            info["max_pending_bytes"] = self.max_pending_bytes
-        notice = self.framing.control("error", info)
-        transport = getattr(self.request, "transport", None)
-        if self.metrics is not None:
-            self.metrics.disconnects.inc()
-        self.end("slow consumer", notice)
-        if transport is not None:
-            # Close once the final line is out; a client that reads nothing at all
-            # for a grace period is cut off, so its buffered bytes are freed.
-            transport.loseConnection()
-            left = self.outbox.backlog() if self.outbox is not None else 0
-            self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, left)
-        elif getattr(self.request, "channel", None) is not None:
-            # HTTP/2: the request's channel is its own stream of the connection;
-            # aborting it resets that stream only.
-            self.clock.callLater(SLOW_CLOSE_GRACE, _abort_quietly, self.request.channel)
-
-    def _cut_off_if_stuck(self, transport, left_before: int) -> None:
-        if getattr(transport, "disconnected", False):
-            return
-        left = self.outbox.backlog() if self.outbox is not None else 0
-        if 0 < left < left_before:
-            # still reading: look again after another grace period
-            self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, left)
-            return
-        transport.abortConnection()
-
     def _heartbeat(self) -> None:
         if self.ended:
             return
@@ -606,9 +478,3 @@ class Stream:
             self._last_write = now
             due = now + self.heartbeat
         self._beat = self.clock.callLater(due - now, self._heartbeat)
-
-
-def _abort_quietly(channel) -> None:
-    # An HTTP/2 stream that closed meanwhile raises (h2's StreamClosedError).
-    with contextlib.suppress(Exception):
-        channel.abortConnection()

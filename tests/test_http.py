@@ -130,7 +130,7 @@ async def test_client_disconnect_releases_subscription(serve):
 @ensure
 async def test_client_that_stops_reading_is_disconnected_and_memory_stays_bounded(
         serve, monkeypatch):
-    monkeypatch.setattr("streamd.stream.SLOW_CLOSE_GRACE", 0.2)
+    monkeypatch.setattr("streamd.slow.SLOW_CLOSE_GRACE", 0.2)
     server = await serve(settings(max_pending=50))
     slow = await non_reading_client(server, "/streams/big")
     fast = await open_stream(server.url + "/streams/big")

@@ -9,7 +9,8 @@ from twisted.internet.task import Clock
 
 from streamd.framing import NDJSON
 from streamd.message import SharedBatch
-from streamd.stream import SLOW_CLOSE_GRACE, Stream
+from streamd.slow import SLOW_CLOSE_GRACE
+from streamd.stream import Stream
 from streamd.testing import FakeOutbox, FakeRequest, FakeSource
 
 

@@ -17,8 +17,9 @@ from zope.interface import implementer
 
 from streamd.coalesce import Coalescer
 from streamd.errors import BadRequest
-from streamd.interfaces import ISource, ISubscription, Unacknowledged
+from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
+from streamd.sources.unacknowledged import Unacknowledged
 
 log = Logger()
 
