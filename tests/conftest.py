@@ -17,6 +17,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 
 from streamd import config
+from streamd.service import Service
 from streamd.web import StreamdApp
 from streamd.web.site import make_site
 
@@ -55,6 +56,7 @@ class Server:
 
     def __init__(self, app: StreamdApp, port, tls_port=None) -> None:
         self.app = app
+        self.service = app.service
         self.port = port
         self.url = f"http://127.0.0.1:{port.getHost().port}"
         self.tls_port = tls_port
@@ -91,7 +93,7 @@ async def serve():
 
     async def start(s: dict[str, Any] | None = None, tls: bool = False) -> Server:
         s = s or settings()
-        app = StreamdApp(s, reactor)
+        app = StreamdApp(Service(s, reactor))
         await app.start()
         site = make_site(app)
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)

@@ -120,7 +120,7 @@ async def test_client_disconnect_releases_subscription(serve):
     server = await serve()
     reader = await open_stream(server.url + "/streams/d")
     await server.wait_open_streams(1)
-    source = server.app.sources["d"]
+    source = server.service.sources["d"]
     assert len(source.subscribers) == 1
     reader.close()
     await wait_until(lambda: not source.subscribers)
@@ -238,8 +238,7 @@ async def test_health_503_when_a_source_is_down(serve):
 
     fake = FakeSource("f")
     fake.state = ("down", "queue missing")
-    server.app.sources["f"] = fake
-    server.app.stream_settings["f"] = server.app.stream_settings["a"]
+    server.service.add("f", fake, server.service.stream_settings["a"])
     r = await treq.get(server.url + "/health")
     assert r.code == 503
     assert (await treq.json_content(r))["sources"]["f"]["reason"] == "queue missing"
@@ -284,12 +283,12 @@ async def test_unused_dynamic_streams_are_forgotten(serve, monkeypatch):
     await publish(server.url + "/streams/once/messages", 1)
     reader = await open_stream(server.url + "/streams/kept")
     await server.wait_open_streams(1)
-    app = server.app
-    published = app.reactor.seconds()
-    await wait_until(lambda: app.reactor.seconds() > published + 0.02)  # past buffer_ttl
-    app.reap_unused()
-    assert "once" not in app.sources
-    assert "kept" in app.sources  # still read by a client
+    service = server.service
+    published = service.reactor.seconds()
+    await wait_until(lambda: service.reactor.seconds() > published + 0.02)  # past buffer_ttl
+    service.reap_unused()
+    assert "once" not in service.sources
+    assert "kept" in service.sources  # still read by a client
     reader.close()
 
 
