@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest_twisted
 import treq
+from treq.testing import StubTreq
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.task import Clock
 
 from streamd import config
 from streamd.service import Service
@@ -45,6 +47,16 @@ def settings(streams: dict[str, Any] | None = None, **top: Any) -> dict[str, Any
     if streams:
         file_values["streams"] = streams
     return config.build(file_values, {})
+
+
+def stub(s: dict[str, Any] | None = None) -> tuple[StreamdApp, StubTreq, Clock]:
+    """
+    A StreamdApp on a L{Clock}, and a StubTreq that requests it in memory: for HTTP
+    tests that need no socket (nothing is started: the app serves as built).
+    """
+    clock = Clock()
+    app = StreamdApp(Service(s or settings(store={"backend": "memory"}), clock))
+    return app, StubTreq(app.resource()), clock
 
 
 class Server:
