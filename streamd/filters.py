@@ -167,6 +167,38 @@ def _split(values: Iterable[str]) -> list[str]:
     return out
 
 
+def params_from_json(value: Any) -> dict[str, list[str]]:
+    """
+    Filters given as a JSON object (C{POST /streams/NAME/filter}) as the request
+    parameters L{parse} reads: a list joins with commas, as in a URL, and C{where}
+    maps each field to its values (C{where.FIELD}). Raises L{BadRequest} naming the key.
+    """
+    if not isinstance(value, dict):
+        raise BadRequest("body: expected a JSON object of filters")
+    out: dict[str, list[str]] = {}
+
+    def text(key: str, v, lists: bool = True) -> str:
+        if lists and isinstance(v, list):
+            return ",".join(text(key, i, False) for i in v)
+        if isinstance(v, str):
+            return v
+        if isinstance(v, (bool, int, float)):
+            return json.dumps(v)
+        # An object or null has no meaning as a filter value: refuse, don't guess.
+        raise BadRequest(f"{key}: expected a string, number or boolean, or a list of them")
+
+    for key, v in value.items():
+        if key == "where":
+            if not isinstance(v, dict):
+                raise BadRequest('where: expected {"FIELD": [values]}')
+            for f, vals in v.items():
+                vals = vals if isinstance(vals, list) else [vals]
+                out[f"where.{f}"] = [text(f"where.{f}", x, False) for x in vals]
+        else:
+            out[key] = [text(key, v)]
+    return out
+
+
 def parse(params: Mapping[str, list[str]], settings: Mapping[str, Any],
           sample_default: float | None = None) -> Filter:
     """

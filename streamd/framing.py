@@ -133,14 +133,3 @@ class ValuesSSE(SSE):
 FRAMINGS = {"ndjson": NDJSON, "sse": SSE}
 VALUE_FRAMINGS = {NDJSON: ValuesNDJSON, SSE: ValuesSSE}
 
-
-def choose(format_param: str | None, accept: str | None):
-    """
-    The framing a request asks for: C{?format=} wins, then C{Accept:
-    text/event-stream}; NDJSON otherwise. Returns None for an unknown format.
-    """
-    if format_param is not None:
-        return FRAMINGS.get(format_param)
-    if accept and "text/event-stream" in accept:
-        return SSE
-    return NDJSON

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from streamd import __version__, config, logs
+from streamd.service import Service
 from streamd.web import StreamdApp
 from streamd.web.site import make_site
 
@@ -116,18 +117,19 @@ def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
 
 class StreamdService(service.Service):
     """
-    Starts the sources, listens on every endpoint, and ends streams on stop.
+    Starts the app (and its L{Service}), listens on every endpoint, and ends streams
+    on stop.
 
     @ivar on_fatal: called with an exit status when streamd cannot run as configured
         (an endpoint it cannot listen on); the reactor is stopped as well.
     """
 
-    def __init__(self, settings: dict[str, Any], reactor,
+    def __init__(self, app: StreamdApp, reactor,
                  on_fatal: Callable[[int], None] = lambda status: None,
                  stderr=None) -> None:
-        self.settings = settings
+        self.settings = app.settings
         self.reactor = reactor
-        self.app = StreamdApp(settings, reactor)
+        self.app = app
         self.site = make_site(self.app, reactor)
         self.ports: list[Any] = []
         self.on_fatal = on_fatal
@@ -198,10 +200,24 @@ class StreamdService(service.Service):
             t is not None and not t.disconnected for t in transports
         ):
             yield deferLater(self.reactor, 0.02, lambda: None)
-        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
-            # twistd re-raises the stopping signal on exit (status -15); a SIGTERM
-            # that shut us down cleanly is a normal stop for a service manager: 0.
-            self.reactor._exitSignal = None
+
+
+def stop_on_sigterm(reactor) -> None:
+    """
+    Make SIGTERM a normal stop: the reactor stops (the services stop gracefully) and
+    the process exits 0, as a service manager expects of a clean shutdown. The
+    reactor's own handler would have twistd re-raise the signal on exit (status -15).
+    Installed once the reactor has installed its handlers, so that this one wins.
+    """
+
+    def stop(signum, frame) -> None:
+        log.info("Received SIGTERM, shutting down.")
+        reactor.callFromThread(reactor.stop)
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, stop)
+
+    reactor.addSystemEventTrigger("after", "startup", install)
 
 
 def exit_status_at_exit(status: int) -> None:
@@ -223,4 +239,6 @@ def exit_status_at_exit(status: int) -> None:
 def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
-    return StreamdService(options["settings"], reactor, on_fatal=exit_status_at_exit)
+    stop_on_sigterm(reactor)
+    app = StreamdApp(Service(options["settings"], reactor))
+    return StreamdService(app, reactor, on_fatal=exit_status_at_exit)

@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest_twisted
 import treq
+from treq.testing import StubTreq
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.task import Clock
 
 from streamd import config
+from streamd.service import Service
 from streamd.web import StreamdApp
 from streamd.web.site import make_site
 
@@ -46,6 +49,16 @@ def settings(streams: dict[str, Any] | None = None, **top: Any) -> dict[str, Any
     return config.build(file_values, {})
 
 
+def stub(s: dict[str, Any] | None = None) -> tuple[StreamdApp, StubTreq, Clock]:
+    """
+    A StreamdApp on a L{Clock}, and a StubTreq that requests it in memory: for HTTP
+    tests that need no socket (nothing is started: the app serves as built).
+    """
+    clock = Clock()
+    app = StreamdApp(Service(s or settings(store={"backend": "memory"}), clock))
+    return app, StubTreq(app.resource()), clock
+
+
 class Server:
     """
     A StreamdApp on 127.0.0.1:PORT; C{url} is its base URL. Started with C{tls=True} it
@@ -55,6 +68,7 @@ class Server:
 
     def __init__(self, app: StreamdApp, port, tls_port=None) -> None:
         self.app = app
+        self.service = app.service
         self.port = port
         self.url = f"http://127.0.0.1:{port.getHost().port}"
         self.tls_port = tls_port
@@ -91,7 +105,7 @@ async def serve():
 
     async def start(s: dict[str, Any] | None = None, tls: bool = False) -> Server:
         s = s or settings()
-        app = StreamdApp(s, reactor)
+        app = StreamdApp(Service(s, reactor))
         await app.start()
         site = make_site(app)
         port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)

@@ -72,5 +72,5 @@ async def get(server, query=""):
 
 async def serve_store(serve, store_config, **table):
     server = await serve(store_config(**table))
-    await wait_up(server.app.events.store)
+    await wait_up(server.service.store)
     return server

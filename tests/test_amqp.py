@@ -98,7 +98,7 @@ async def test_broadcast_every_client_gets_every_message(serve, broker):  # noqa
     server = await serve(amqp(news={"exchange": exchange, "routing_key": "news.#"}))
     a = await open_stream(server.url + "/streams/news")
     b = await open_stream(server.url + "/streams/news")
-    source = server.app.sources["news"]
+    source = server.service.sources["news"]
     await wait_until(lambda: all(s.link and s.link.tag for s in source.subscribers)
                      and len(source.subscribers) == 2)
     url = server.url + "/streams/news/messages"

@@ -40,7 +40,7 @@ async def test_identifier_mode(serve):
     s1 = await open_stream(server.url + "/streams/a?identifier=app1")
     s2 = await open_stream(server.url + "/streams/a", {"Streamd-Identifier": "app2"})
     await server.wait_open_streams(2)
-    assert dict(server.app.connections) == {"app1": 1, "app2": 1}
+    assert dict(server.app.open_streams.per_identity) == {"app1": 1, "app2": 1}
     s1.close()
     s2.close()
 

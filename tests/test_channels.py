@@ -156,7 +156,7 @@ async def test_redis_channels_shared_by_two_instances_and_survive_an_outage(redi
         assert r.code == 200, await treq.content(r)
 
     await put(a, "X", 2)
-    await wait_until(lambda: b.app.channels.get("X") == b"2")
+    await wait_until(lambda: b.service.channels.get("X") == b"2")
     r = await within(treq.post(b.url + "/subscriptions", data=b'{"channels": ["X", "Y"]}',
                                headers={"Content-Type": "application/json"}))
     sub = await treq.json_content(r)
@@ -169,11 +169,11 @@ async def test_redis_channels_shared_by_two_instances_and_survive_an_outage(redi
     # runs with no reactor turn in between, so streamd cannot have reconnected yet)
     # reaches the subscriber when streamd re-reads the hash on reconnection.
     redis.stop()
-    await wait_until(lambda: b.app.channels.status()[0] == "down")
+    await wait_until(lambda: b.service.channels.status()[0] == "down")
     redis.start()
     redis.command("HSET", "streamd:channels", "X", "3")
     assert (await reader.wait_for(3))[2] == {"X": 3}
-    await wait_until(lambda: a.app.channels.status()[0] == "ok")
+    await wait_until(lambda: a.service.channels.status()[0] == "ok")
     await put(a, "Y", 86)
     assert (await reader.wait_for(4))[3] == {"Y": 86}
     reader.close()

@@ -37,9 +37,8 @@ def make_client(server, path: str, **options) -> StreamClient:
 def add_fake_source(server, name: str, **stream_keys) -> FakeSource:
     """A durable fake source (it records acks and nacks) served as stream C{name}."""
     source = FakeSource(name)
-    server.app.sources[name] = source
-    server.app.stream_settings[name] = {
-        **config.stream_defaults(name, server.app.settings), **stream_keys}
+    server.service.add(name, source, {
+        **config.stream_defaults(name, server.service.settings), **stream_keys})
     return source
 
 

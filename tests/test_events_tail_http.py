@@ -206,7 +206,7 @@ async def test_tail_of_a_client_that_stops_reading_is_not_cut_off(serve, store_c
     from conftest import non_reading_client
 
     server = await serve(store_config({"max_pending": 40}))
-    await wait_up(server.app.events.store)
+    await wait_up(server.service.store)
     # Keep the client: a paused, idle transport is referenced by nothing else, and a
     # garbage-collected one closes its socket.
     client = await non_reading_client(server, "/events/stream?kind=big")

@@ -117,8 +117,8 @@ async def test_a_slow_h2_stream_pauses_only_its_own_subscription(serve):
     server = await serve(settings(), tls=True)
     app = server.app
     # A source that records pause and resume per subscription.
-    app.sources["jobs"] = FakeSource("jobs")
-    app.stream_settings["jobs"] = config.stream_defaults("jobs", app.settings)
+    server.service.add("jobs", FakeSource("jobs"),
+                       config.stream_defaults("jobs", server.service.settings))
 
     client = await h2_connect(server)
     try:

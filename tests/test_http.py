@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import pytest_twisted
 import treq
 from conftest import (
@@ -9,9 +10,12 @@ from conftest import (
     open_stream,
     publish,
     settings,
+    stub,
     wait_until,
     within,
 )
+
+from streamd.service import REAP_INTERVAL
 
 ensure = pytest_twisted.ensureDeferred
 
@@ -120,7 +124,7 @@ async def test_client_disconnect_releases_subscription(serve):
     server = await serve()
     reader = await open_stream(server.url + "/streams/d")
     await server.wait_open_streams(1)
-    source = server.app.sources["d"]
+    source = server.service.sources["d"]
     assert len(source.subscribers) == 1
     reader.close()
     await wait_until(lambda: not source.subscribers)
@@ -232,18 +236,17 @@ async def test_index_and_health(serve):
 
 
 @ensure
-async def test_health_503_when_a_source_is_down(serve):
-    server = await serve(settings({"a": {}}))
+async def test_health_503_when_a_source_is_down():
+    app, http, _ = stub(settings({"a": {}}, store={"backend": "memory"}))
     from streamd.testing import FakeSource
 
     fake = FakeSource("f")
     fake.state = ("down", "queue missing")
-    server.app.sources["f"] = fake
-    server.app.stream_settings["f"] = server.app.stream_settings["a"]
-    r = await treq.get(server.url + "/health")
+    app.service.add("f", fake, app.service.stream_settings["a"])
+    r = await http.get("http://streamd/health")
     assert r.code == 503
-    assert (await treq.json_content(r))["sources"]["f"]["reason"] == "queue missing"
-    r = await treq.get(server.url + "/streams/f")
+    assert (await r.json())["sources"]["f"]["reason"] == "queue missing"
+    r = await http.get("http://streamd/streams/f")
     assert r.code == 503 and "queue missing" in await error_of(r)
 
 
@@ -270,33 +273,56 @@ async def test_client_ack_session_over_http(serve):
 
 
 @ensure
-async def test_head_of_a_stream_answers_headers_without_opening_it(serve):
-    server = await serve()
-    r = await within(treq.head(server.url + "/streams/h?format=sse"))
+async def test_head_of_a_stream_answers_headers_without_opening_it():
+    app, http, _ = stub()
+    r = await http.head("http://streamd/streams/h?format=sse")
     assert r.code == 200
     assert r.headers.getRawHeaders("content-type")[0].startswith("text/event-stream")
-    assert not server.app.open_streams
+    assert not app.open_streams
+
+
+@pytest.mark.parametrize(("accept", "sse"), [
+    (None, False),
+    ("text/event-stream", True),
+    ("application/json, text/event-stream", True),
+    ("text/event-stream, */*;q=0.1", True),
+    ("*/*", False),
+    ("application/x-ndjson", False),
+    # q=0 means "not this": it refuses SSE (a substring match used to choose it).
+    ("text/event-stream;q=0", False),
+    ("text/event-stream;q=0, */*", False),
+])
+@ensure
+async def test_accept_header_chooses_the_framing(accept, sse):
+    _, http, _ = stub()
+    headers = {"Accept": accept} if accept is not None else {}
+    r = await http.head("http://streamd/streams/s", headers=headers)
+    ctype = r.headers.getRawHeaders("content-type")[0]
+    assert ctype.startswith("text/event-stream" if sse else "application/x-ndjson"), ctype
+    # ?format= wins over Accept.
+    r = await http.head("http://streamd/streams/s?format=ndjson", headers=headers)
+    assert r.headers.getRawHeaders("content-type")[0].startswith("application/x-ndjson")
 
 
 @ensure
-async def test_unused_dynamic_streams_are_forgotten(serve, monkeypatch):
-    server = await serve(settings(buffer_ttl=0.01))
-    await publish(server.url + "/streams/once/messages", 1)
-    reader = await open_stream(server.url + "/streams/kept")
-    await server.wait_open_streams(1)
-    app = server.app
-    published = app.reactor.seconds()
-    await wait_until(lambda: app.reactor.seconds() > published + 0.02)  # past buffer_ttl
-    app.reap_unused()
-    assert "once" not in app.sources
-    assert "kept" in app.sources  # still read by a client
-    reader.close()
+async def test_unused_dynamic_streams_are_forgotten():
+    app, http, clock = stub(settings(buffer_ttl=1, store={"backend": "memory"}))
+    await app.start()
+    r = await http.post("http://streamd/streams/once/messages", data=b"1",
+                        headers={"Content-Type": "application/json"})
+    assert r.code == 202
+    r = await http.get("http://streamd/streams/kept")
+    assert r.code == 200 and len(app.open_streams) == 1
+    clock.advance(REAP_INTERVAL)  # past buffer_ttl: the periodic sweep forgets "once"
+    assert "once" not in app.service.sources
+    assert "kept" in app.service.sources  # still read by a client
+    await app.stop(1)
 
 
 @ensure
-async def test_unsupported_methods_on_events_are_405(serve):
-    server = await serve(settings(store={"backend": "memory"}))
-    for path in ("/events",):
-        r = await within(treq.request("DELETE", server.url + path))
+async def test_unsupported_methods_on_events_are_405():
+    _, http, _ = stub()
+    for path in ("/events", "/events/"):
+        r = await http.request("DELETE", "http://streamd" + path)
         assert r.code == 405, path
         assert "POST" in r.headers.getRawHeaders("allow")[0]

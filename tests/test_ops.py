@@ -96,7 +96,7 @@ def test_json_logs_with_one_access_line_per_stream_and_no_secrets(tmp_path):
     assert len(ended) == 1
     e = ended[0]
     assert e["message"].startswith("stream s ended (limit): identity=alice duration=")
-    assert (e["level"], e["namespace"]) == ("info", "streamd.web.app")
+    assert (e["level"], e["namespace"]) == ("info", "streamd.web.streaming")
     assert e["time"].endswith("Z")
     # Plain JSON lines: no Twisted bookkeeping.
     assert not [k for e in events for k in e if k.startswith("log_")]

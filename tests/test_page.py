@@ -164,9 +164,9 @@ ROWS = "[...document.querySelectorAll('#streams tr[data-stream]')].map(r => r.da
 async def test_overview_in_chromium(serve, chromium):
     """The page lists the server's streams, live, and watches the one clicked."""
     server = await serve(settings(streams={"news": {}, "alerts": {}}))
-    down = server.app.sources["orders"] = FakeSource("orders")
+    down = FakeSource("orders")
     down.state = ("down", "queue missing")
-    server.app.stream_settings["orders"] = server.app.stream_settings["news"]
+    server.service.add("orders", down, server.service.stream_settings["news"])
     readers = [await open_stream(server.url + "/streams/news") for _ in range(2)]
     async with chromium.running("test_overview_in_chromium") as page:
         await page.open(server.url + "/")

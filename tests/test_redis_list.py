@@ -161,7 +161,7 @@ async def test_redis_restart_during_a_stream(redis, serve):
     redis.command("RPUSH", "jobs", "1")
     await reader.wait_for(1)
     redis.stop()
-    await wait_until(lambda: server.app.sources["jobs"].status()[0] == "down")
+    await wait_until(lambda: server.service.sources["jobs"].status()[0] == "down")
     health = await within(treq.get(server.url + "/health"))
     assert health.code == 503
     assert (await treq.json_content(health))["sources"]["jobs"]["status"] == "down"
@@ -170,7 +170,7 @@ async def test_redis_restart_during_a_stream(redis, serve):
     assert resp.code == 503
     redis.start()
     back = time.monotonic()
-    await wait_until(lambda: server.app.sources["jobs"].status()[0] == "ok")
+    await wait_until(lambda: server.service.sources["jobs"].status()[0] == "ok")
     assert time.monotonic() - back < 1.5
     redis.command("RPUSH", "jobs", "2")
     items = await reader.wait_for(2)
@@ -191,7 +191,7 @@ async def test_acks_across_a_redis_restart_nothing_lost_nothing_dropped(tmp_path
         await ack(server, reader, [items[0]["id"]])
         await wait_until(lambda: llen(redis, PROCESSING) == 3)
         redis.restart()
-        await wait_until(lambda: server.app.sources["jobs"].status()[0] == "ok")
+        await wait_until(lambda: server.service.sources["jobs"].status()[0] == "ok")
         # Acknowledged after the restart: removed; the reader goes on where it was.
         await ack(server, reader, [items[1]["id"], items[2]["id"]])
         await wait_until(lambda: llen(redis, PROCESSING) == 1)
@@ -210,7 +210,7 @@ async def test_shutdown_while_redis_is_down_does_not_hang(redis, serve):
     reader = await open_stream(server.url + "/streams/jobs")
     await server.wait_open_streams(1)
     redis.stop()
-    await within(defer.maybeDeferred(server.app.sources["jobs"].stop))
+    await within(defer.maybeDeferred(server.service.sources["jobs"].stop))
     await within(reader.done)  # the client got the end of its stream
 
 

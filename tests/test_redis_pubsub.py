@@ -90,7 +90,7 @@ async def test_redis_restart_resubscribes_with_a_gap_notice(redis, serve):
     await reader.wait_for(1)
 
     redis.stop()
-    await wait_until(lambda: server.app.sources["news"].status()[0] == "down")
+    await wait_until(lambda: server.service.sources["news"].status()[0] == "down")
     health = await within(treq.get(server.url + "/health"))
     assert health.code == 503
     body = await treq.json_content(health)
@@ -105,7 +105,7 @@ async def test_redis_restart_resubscribes_with_a_gap_notice(redis, serve):
     redis.cli("PUBLISH", "news", "2")
     items = await reader.wait_for(3)
     assert items[2]["data"] == 2
-    await wait_until(lambda: server.app.sources["news"].status()[0] == "ok", seconds=2)
+    await wait_until(lambda: server.service.sources["news"].status()[0] == "ok", seconds=2)
     assert (await within(treq.get(server.url + "/health"))).code == 200
     metrics = await (await within(treq.get(server.url + "/metrics"))).text()
     assert ('streamd_source_reconnects_total{source="redis-pubsub",stream="news"} 1.0'

@@ -198,14 +198,14 @@ async def test_redis_restart_during_a_stream_cursor_and_group(redis, serve):
     await cursor.wait_for(1)
     await group.wait_for(1)
     redis.stop()
-    await wait_until(lambda: server.app.sources["events"].status()[0] == "down")
+    await wait_until(lambda: server.service.sources["events"].status()[0] == "down")
     health = await within(treq.get(server.url + "/health"))
     assert health.code == 503
     assert {s["status"] for s in (await treq.json_content(health))["sources"].values()} == {
         "down"}
     redis.start()
     back = time.monotonic()
-    await wait_until(lambda: server.app.sources["events"].status()[0] == "ok")
+    await wait_until(lambda: server.service.sources["events"].status()[0] == "ok")
     assert time.monotonic() - back < 1.5
     # Both continue: the cursor after its last id, the group re-created.
     await publish(server.url + "/streams/events/messages", 2)
@@ -245,7 +245,7 @@ async def test_group_acks_across_a_redis_restart(tmp_path, serve):
         ids = [xadd(redis, str(n)) for n in range(3)]
         await reader.wait_for(3)
         redis.restart()
-        await wait_until(lambda: server.app.sources["events"].status()[0] == "ok")
+        await wait_until(lambda: server.service.sources["events"].status()[0] == "ok")
         session = reader.response.headers.getRawHeaders("streamd-session")[0]
         resp = await within(treq.post(
             server.url + "/streams/events/ack",

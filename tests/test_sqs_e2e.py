@@ -199,7 +199,7 @@ async def stalled_reader(server, moto, sqs_proxy, big):  # noqa: F811
     ticker = await open_stream(server.url + "/streams/tick")
     await wait_until(lambda: len(server.app.open_streams) == 2)
     stream = next(s for s in server.app.open_streams if s.name == "big")
-    tick = server.app.sources["tick"].queue_url
+    tick = server.service.sources["tick"].queue_url
     for _ in range(10):
         # Pauses come and go while the kernel buffers fill: wait for one that lasts
         # a whole tick.
@@ -223,7 +223,7 @@ async def test_paused_client_no_receive_while_paused(serve, moto, sqs_proxy):  #
     big, config = two_queues(moto, sqs_proxy)
     server = await serve(config)
     slow, stream, ticker = await stalled_reader(server, moto, sqs_proxy, big)
-    tick = server.app.sources["tick"].queue_url
+    tick = server.service.sources["tick"].queue_url
     for _ in range(5):
         paused_polls = sqs_proxy.calls["ReceiveMessage", big]
         written = stream.written
@@ -283,7 +283,7 @@ async def test_queue_missing_then_created_down_then_up(serve, moto):  # noqa: F8
     assert (await treq.json_content(resp))["error"]["status"] == 503
 
     assert moto.sqs.create_queue(QueueName=name)["QueueUrl"] == url
-    await wait_until(lambda: server.app.sources["late"].status() == ("ok", None), 15)
+    await wait_until(lambda: server.service.sources["late"].status() == ("ok", None), 15)
     reader = await open_stream(server.url + "/streams/late")
     moto.send(url, ['{"back": true}'])
     await reader.wait_for(1)

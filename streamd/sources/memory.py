@@ -80,7 +80,8 @@ class MemorySource:
     def status(self) -> tuple[str, str | None]:
         return ("ok", None)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """Drop buffered messages older than C{buffer_ttl} (no longer resumable)."""
         horizon = self.clock.seconds() - self.buffer_ttl
         recent = self.recent
         while recent and recent[0][1] < horizon:
@@ -95,7 +96,7 @@ class MemorySource:
             batch.append(msg)
             if self.buffer:
                 self.recent.append((self.seq, now, msg))
-        self._expire()
+        self.expire()
         self.outgoing.add(batch)
         return [m.id for m in batch]
 
@@ -124,7 +125,7 @@ class MemorySource:
             after = int(since)
         except ValueError:
             raise BadRequest(f"since: {since!r} is not a message id of this stream") from None
-        self._expire()
+        self.expire()
         if after > self.seq:
             # An id from before a restart (ids start again at 1): what followed it
             # cannot be known, so say so rather than pretend nothing was missed.

@@ -1,4 +1,4 @@
-"""The HTTP surface: L{StreamdApp} and the modules it mounts."""
+"""The HTTP surface: L{StreamdApp} over a L{streamd.service.Service}, and its routes."""
 
 from streamd.web.app import StreamdApp
 

@@ -7,21 +7,21 @@ traceback).
 from __future__ import annotations
 
 import json
-import re
 from http import HTTPStatus
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES
+from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_accept_header
 
-from streamd.errors import BadRequest, HTTPError
+from streamd import framing
+from streamd.errors import BadRequest, HTTPError, PayloadTooLarge, UnsupportedMediaType
 from streamd.json_input import InvalidJSON, parse
 
 log = Logger()
 
-# \Z, not $: "$" also matches before a final newline, and "news\n" is no name.
-STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}\Z")
 JSON_TYPES = ("application/json", "")
 BODY_TYPES = JSON_TYPES + ("application/x-ndjson",)
 
@@ -109,6 +109,28 @@ def content_type(request) -> str:
     return raw.decode("latin-1").split(";")[0].strip().lower()
 
 
+def accepted(request) -> MIMEAccept:
+    """The request's C{Accept} header, parsed (q-values and wildcards, as HTTP means them)."""
+    raw = (request.getHeader(b"accept") or b"").decode("latin-1")
+    return parse_accept_header(raw, MIMEAccept)
+
+
+#: The media types of a stream, the one a client that states no preference gets first.
+STREAM_TYPES = {"application/x-ndjson": framing.NDJSON, "text/event-stream": framing.SSE}
+
+
+def negotiate(request, fmt: str | None):
+    """
+    A stream's framing: C{?format=} (ndjson or sse) wins; else the type the C{Accept}
+    header ranks highest (C{text/event-stream;q=0} refuses SSE); NDJSON otherwise.
+    """
+    if fmt is not None:
+        chosen = framing.FRAMINGS.get(fmt)
+        if chosen is None:
+            raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
+        return chosen
+    best = accepted(request).best_match(list(STREAM_TYPES))
+    return STREAM_TYPES[best] if best is not None else framing.NDJSON
 
 
 def install_error_handler(app) -> None:
@@ -147,13 +169,7 @@ def stream_options(request, params: dict[str, list[str]], default_heartbeat: flo
     C{Accept}), C{limit}, C{heartbeat}, and the id to resume after (C{?since=}, else
     C{Last-Event-ID}). Returns C{(framing, limit, heartbeat, since)}.
     """
-    from streamd import framing
-
-    fmt = arg(params, "format")
-    accept = (request.getHeader(b"accept") or b"").decode("latin-1")
-    chosen = framing.choose(fmt, accept)
-    if chosen is None:
-        raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
+    chosen = negotiate(request, arg(params, "format"))
     limit = int_arg(params, "limit", 1)
     heartbeat = number_arg(params, "heartbeat", 0)
     if heartbeat is None:
@@ -174,8 +190,6 @@ def read_body(request, types: tuple[str, ...], limit: int, what: str) -> bytes:
     C{limit} bytes (checked on Content-Length first, so nothing is read needlessly).
     C{what} says what one value is ("one value", "one object").
     """
-    from streamd.errors import PayloadTooLarge, UnsupportedMediaType
-
     ctype = content_type(request)
     if ctype not in types:
         raise UnsupportedMediaType(

@@ -16,8 +16,9 @@ from functools import lru_cache
 from typing import Any
 
 from streamd import __version__
+from streamd.web.openapi_schemas import NAME_PATTERN, SCHEMAS
+from streamd.web.routes import routes
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
 
 def _any_case(*words: str) -> str:
     # JSON Schema's regex dialect has no case-insensitive flag: spell each letter both ways.
@@ -391,7 +392,7 @@ def _doc() -> dict[str, Any]:
             }},
         },
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": SCHEMAS,
             "responses": {f"E{code}": _json(_ref("Error"), text)
                           for code, text in _ERRORS.items()},
             "securitySchemes": {
@@ -409,79 +410,6 @@ def _doc() -> dict[str, Any]:
     }
 
 
-_SCHEMAS: dict[str, Any] = {
-    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-        "type": "object", "required": ["status", "message"],
-        "properties": {"status": {"type": "integer"}, "message": {"type": "string"}}}}},
-    "Info": {"type": "object", "required": ["service", "version", "uptime", "open_streams",
-                                            "sources"],
-             "properties": {
-                 "service": {"const": "streamd"},
-                 "version": {"type": "string"},
-                 "uptime": {"type": "number"},
-                 "open_streams": {"type": "integer"},
-                 "sources": {"type": "object", "additionalProperties": {
-                     "type": "object", "properties": {
-                         "source": {"type": "string"},
-                         "status": {"enum": ["ok", "down"]},
-                         "reason": {"type": ["string", "null"]},
-                         "declared": {"type": "boolean", "description": "In the config "
-                                      "(not a memory stream made on first use)."},
-                         "readers": {"type": "integer", "description": "Open streams."},
-                         "paused_readers": {"type": "integer", "description": "Readers "
-                                            "whose source subscription is paused."},
-                         "published": {"type": "integer", "description": "Messages "
-                                       "published through this server."},
-                         "delivered": {"type": "integer", "description": "Messages "
-                                       "written to readers."},
-                         "published_per_second": {"type": "number"},
-                         "delivered_per_second": {"type": "number"}}}},
-                 "source_kinds": {"type": "object", "description": "The installed source "
-                                  "kinds (what `source =` may name) and the package "
-                                  "that provides each.",
-                                  "additionalProperties": {"type": "string"}},
-                 "identities": {"type": "object", "description": "Admins only: open "
-                                "streams per identity.",
-                                "additionalProperties": {"type": "integer"}},
-             }},
-    "Health": {"type": "object", "required": ["service", "status"],
-               "description": "With auth on, only these two fields, unless the caller may "
-                              "see GET / (then every field of Info too).",
-               "properties": {"service": {"const": "streamd"},
-                              "status": {"enum": ["ok", "down"]}}},
-    "Message": {"type": "object", "required": ["id", "stream", "data"], "properties": {
-        "id": {"type": "string"}, "stream": {"type": "string"},
-        "data": {"description": "The published JSON value."},
-        "attributes": {"type": "object"}}},
-    "Event": {"type": "object", "required": ["id", "ts", "data"], "properties": {
-        "id": {"type": "string"}, "ts": {"type": "number"},
-        "data": {"type": "object", "description": "The stored JSON object."}}},
-    "Published": {"type": "object", "required": ["ids"], "properties": {
-        "ids": {"type": "array", "items": {"type": "string"}}}},
-    "AckRequest": {"type": "object", "required": ["session", "ids"], "properties": {
-        "session": {"type": "string", "description": "The Streamd-Session header's value."},
-        "ids": {"type": "array", "items": {"type": "string"}}}},
-    "AckResult": {"type": "object", "required": ["acked", "unknown"], "properties": {
-        "acked": {"type": "integer"}, "unknown": {"type": "integer"}}},
-    "ChannelValue": {"type": "object", "required": ["channel", "value"], "properties": {
-        "channel": {"type": "string"}, "value": {}}},
-    "Subscription": {"type": "object", "required": ["id", "channels", "stream"],
-                     "properties": {"id": {"type": "string"},
-                                    "channels": {"type": "array",
-                                                 "items": {"type": "string"}},
-                                    "stream": {"type": "string"}}},
-    "SubscriptionPatch": {"oneOf": [
-        {"type": "object", "required": ["channels"], "additionalProperties": False,
-         "properties": {"channels": {"type": "array", "items": {"type": "string",
-                                                                "pattern": NAME_PATTERN}}}},
-        {"type": "object", "additionalProperties": False, "properties": {
-            "add": {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN}},
-            "remove": {"type": "array",
-                       "items": {"type": "string", "pattern": NAME_PATTERN}}}},
-    ]},
-}
-
-
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document (a fresh copy: callers may change it)."""
     return json.loads(_encoded())
@@ -492,11 +420,8 @@ def _encoded() -> bytes:
     return json.dumps(_doc(), indent=1).encode() + b"\n"
 
 
-def mount(app) -> None:
-    """Add C{GET /openapi.json} to C{app} (StreamdApp's klein app)."""
-
-    @app.route("/openapi.json", methods=["GET"])
-    def openapi_document(root, request):
-        root.operator(request, "openapi")
-        request.setHeader(b"Content-Type", b"application/json")
-        return _encoded()
+@routes.route("/openapi.json", methods=["GET"])
+def openapi_document(web, request):
+    web.operator(request, "openapi")
+    request.setHeader(b"Content-Type", b"application/json")
+    return _encoded()

@@ -16,8 +16,7 @@ import re
 from functools import lru_cache
 from importlib import resources
 
-from werkzeug.datastructures import MIMEAccept
-from werkzeug.http import parse_accept_header
+from streamd.web.common import accepted
 
 _INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.S)
 
@@ -29,9 +28,7 @@ def prefers_html(request) -> bool:
     Marks the answer as varying with C{Accept}, for caches.
     """
     request.responseHeaders.addRawHeader(b"Vary", b"Accept")
-    raw = (request.getHeader(b"accept") or b"").decode("latin-1")
-    accept = parse_accept_header(raw, MIMEAccept)
-    return accept.best_match(["application/json", "text/html"]) == "text/html"
+    return accepted(request).best_match(["application/json", "text/html"]) == "text/html"
 
 
 @lru_cache(maxsize=1)

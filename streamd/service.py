@@ -1,0 +1,175 @@
+"""
+The streamd service without HTTP: what the settings describe, built once and started
+and stopped together. L{Service} builds the sources, the event store, the channel store
+and its subscriptions, and the metrics, and keeps the registry of sources by stream name
+(declared ones, and memory streams made on first use when C{dynamic_streams} is on, which
+it forgets once nobody uses them).
+
+L{streamd.tap.makeService} builds it with the reactor and hands it to the web layer
+(L{streamd.web.StreamdApp}), which only maps HTTP onto it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.defer import DeferredList, TimeoutError, maybeDeferred
+from twisted.logger import Logger
+
+from streamd import config, metrics
+from streamd.channels import MemoryChannels, Subscriptions
+from streamd.errors import BadRequest, NotFound
+from streamd.metrics import Metrics
+from streamd.sources import Services, make_source
+from streamd.store import make_store
+
+log = Logger()
+
+# \Z, not $: "$" also matches before a final newline, and "news\n" is no name.
+STREAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}\Z")
+
+#: Seconds between sweeps for dynamic streams that are no longer used.
+REAP_INTERVAL = 60.0
+
+
+class Service:
+    """
+    @ivar sources: stream name -> source, for declared streams and dynamic ones.
+    @ivar stream_settings: stream name -> its stream table (a dynamic one's defaults).
+    @ivar store: the event store (L{streamd.interfaces.IStore}).
+    @ivar channels: the channel store; C{subscriptions} the channel subscriptions.
+    """
+
+    def __init__(self, settings: dict[str, Any], reactor) -> None:
+        self.settings = settings
+        self.reactor = reactor
+        self.started_at = reactor.seconds()
+        self.metrics = Metrics()
+        self.services = Services(reactor=reactor, settings=settings, metrics=self.metrics)
+        self.stream_settings: dict[str, dict[str, Any]] = dict(settings["streams"])
+        self.sources: dict[str, Any] = {
+            name: make_source(s, self.services) for name, s in self.stream_settings.items()
+        }
+        self.dynamic: set[str] = set()  # names of the memory streams made on first use
+        self.store = make_store(settings, reactor)
+        self.channels = self._channel_store(settings["channels"])
+        self.subscriptions = Subscriptions(self.channels, reactor,
+                                           settings["channels"]["expire"],
+                                           settings["channels"]["max_channels"])
+        self._reaper = None
+
+    def _channel_store(self, table: dict[str, Any]):
+        if table["backend"] != "redis":
+            return MemoryChannels()
+        from streamd import redis
+        from streamd.channels_redis import RedisChannels
+
+        conn = redis.acquire(self.services, {"connection": table["connection"],
+                                             "name": "channels"})
+        return RedisChannels(conn, self.reactor, table["prefix"])
+
+    # -- the source registry ---------------------------------------------------------
+
+    def source(self, name: str) -> tuple[Any, dict[str, Any]]:
+        """
+        The source of stream C{name} and its stream table. An undeclared name, when
+        C{dynamic_streams} is on, gets a memory stream (started now); else 404.
+        """
+        source = self.sources.get(name)
+        if source is not None:
+            return source, self.stream_settings[name]
+        if not STREAM_NAME.match(name):
+            raise BadRequest(
+                "stream name: use 1-200 letters, digits and . _ : - (starting with a "
+                "letter or digit)"
+            )
+        if not self.settings["dynamic_streams"]:
+            raise NotFound(f"no stream named {name!r}")
+        settings = config.stream_defaults(name, self.settings)
+        source = make_source(settings, self.services)
+        self.add(name, source, settings)
+        self.dynamic.add(name)
+        source.start()
+        return source, settings
+
+    def add(self, name: str, source, settings: dict[str, Any]) -> None:
+        """Serve C{source} as stream C{name} with stream table C{settings} (embedding, tests)."""
+        self.sources[name] = source
+        self.stream_settings[name] = settings
+
+    def declared(self, name: str) -> bool:
+        """Whether stream C{name} is in the config (not made on first use)."""
+        return name in self.settings["streams"]
+
+    def metrics_label(self, name: str) -> str:
+        """A declared stream's name; one label for all dynamic ones (bounded cardinality)."""
+        return name if name in self.settings["streams"] else metrics.DYNAMIC
+
+    def reap_unused(self) -> None:
+        """
+        Forget dynamic memory streams that nobody reads and whose resume buffer has
+        expired, so that names used once do not accumulate.
+        """
+        for name in list(self.dynamic):
+            source = self.sources[name]
+            source.expire()
+            if not source.subscribers and not source.recent:
+                del self.sources[name]
+                del self.stream_settings[name]
+                self.dynamic.discard(name)
+
+    def _reap(self) -> None:
+        self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
+        self.reap_unused()
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        """Each stream's source kind, status, reason, and whether it is declared."""
+        out = {}
+        for name, source in self.sources.items():
+            state, reason = source.status()
+            out[name] = {"source": source.kind, "status": state, "reason": reason,
+                         "declared": self.declared(name)}
+        return out
+
+    def store_status(self) -> dict[str, Any]:
+        """The event store's backend, indexed keys, status and reason."""
+        state, reason = self.store.status()
+        return {"backend": self.store.backend, "keys": list(self.store.keys),
+                "status": state, "reason": reason}
+
+    # -- start and stop ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the event store, the sources and the channel store (each failure logged)."""
+
+        async def one(what, start) -> None:
+            try:
+                await maybeDeferred(start)
+            except Exception:
+                log.failure("{what} failed to start", what=what)
+
+        self._reaper = self.reactor.callLater(REAP_INTERVAL, self._reap)
+        await one("the event store", self.store.start)
+        for name, source in self.sources.items():
+            await one(f"source {name}", source.start)
+        if hasattr(self.channels, "start"):
+            await one("the channel store", self.channels.start)
+
+    async def stop(self, timeout: float) -> None:
+        """
+        Stop the sources (they return what they hold), the event store and the channel
+        store, within C{timeout} seconds. End the streams that read them first.
+        """
+        self.subscriptions.close()
+        if self._reaper is not None and self._reaper.active():
+            self._reaper.cancel()
+        stops = [maybeDeferred(s.stop) for s in self.sources.values()]
+        stops.append(maybeDeferred(self.store.stop))
+        if hasattr(self.channels, "stop"):
+            stops.append(maybeDeferred(self.channels.stop))
+        done = DeferredList(stops, consumeErrors=True)
+        try:
+            await done.addTimeout(timeout, self.reactor)
+        except TimeoutError:
+            log.warn("sources did not stop within shutdown_timeout")

@@ -1,0 +1,114 @@
+"""
+Every open streaming response, and the one place that builds them: L{OpenStreams.open}
+makes the L{Stream} of a stream, a channel subscription or an event-store tail alike,
+counts it against its identity's limit of open streams, and forgets it when it ends.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from twisted.logger import Logger
+
+from streamd.errors import HTTPError
+from streamd.stream import Stream
+
+log = Logger()
+
+
+class OpenStreams:
+    """
+    @ivar streams: every L{Stream} whose response is still open.
+    @ivar per_identity: identity name -> its open streams (only those with any).
+    @ivar sessions: C{Streamd-Session} -> the client-ack L{Stream} it names.
+    """
+
+    def __init__(self, reactor, max_per_identity: int, on_ended=None) -> None:
+        """
+        @param max_per_identity: open streams one identity may hold (0: no limit);
+            past it, a new one is refused with 429.
+        @param on_ended: called with each L{Stream} that ended (after it is forgotten).
+        """
+        self.reactor = reactor
+        self.max_per_identity = max_per_identity
+        self.on_ended = on_ended
+        self.streams: set[Stream] = set()
+        self.per_identity: Counter[str] = Counter()
+        self.sessions: dict[str, Stream] = {}
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def __iter__(self):
+        return iter(self.streams)
+
+    def open(self, request, source, framing, identity, table: dict[str, Any], *,
+             name: str, metrics, limit: int | None, heartbeat: float,
+             since: str | None = None, ack: str = "write", session: str | None = None,
+             filter=None, stall_warnings: bool = False):
+        """
+        Start streaming C{source} to C{request} for C{identity} (429 past its limit),
+        with the queue, buffer and retry settings of C{table} (a stream table, or the
+        top-level settings); the Deferred klein waits on.
+        """
+        limit_open = self.max_per_identity
+        if limit_open and self.per_identity[identity.name] >= limit_open:
+            raise HTTPError(f"{identity.name!r} already has {limit_open} open streams",
+                            429, {b"Retry-After": b"10"})
+        stream = Stream(
+            request,
+            source,
+            framing,
+            self.reactor,
+            limit=limit,
+            heartbeat=heartbeat,
+            max_pending=table["max_pending"],
+            max_pending_bytes=table["max_pending_bytes"],
+            send_buffer=table["send_buffer"],
+            slow_policy=table["slow_policy"],
+            ack=ack,
+            max_unacked=table["max_unacked"],
+            retry=table["retry"],
+            session=session,
+            on_end=self._ended,
+            filter=filter,
+            stall_warnings=stall_warnings,
+            name=name,
+            metrics=metrics,
+        )
+        stream.identity = identity.name
+        done = stream.start(since)
+        if not stream.ended:
+            if stream.metrics is not None:
+                stream.metrics.open.inc()
+            self.per_identity[identity.name] += 1
+            self.streams.add(stream)
+            if stream.session is not None:
+                self.sessions[stream.session] = stream
+        return done
+
+    def _ended(self, stream: Stream) -> None:
+        log.info(
+            "stream {stream} ended ({reason}): identity={identity} duration={duration:.3f}s "
+            "messages={messages} bytes={bytes}",
+            stream=stream.name, reason=stream.end_reason, identity=stream.identity,
+            duration=self.reactor.seconds() - stream.started_at, messages=stream.written,
+            bytes=stream.bytes_written,
+        )
+        if stream in self.streams:
+            if stream.metrics is not None:
+                stream.metrics.open.dec()
+            self.streams.discard(stream)
+            self.per_identity[stream.identity] -= 1
+            if not self.per_identity[stream.identity]:
+                del self.per_identity[stream.identity]
+        if stream.session is not None:
+            self.sessions.pop(stream.session, None)
+        if self.on_ended is not None:
+            self.on_ended(stream)
+
+    def end_all(self, reason: str) -> None:
+        """Tell every open stream its source ended (C{shutdown}: the service stops)."""
+        for stream in list(self.streams):
+            stream.source_ended(reason)
