@@ -291,6 +291,11 @@ async def test_head_of_a_stream_answers_headers_without_opening_it():
     # q=0 means "not this": it refuses SSE (a substring match used to choose it).
     ("text/event-stream;q=0", False),
     ("text/event-stream;q=0, */*", False),
+    # Parameters other than q do not change the type asked for.
+    ("text/event-stream; charset=utf-8", True),
+    # Both named with the same weight: SSE, as when any mention of it chose it.
+    ("application/x-ndjson, text/event-stream", True),
+    ("text/event-stream;q=0.5, application/x-ndjson", False),
 ])
 @ensure
 async def test_accept_header_chooses_the_framing(accept, sse):

@@ -110,27 +110,33 @@ def content_type(request) -> str:
 
 
 def accepted(request) -> MIMEAccept:
-    """The request's C{Accept} header, parsed (q-values and wildcards, as HTTP means them)."""
+    """
+    The request's C{Accept} header, parsed (q-values and wildcards, as HTTP means them).
+    Media-type parameters other than q are dropped: C{text/event-stream; charset=utf-8}
+    asks for SSE as much as C{text/event-stream} does.
+    """
     raw = (request.getHeader(b"accept") or b"").decode("latin-1")
-    return parse_accept_header(raw, MIMEAccept)
-
-
-#: The media types of a stream, the one a client that states no preference gets first.
-STREAM_TYPES = {"application/x-ndjson": framing.NDJSON, "text/event-stream": framing.SSE}
+    return MIMEAccept([(value.split(";")[0].strip(), q)
+                       for value, q in parse_accept_header(raw, MIMEAccept)])
 
 
 def negotiate(request, fmt: str | None):
     """
     A stream's framing: C{?format=} (ndjson or sse) wins; else the type the C{Accept}
-    header ranks highest (C{text/event-stream;q=0} refuses SSE); NDJSON otherwise.
+    header ranks higher (C{text/event-stream;q=0} refuses SSE); on a tie, SSE if the
+    header names it, as a browser's EventSource does; NDJSON otherwise.
     """
     if fmt is not None:
         chosen = framing.FRAMINGS.get(fmt)
         if chosen is None:
             raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
         return chosen
-    best = accepted(request).best_match(list(STREAM_TYPES))
-    return STREAM_TYPES[best] if best is not None else framing.NDJSON
+    accept = accepted(request)
+    sse = accept["text/event-stream"]
+    ndjson = accept["application/x-ndjson"]
+    if sse > ndjson or (sse and sse == ndjson and "text/event-stream" in accept.values()):
+        return framing.SSE
+    return framing.NDJSON
 
 
 def install_error_handler(app) -> None:
