@@ -31,12 +31,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from streamd.aws import SQSError
 from streamd.config import Key
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message, SharedBatch, body_json
-from streamd.sqs_client import BATCH, SQSClient
+from streamd.sqs.aws import SQSError
+from streamd.sqs.client import BATCH, SQSClient
 
 log = Logger()
 
