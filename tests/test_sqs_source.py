@@ -15,7 +15,6 @@ from streamd import config
 from streamd.errors import BadRequest, Unavailable
 from streamd.framing import NDJSON
 from streamd.sources.sqs import (
-    ACK_LINGER,
     EMPTY_PAUSE,
     PROBE_CAP,
     PROBE_FIRST,
@@ -24,6 +23,7 @@ from streamd.sources.sqs import (
     SQSSource,
     body_json,
 )
+from streamd.sources.sqs_held import ACK_LINGER
 from streamd.sqs.aws import SQSError
 from streamd.stream import Stream
 from streamd.testing import FakeRequest, Recorder
