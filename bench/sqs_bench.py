@@ -30,9 +30,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)  # this checkout's streamd, as in the twistd it starts
 
-from sqs_server import MotoServer, free_port  # noqa: E402
+from streamd.testing.sqs import MotoServer, free_port  # noqa: E402
 
 
 class FastServer(MotoServer):

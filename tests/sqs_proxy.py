@@ -57,14 +57,16 @@ class SQSProxy(Resource):
             return b'{"__type": "com.amazonaws.sqs#InternalError", "message": "injected"}'
         headers = {k: v for k, v in request.requestHeaders.getAllRawHeaders()
                    if k.lower() not in _HOP}
+        gone: list[bool] = []  # the caller hung up (a cancelled long poll)
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
         d = treq.post(self.upstream + "/", data=body, headers=headers)
-        d.addCallback(self._relay, request)
-        d.addErrback(self._broken, request)
+        d.addCallback(self._relay, request, gone)
+        d.addErrback(self._broken, request, gone)
         return NOT_DONE_YET
 
-    async def _relay_async(self, response, request):
+    async def _relay_async(self, response, request, gone):
         content = await treq.content(response)
-        if request._disconnected:
+        if gone:
             return
         request.setResponseCode(response.code)
         for k, v in response.headers.getAllRawHeaders():
@@ -73,11 +75,11 @@ class SQSProxy(Resource):
         request.write(content)
         request.finish()
 
-    def _relay(self, response, request):
-        return defer.ensureDeferred(self._relay_async(response, request))
+    def _relay(self, response, request, gone):
+        return defer.ensureDeferred(self._relay_async(response, request, gone))
 
-    def _broken(self, failure, request):
-        if not request._disconnected:
+    def _broken(self, failure, request, gone):
+        if not gone:
             request.setResponseCode(502)
             request.finish()
 

@@ -1,5 +1,5 @@
 """
-streamd.aws: signing checked against AWS's published SigV4 test suite and an
+streamd.sqs.aws: signing checked against AWS's published SigV4 test suite and an
 independent recomputation (moto accepts any signature, so it cannot prove this),
 parameter validation before sending, error parsing, credentials off the reactor thread.
 """
@@ -17,10 +17,9 @@ import pytest_twisted
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ParamValidationError
-from sqs_fake import fired
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 
-from streamd.aws import (
+from streamd.sqs.aws import (
     Credentials,
     FrozenCredentials,
     NoCredentials,
@@ -29,6 +28,7 @@ from streamd.aws import (
     _Signer,
     region_of,
 )
+from streamd.testing.sqs import fired
 
 # The AWS SigV4 test suite's fixed inputs (aws-sig-v4-test-suite, 2015-08-30).
 SUITE_KEY = FrozenCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")

@@ -1,5 +1,5 @@
 """
-streamd.sqs_client: unit tests over treq's StubTreq with a scripted SQS and a Clock
+streamd.sqs.client: unit tests over treq's StubTreq with a scripted SQS and a Clock
 (no sleeps), then the real thing against moto's server.
 """
 
@@ -10,7 +10,6 @@ import json
 import pytest
 import pytest_twisted
 from botocore.exceptions import ParamValidationError
-from sqs_fake import fired
 from sqs_server import moto, queue  # noqa: F401  (fixtures)
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, ensureDeferred
@@ -18,8 +17,9 @@ from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from streamd.aws import Credentials, SQSError, SQSProtocol
-from streamd.sqs_client import MARGIN, SQSClient
+from streamd.sqs.aws import Credentials, SQSError, SQSProtocol
+from streamd.sqs.client import MARGIN, SQSClient
+from streamd.testing.sqs import fired
 
 QURL = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
 
@@ -277,14 +277,38 @@ def test_errors_never_carry_credential_values():
 def test_error_messages_never_carry_credentials_but_stay_readable():
     from types import SimpleNamespace
 
-    from streamd.aws import SQSError
-    from streamd.sqs_client import _scrub
+    from streamd.sqs.aws import SQSError
+    from streamd.sqs.client import scrub
 
     secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
     e = SQSError("AccessDenied", f"no access for key {secret} here", 403)
-    _scrub(e, SimpleNamespace(secret_key=secret, token=None))
+    scrub(e, SimpleNamespace(secret_key=secret, token=None))
     assert secret not in str(e) and "(hidden)" in str(e)
     # A demo secret of one letter is not searched for: the message stays readable.
     e = SQSError("QueueDoesNotExist", "The specified queue does not exist.", 400)
-    _scrub(e, SimpleNamespace(secret_key="x", token=None))
+    scrub(e, SimpleNamespace(secret_key="x", token=None))
     assert str(e) == "QueueDoesNotExist: The specified queue does not exist."
+
+
+@pytest_twisted.ensureDeferred
+async def test_pooled_connections_log_nothing(moto, queue, aws_env):  # noqa: F811
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        client, reactor = real_client(moto, queue)
+        await client.queue_attributes(queue)
+        await client.send_batch(queue, [{"MessageBody": "1"}])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert client.calls["SendMessageBatch"] == 1
+    assert not [e for e in events if "factory" in (e.get("log_format") or "")]
+
+
+def test_the_documented_example_runs():
+    import doctest
+
+    import streamd.testing.sqs
+
+    assert doctest.testmod(streamd.testing.sqs).failed == 0

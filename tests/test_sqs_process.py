@@ -17,8 +17,10 @@ import time
 import pytest
 import pytest_twisted
 from conftest import open_stream, within
-from sqs_server import free_port, moto  # noqa: F401  (fixture)
+from sqs_server import moto  # noqa: F401  (fixture)
 from twisted.internet.threads import deferToThread
+
+from streamd.testing.sqs import free_port
 
 ensure = pytest_twisted.ensureDeferred
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,5 +1,5 @@
 """
-The SQS source's delivery rules, on a Clock with an in-memory queue (tests/sqs_fake.py):
+The SQS source's delivery rules, on a Clock with an in-memory queue (streamd.testing.sqs):
 demand-driven polling, delete only after ack, give back on nack/cancel/stop, visibility
 extension, queue vs broadcast delivery, down/up, envelope and publish.
 """
@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqs_fake import FakeSQS, Recorder, fired
 from twisted.internet.task import Clock
 
 from streamd import config
-from streamd.aws import SQSError
 from streamd.errors import BadRequest, Unavailable
 from streamd.framing import NDJSON
 from streamd.sources.sqs import (
-    ACK_LINGER,
     EMPTY_PAUSE,
     PROBE_CAP,
     PROBE_FIRST,
@@ -26,8 +23,11 @@ from streamd.sources.sqs import (
     SQSSource,
     body_json,
 )
+from streamd.sources.sqs_held import ACK_LINGER
+from streamd.sqs.aws import SQSError
 from streamd.stream import Stream
-from streamd.testing import FakeRequest
+from streamd.testing import FakeRequest, Recorder
+from streamd.testing.sqs import FakeSQS, fired
 
 QURL = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
 
@@ -45,7 +45,7 @@ def attach(source, n=1):
     out = []
     for _ in range(n):
         r = Recorder()
-        r.sub = source.subscribe(r)
+        r.attach(source)
         out.append(r)
     return out if n > 1 else out[0]
 
@@ -85,13 +85,13 @@ def test_paused_client_stops_polling_and_holds_one_batch():
     r = attach(source)
     fake.put("1", "2")
     assert r.ids() == ["m1", "m2"]
-    r.sub.pause()
+    r.subscription.pause()
     fake.put("3", "4", "5")  # answers the poll already in flight: that batch is held
     polls = fake.calls["ReceiveMessage"]
     clock.advance(100)
     assert r.ids() == ["m1", "m2"] and fake.calls["ReceiveMessage"] == polls
     assert fake.counts() == (1, 4)  # one batch held, the rest still in SQS
-    r.sub.resume()
+    r.subscription.resume()
     assert r.ids() == ["m1", "m2", "m3", "m4", "m5"]
 
 
@@ -101,25 +101,25 @@ def test_delete_only_after_ack_and_nack_makes_visible_at_once():
     fake.put("1", "2", "3")
     clock.advance(ACK_LINGER)
     assert fake.deleted == []
-    r.sub.pause()
-    r.sub.ack(r.delivered[:2])
-    r.sub.nack(r.delivered[2:])
+    r.subscription.pause()
+    r.subscription.ack(r.messages[:2])
+    r.subscription.nack(r.messages[2:])
     assert fake.deleted == []  # batched to the end of this reactor turn
     clock.advance(ACK_LINGER)
     assert fake.deleted == ["m1", "m2"] and fake.released == ["m3"]
     assert fake.calls["DeleteMessageBatch"] == 1
-    r.sub.resume()
+    r.subscription.resume()
     assert r.ids()[-1] == "m3"  # redelivered
-    assert r.delivered[-1].attributes["ApproximateReceiveCount"] == 2
+    assert r.messages[-1].attributes["ApproximateReceiveCount"] == 2
 
 
 def test_queue_delivery_gives_each_batch_to_one_ready_client():
     source, fake, clock = make(max_messages=1)
     a, b = attach(source, 2)
-    b.sub.pause()
+    b.subscription.pause()
     fake.put("1", "2", "3")
     assert a.ids() == ["m1", "m2", "m3"] and b.ids() == []
-    b.sub.resume()
+    b.subscription.resume()
     fake.put("4", "5", "6", "7")
     assert sorted(a.ids() + b.ids()) == ["m1", "m2", "m3", "m4", "m5", "m6", "m7"]
     assert b.ids() and len(set(a.ids()) & set(b.ids())) == 0
@@ -130,12 +130,12 @@ def test_broadcast_deletes_when_every_client_is_done_and_one_wrote_it():
     a, b = attach(source, 2)
     fake.put("1", "2")
     assert a.ids() == b.ids() == ["m1", "m2"]
-    assert a.delivered[0] is b.delivered[0]  # one Message: encoded once for both
-    a.sub.ack(a.delivered)
+    assert a.messages[0] is b.messages[0]  # one Message: encoded once for both
+    a.subscription.ack(a.messages)
     clock.advance(ACK_LINGER)
     assert fake.deleted == []
-    b.sub.nack(b.delivered[:1])
-    b.sub.ack(b.delivered[1:])
+    b.subscription.nack(b.messages[:1])
+    b.subscription.ack(b.messages[1:])
     clock.advance(ACK_LINGER)
     assert sorted(fake.deleted) == ["m1", "m2"] and fake.released == []
 
@@ -143,14 +143,14 @@ def test_broadcast_deletes_when_every_client_is_done_and_one_wrote_it():
 def test_broadcast_nacked_by_all_is_given_back():
     source, fake, clock = make(delivery="broadcast")
     a, b = attach(source, 2)
-    a.sub.pause()
-    b.sub.pause()
+    a.subscription.pause()
+    b.subscription.pause()
     fake.put("1")  # the poll was in flight: delivered to... nobody ready, held
     assert a.ids() == []
-    a.sub.resume()
+    a.subscription.resume()
     assert a.ids() == b.ids() == ["m1"]  # broadcast: paused clients get it queued too
-    a.sub.nack(a.delivered)
-    b.sub.cancel()  # gone without acking: counts as given back
+    a.subscription.nack(a.messages)
+    b.subscription.cancel()  # gone without acking: counts as given back
     clock.advance(ACK_LINGER)
     assert fake.released == ["m1"] and fake.deleted == []
 
@@ -159,8 +159,8 @@ def test_cancel_gives_back_what_was_not_acked_and_last_client_gone_releases_held
     source, fake, clock = make()
     r = attach(source)
     fake.put("1", "2")
-    r.sub.ack(r.delivered[:1])
-    r.sub.cancel()
+    r.subscription.ack(r.messages[:1])
+    r.subscription.cancel()
     clock.advance(ACK_LINGER)
     assert fake.deleted == ["m1"] and fake.released[0] == "m2"
     # The poll in flight when the last client left received m2 again (and will get
@@ -175,7 +175,7 @@ def test_visibility_extended_for_messages_held_past_half_the_timeout():
     source, fake, clock = make(visibility_timeout=20)
     r = attach(source)
     fake.put("1", "2")
-    r.sub.ack(r.delivered[:1])
+    r.subscription.ack(r.messages[:1])
     clock.advance(ACK_LINGER)
     clock.advance(5)
     assert fake.extended == []
@@ -191,15 +191,15 @@ def test_stop_ends_streams_and_gives_back_everything_not_written():
     source, fake, clock = make(max_messages=2)
     a, b = attach(source, 2)
     fake.put("1", "2")  # to one client
-    held = a if a.delivered else b
-    held.sub.ack(held.delivered[:1])
+    held = a if a.messages else b
+    held.subscription.ack(held.messages[:1])
     for r in (a, b):
-        r.sub.pause()
+        r.subscription.pause()
     fake.put("3", "4")  # answers the poll in flight: held for a client
     d = source.stop()
     clock.advance(ACK_LINGER)
     assert d.called
-    assert a.ended == b.ended == ["shutdown"]
+    assert a.ended == b.ended == "shutdown"
     assert fake.deleted == ["m1"]
     assert sorted(fake.released) == ["m2", "m3", "m4"]
     assert fake.counts() == (3, 0)
@@ -209,11 +209,11 @@ def test_stop_lets_a_receive_in_flight_finish_and_gives_back_what_it_brings():
     source, fake, clock = make(shutdown_timeout=10)
     r = attach(source)
     d = source.stop()
-    assert r.ended == ["shutdown"] and not d.called  # the long poll is still out
+    assert r.ended == "shutdown" and not d.called  # the long poll is still out
     fake.put("1", "2")  # and answers during the shutdown
     clock.advance(0)
     assert d.called
-    assert r.delivered == [] and sorted(fake.released) == ["m1", "m2"]
+    assert r.messages == [] and sorted(fake.released) == ["m1", "m2"]
     assert fake.calls["ReceiveMessage"] == 1 and fake.counts() == (2, 0)  # no more polls
 
 
@@ -255,7 +255,7 @@ def test_source_down_for_a_missing_queue_then_up_again():
     fake.error = SQSError("QueueDoesNotExist", "The specified queue does not exist.", 400)
     fake.put("1")  # served to the pending poll before the error: fine
     fake.put("2")
-    r.sub.ack(r.delivered)
+    r.subscription.ack(r.messages)
     # the next poll fails: down
     assert source.status() == ("down", "QueueDoesNotExist: The specified queue does not exist.")
     with pytest.raises(Unavailable):
@@ -278,7 +278,7 @@ def test_envelope_json_or_string_and_attributes():
     r = attach(source)
     fake.put("hello", MessageAttributes={"kind": {"DataType": "String", "StringValue": "x"},
                                          "raw": {"DataType": "Binary", "BinaryValue": b"\x00"}})
-    m = r.delivered[0]
+    m = r.messages[0]
     assert json.loads(m.data) == "hello"
     assert m.attributes == {"kind": "x", "raw": "AA==", "ApproximateReceiveCount": 1,
                             "SentTimestamp": 1000}
@@ -318,10 +318,10 @@ def test_filtered_out_in_queue_delivery_goes_to_another_client_then_waits():
     source, fake, clock = make(max_messages=2)
     a, b = attach(source, 2)
     fake.put("1", "2")
-    first, second = (a, b) if a.delivered else (b, a)
-    first.sub.skip(first.delivered[:1])  # its filter does not want m1
+    first, second = (a, b) if a.messages else (b, a)
+    first.subscription.skip(first.messages[:1])  # its filter does not want m1
     assert second.ids() == ["m1"]
-    second.sub.skip(second.delivered)  # nobody connected wants it
+    second.subscription.skip(second.messages)  # nobody connected wants it
     clock.advance(ACK_LINGER)
     # Hidden for a while instead of bouncing between SQS and streamd in a loop.
     assert fake.extended == [("m1", SKIP_DELAY)] and fake.released == []
@@ -332,9 +332,9 @@ def test_filtered_out_in_broadcast_counts_as_handled():
     source, fake, clock = make(delivery="broadcast")
     a, b = attach(source, 2)
     fake.put("1", "2")
-    a.sub.skip(a.delivered)
-    b.sub.ack(b.delivered[:1])
-    b.sub.skip(b.delivered[1:])
+    a.subscription.skip(a.messages)
+    b.subscription.ack(b.messages[:1])
+    b.subscription.skip(b.messages[1:])
     clock.advance(ACK_LINGER)
     assert sorted(fake.deleted) == ["m1", "m2"] and fake.released == []
 
@@ -343,14 +343,14 @@ def test_partial_delete_batches_linger_full_ones_go_at_once():
     source, fake, clock = make()
     r = attach(source)
     fake.put(*"0123456789abc")
-    r.sub.pause()
-    r.sub.ack(r.delivered[:3])
+    r.subscription.pause()
+    r.subscription.ack(r.messages[:3])
     clock.advance(0)
     assert fake.deleted == []  # waiting a moment for more acks
-    r.sub.ack(r.delivered[3:10])
+    r.subscription.ack(r.messages[3:10])
     clock.advance(0)
     assert len(fake.deleted) == 10 and fake.calls["DeleteMessageBatch"] == 1
-    r.sub.ack(r.delivered[10:])
+    r.subscription.ack(r.messages[10:])
     clock.advance(ACK_LINGER)
     assert len(fake.deleted) == 13
 
@@ -362,7 +362,7 @@ def test_implements_the_source_interfaces():
 
     source, fake, clock = make()
     assert verifyObject(ISource, source)
-    assert verifyObject(ISubscription, attach(source).sub)
+    assert verifyObject(ISubscription, attach(source).subscription)
 
 
 def test_unreachable_endpoint_is_down_until_it_answers_again():

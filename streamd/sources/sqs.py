@@ -7,7 +7,8 @@ when every client has just paused is held (one per poller at most) until one res
 A message is deleted only when the stream acks it (written, or acknowledged by the
 client in C{ack = "client"} mode); one given back (client gone, C{limit} reached,
 shutdown) is made visible again at once. Messages held longer than half the
-visibility timeout have it extended.
+visibility timeout have it extended. What is held, and the SQS calls that settle it,
+are in L{streamd.sources.sqs_held}.
 
 Shutdown lets the receives in flight finish and gives back what they bring: SQS goes
 on with a long poll whose caller hung up, and what that poll receives stays hidden
@@ -26,17 +27,19 @@ from collections.abc import Iterable
 from typing import Any
 
 from botocore.exceptions import ParamValidationError
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from streamd.aws import SQSError
 from streamd.config import Key
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message, SharedBatch, body_json
-from streamd.sqs_client import BATCH, SQSClient
+from streamd.sources.sqs_held import HeldMessages
+from streamd.sqs.aws import SQSError
+from streamd.sqs.client import SQSClient
 
 log = Logger()
 
@@ -49,13 +52,12 @@ _INT_ATTRIBUTES = ("ApproximateReceiveCount", "SentTimestamp")
 #: offers it again (visibility 0 would have streamd receive and return it in a loop).
 SKIP_DELAY = 5
 
-#: Seconds a partial batch of deletes waits for more acks before it is sent.
-ACK_LINGER = 0.05
-
 #: Seconds between empty receives when long polling is off (wait_time_seconds = 0).
 EMPTY_PAUSE = 1.0
 #: Seconds between "is the queue back?" probes while down: doubling up to the cap.
 PROBE_FIRST, PROBE_CAP = 0.5, 5.0
+#: Seconds before probe number N (0-based). No jitter: one stream probes one queue.
+probe_delay = backoffPolicy(PROBE_FIRST, PROBE_CAP, 2.0, jitter=lambda: 0.0)
 
 #: Seconds of the shutdown_timeout kept for the last give-backs once receives ended.
 STOP_MARGIN = 1.0
@@ -119,27 +121,14 @@ class SQSSubscription:
         self.source._unsubscribe(self)
 
 
-class _Held:
-    """A received message not yet deleted or given back."""
-
-    __slots__ = ("message", "owners", "written", "extended_at", "skipped_by")
-
-    def __init__(self, message: Message, now: float) -> None:
-        self.message = message
-        self.owners: set[SQSSubscription] = set()
-        self.written = False
-        self.extended_at = now
-        self.skipped_by: set[SQSSubscription] | None = None  # queue delivery: filtered out
-
-
 @implementer(ISource)
 class SQSSource:
     """
     One SQS-backed stream.
 
-    @ivar held: receipt handle -> L{_Held} for every message received and not yet
-        deleted or made visible again: what stop() gives back and what the
-        visibility extender keeps hidden.
+    @ivar received: the messages received and not yet deleted or made visible again
+        (L{HeldMessages}): what stop() gives back, what the visibility extender keeps
+        hidden.
     @ivar down: why the queue cannot be used (missing, access denied), or None.
     @ivar stop_grace: seconds stop() lets receives in flight finish before it cancels
         them (None: at once); long polls (C{wait}) are no longer, so that none is left
@@ -171,18 +160,14 @@ class SQSSource:
             self.wait = min(self.wait, max(1, int(self.stop_grace)))
 
         self.subscribers: list[SQSSubscription] = []
-        self.held: dict[str, _Held] = {}
+        self.received = HeldMessages(name, client, self.queue_url, clock, self.visibility,
+                                     on_error=lambda: self._count("source_errors"))
         self.down: str | None = None
         self.running = False
         self._next = 0  # round-robin position (queue delivery)
         self._waiters: list[Deferred] = []
         self._tasks: list[Deferred] = []
-        self._to_delete: list[str] = []
-        self._to_release: list[str] = []
-        self._flush_call = None
-        self._extend_call = None
         self._probing: Deferred | None = None
-        self._ops: set[Deferred] = set()
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], services) -> SQSSource:
@@ -194,6 +179,11 @@ class SQSSource:
         return cls(settings["name"], settings, client, services.reactor, services.metrics,
                    services.settings.get("shutdown_timeout"))
 
+    @property
+    def held(self):
+        """Receipt handle -> L{streamd.sources.sqs_held.Held}, for what is held now."""
+        return self.received.entries
+
     def _count(self, series: str) -> None:
         if self.metrics is not None:
             getattr(self.metrics, series).labels(self.name, self.kind).inc()
@@ -204,7 +194,7 @@ class SQSSource:
         """Start the pollers; fires (never fails) once the queue was checked once."""
         self.running = True
         self._tasks = [ensureDeferred(self._poll()) for _ in range(self.pollers)]
-        self._schedule_extend()
+        self.received.start_extending()
         return ensureDeferred(self._check())
 
     def stop(self) -> Deferred:
@@ -218,22 +208,17 @@ class SQSSource:
         if not self.running:
             return
         self.running = False
-        if self._extend_call is not None and self._extend_call.active():
-            self._extend_call.cancel()
+        self.received.stop_extending()
         if self._probing is not None:
             self._probing.cancel()
         self._wake()
         for sub in list(self.subscribers):
             # The stream writes what it can, acks that and gives back the rest.
             sub.consumer.source_ended("shutdown")
-        for handle, held in list(self.held.items()):
-            (self._to_delete if held.written else self._to_release).append(handle)
-        self.held.clear()
-        self._flush()
+        self.received.give_back_all()
         await self._polls_ended()
-        self._flush()
-        if self._ops:
-            await DeferredList(list(self._ops))
+        self.received.flush()
+        await self.received.idle()
 
     async def _polls_ended(self) -> None:
         """Wait for the receives in flight (L{_receive} gives back what they bring)."""
@@ -319,19 +304,15 @@ class SQSSource:
             return []
         if not self.running:
             # stop() began while this receive was in flight: back to SQS at once.
-            self._to_release.extend(r["ReceiptHandle"] for r in raw)
-            self._schedule_flush()
+            self.received.release(r["ReceiptHandle"] for r in raw)
             return []
         if not raw:
             if self.wait == 0:  # no long poll: do not spin on an empty queue
                 await deferLater(self.clock, EMPTY_PAUSE, lambda: None)
             return []
-        now = self.clock.seconds()
-        batch = []
-        for r in raw:
-            msg = self._message(r)
-            self.held[msg.handle] = _Held(msg, now)
-            batch.append(msg)
+        batch = [self._message(r) for r in raw]
+        for msg in batch:
+            self.received.hold(msg)
         return batch
 
     async def _dispatch(self, batch: list[Message]) -> None:
@@ -340,7 +321,7 @@ class SQSSource:
             if not self.running:
                 return  # stop() gives back everything held
             if not self.subscribers:
-                self._give_back(batch)
+                self.received.give_back(batch)
                 return
             ready = self._ready()
             if ready:
@@ -352,10 +333,7 @@ class SQSSource:
         else:
             self._next = (self._next + 1) % len(ready)
             targets = [ready[self._next]]
-        for msg in batch:
-            held = self.held.get(msg.handle)
-            if held is not None:
-                held.owners.update(targets)
+        self.received.hand(batch, targets)
         for sub in targets:
             # A stream may write, ack, give back or even end during deliver.
             if sub in self.subscribers:
@@ -363,27 +341,10 @@ class SQSSource:
             else:
                 self._settle(sub, batch, written=False)
 
-    def _give_back(self, batch: list[Message]) -> None:
-        for msg in batch:
-            if self.held.pop(msg.handle, None) is not None:
-                self._to_release.append(msg.handle)
-        self._schedule_flush()
-
     # -- acks -----------------------------------------------------------------------
 
     def _settle(self, sub: SQSSubscription, messages: Iterable[Message], written: bool) -> None:
-        held_map = self.held
-        for msg in messages:
-            held = held_map.get(msg.handle)
-            if held is None or sub not in held.owners:
-                continue
-            held.owners.discard(sub)
-            if written:
-                held.written = True
-            if not held.owners:
-                del held_map[msg.handle]
-                (self._to_delete if held.written else self._to_release).append(msg.handle)
-        self._schedule_flush()
+        self.received.settle(sub, messages, written)
 
     def _skip(self, sub: SQSSubscription, messages: Iterable[Message]) -> None:
         if self.broadcast:
@@ -397,7 +358,7 @@ class SQSSource:
         offers: dict[SQSSubscription, list[Message]] = {}
         unwanted = []
         for msg in messages:
-            held = self.held.get(msg.handle)
+            held = self.received.get(msg.handle)
             if held is None or sub not in held.owners:
                 continue
             held.owners.discard(sub)
@@ -406,13 +367,12 @@ class SQSSource:
             held.skipped_by.add(sub)
             target = next((s for s in others if s not in held.skipped_by), None)
             if target is None:
-                del self.held[msg.handle]
                 unwanted.append(msg.handle)
             else:
                 held.owners.add(target)
                 offers.setdefault(target, []).append(msg)
         if unwanted:
-            self._track(self._change(unwanted, min(SKIP_DELAY, self.visibility)))
+            self.received.hide(unwanted, min(SKIP_DELAY, self.visibility))
         for target, msgs in offers.items():
             if target in self.subscribers:
                 target.consumer.deliver(msgs)
@@ -423,78 +383,10 @@ class SQSSource:
         if sub in self.subscribers:
             self.subscribers.remove(sub)
         # Anything the stream neither acked nor gave back is given back now.
-        mine = [h.message for h in self.held.values() if sub in h.owners]
+        mine = self.received.owned_by(sub)
         if mine:
             self._settle(sub, mine, written=False)
         self._wake()  # a poller holding a batch may now give it back
-
-    def _schedule_flush(self) -> None:
-        # Give-backs go out at the end of this reactor turn (redelivery "at once"), and so
-        # do full batches of deletes; a partial batch of deletes waits a moment for more
-        # acks, which saves calls when a slow client acks a few messages at a time.
-        if self._to_release or len(self._to_delete) >= BATCH:
-            delay = 0.0
-        elif self._to_delete:
-            delay = ACK_LINGER
-        else:
-            return
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(delay, self._flush)
-        elif delay == 0.0:
-            self._flush_call.reset(0)
-
-    def _flush(self) -> None:
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        deletes, self._to_delete = self._to_delete, []
-        releases, self._to_release = self._to_release, []
-        if deletes:
-            self._track(self._delete(deletes))
-        if releases:
-            self._track(self._change(releases, 0))
-
-    def _track(self, coro) -> None:
-        # Background SQS calls (deletes, visibility changes): stop() waits for them.
-        d = ensureDeferred(coro)
-        self._ops.add(d)
-        d.addErrback(lambda f: log.failure("stream {name}: SQS call failed", f,
-                                           name=self.name))
-        d.addBoth(lambda _: self._ops.discard(d))
-
-    async def _delete(self, handles: list[str]) -> None:
-        try:
-            failed = await self.client.delete_batch(self.queue_url, handles)
-        except SQSError as e:
-            failed = handles
-            self._count("source_errors")
-            log.warn("stream {name}: delete failed: {error}", name=self.name, error=str(e))
-        if failed:
-            log.warn("stream {name}: {n} messages not deleted; SQS will redeliver them",
-                     name=self.name, n=len(failed))
-
-    async def _change(self, handles: list[str], timeout: int) -> None:
-        try:
-            await self.client.change_visibility_batch(self.queue_url, handles, timeout)
-        except SQSError as e:
-            self._count("source_errors")
-            # Not fatal: the message reappears when its visibility timeout ends.
-            log.warn("stream {name}: visibility change failed: {error}", name=self.name,
-                     error=str(e))
-
-    # -- visibility extension -------------------------------------------------------
-
-    def _schedule_extend(self) -> None:
-        self._extend_call = self.clock.callLater(max(0.5, self.visibility / 4), self._extend)
-
-    def _extend(self) -> None:
-        now = self.clock.seconds()
-        due = [h for h in self.held.values() if now - h.extended_at >= self.visibility / 2]
-        for h in due:
-            h.extended_at = now
-        if due:
-            self._track(self._change([h.message.handle for h in due], self.visibility))
-        self._schedule_extend()
 
     # -- health ---------------------------------------------------------------------
 
@@ -525,11 +417,11 @@ class SQSSource:
             self._wake()
 
     async def _probe(self) -> None:
-        delay = PROBE_FIRST
+        attempt = 0
         try:
             while self.running and self.down:
-                await deferLater(self.clock, delay, lambda: None)
-                delay = min(PROBE_CAP, delay * 2)
+                await deferLater(self.clock, probe_delay(attempt), lambda: None)
+                attempt += 1
                 await self._check()
         except CancelledError:
             pass

@@ -1,9 +1,10 @@
 """
-An asynchronous SQS client: treq sends what L{streamd.aws} builds and signs.
+An asynchronous SQS client: treq sends what L{streamd.sqs.aws} builds and signs.
 
 Throttling, 5xx answers, timeouts and connection failures are retried with
-exponential backoff and full jitter (the clock and the random source are injected);
-anything else (a missing queue, access denied, a bad parameter) is raised at once.
+exponential backoff (Twisted's C{backoffPolicy}) and full jitter (the clock and the
+random source are injected); anything else (a missing queue, access denied, a bad
+parameter) is raised at once.
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.web.client import (
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
-    _HTTP11ClientFactory,
 )
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
-from streamd.aws import Credentials, SQSError, SQSProtocol, region_of
+from streamd.net import client_endpoint
+from streamd.sqs.aws import Credentials, SQSError, SQSProtocol, region_of
 
 #: SQS's limit of entries in one batch call.
 BATCH = 10
@@ -34,6 +40,9 @@ BATCH_BYTES = 256 * 1024
 
 #: Seconds a request may take beyond its long-poll wait before it counts as lost.
 MARGIN = 10.0
+
+#: Seconds a connection to SQS may take to open (Twisted's Agent uses the same).
+CONNECT_TIMEOUT = 30.0
 
 _NETWORK_ERRORS = (
     neterror.ConnectError, neterror.ConnectionLost, neterror.ConnectionDone,
@@ -51,7 +60,7 @@ _SIGNATURE_ERRORS = frozenset({"SignatureDoesNotMatch", "IncompleteSignature",
 MIN_SCRUBBED = 8
 
 
-def _scrub(e: SQSError, credentials) -> None:
+def scrub(e: SQSError, credentials) -> None:
     """Keep credential values out of an error that may be logged or shown."""
     if e.code in _SIGNATURE_ERRORS:
         e.message = "signature rejected: check the secret key and the clock"
@@ -63,8 +72,37 @@ def _scrub(e: SQSError, credentials) -> None:
     e.args = (f"{e.code}: {e.message}" if e.message else e.code,)
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
+    """An endpoint whose connections' factories log nothing when they start or stop."""
+
+    def __init__(self, endpoint) -> None:
+        self.endpoint = endpoint
+
+    def connect(self, factory):
+        # Twisted's connection pool makes one factory per connection, and each says
+        # "Starting factory ..." and "Stopping factory ...": noise, not news.
+        # Factory.noisy is the public switch for exactly that.
+        factory.noisy = False
+        return self.endpoint.connect(factory)
+
+
+@implementer(IAgentEndpointFactory)
+class QuietEndpoints:
+    """
+    The endpoints Twisted's C{Agent} would use (TCP, or TLS checked against the
+    system's CAs for C{https}), without the two log lines per pooled connection; for
+    C{Agent.usingEndpointFactory}.
+    """
+
+    def __init__(self, reactor, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.reactor = reactor
+        self.connect_timeout = connect_timeout
+
+    def endpointForURI(self, uri):
+        return _QuietEndpoint(client_endpoint(
+            self.reactor, uri.host.decode("ascii"), uri.port, self.connect_timeout,
+            tls=uri.scheme == b"https"))
 
 
 def _send_chunks(entries: list[dict[str, Any]]):
@@ -89,6 +127,14 @@ def _outcome(e: SQSError) -> str:
     if e.status is not None and e.status >= 500:
         return "server_error"
     return "throttled" if e.retryable else "client_error"
+
+
+def _timed_out(result, timeout: float):
+    """C{Deferred.addTimeout}'s hook, called only once the timeout has cancelled the
+    request: whatever the cancelled request failed with is our timeout."""
+    if isinstance(result, Failure):
+        return Failure(SQSError("Timeout", f"no answer in {timeout:g}s"))
+    return result
 
 
 def _cancelled(e: Exception) -> bool:
@@ -118,6 +164,9 @@ class SQSClient:
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
+        # backoffPolicy's own jitter is added to the delay; full jitter scales it
+        # instead (see backoff()), so its jitter is zero here.
+        self._curve = backoffPolicy(base_delay, max_delay, 2.0, jitter=lambda: 0.0)
         self.timeout = timeout
         self.random = random
         self.metrics = metrics  # streamd.metrics.Metrics, or None
@@ -133,15 +182,18 @@ class SQSClient:
 
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = connections
-        pool._factory = _QuietFactory  # one log line per connection is noise, not news
-        http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+        agent = Agent.usingEndpointFactory(reactor, QuietEndpoints(reactor), pool=pool)
+        http = treq.client.HTTPClient(agent)
         region = region or region_of(queue_url) or "us-east-1"
         return cls(http, SQSProtocol(region, endpoint),
                    Credentials.from_chain(reactor, profile), reactor, metrics=metrics)
 
     def backoff(self, attempt: int) -> float:
-        """Seconds to wait before retry number C{attempt} (1-based): full jitter."""
-        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * self.random()
+        """
+        Seconds to wait before retry number C{attempt} (1-based): full jitter, a
+        random share of C{min(max_delay, base_delay * 2 ** (attempt - 1))}.
+        """
+        return self._curve(attempt - 1) * self.random()
 
     async def call(self, operation: str, params: dict[str, Any],
                    timeout: float | None = None) -> dict[str, Any]:
@@ -159,7 +211,7 @@ class SQSClient:
             try:
                 return await self._send(operation, request, timeout or self.timeout)
             except SQSError as e:
-                _scrub(e, credentials)
+                scrub(e, credentials)
                 if not e.retryable or attempt >= self.max_attempts:
                     raise
             await deferLater(self.clock, self.backoff(attempt), lambda: None)
@@ -183,28 +235,19 @@ class SQSClient:
 
     async def _exchange_parsed(self, operation: str, request, timeout: float):
         d: Deferred = ensureDeferred(self._exchange(request))
-        timed_out = []
-
-        def expire() -> None:
-            timed_out.append(True)
-            d.cancel()
-
-        timer = self.clock.callLater(timeout, expire)
+        d.addTimeout(timeout, self.clock, onTimeoutCancel=_timed_out)
         try:
             status, headers, body = await d
+        except SQSError:
+            raise  # our timeout
         except Exception as e:
             # Cancelling an Agent request fails it with ResponseNeverReceived wrapping a
-            # CancelledError: tell our timeout, our caller's cancel and the network apart.
-            if timed_out:
-                raise SQSError("Timeout", f"no answer in {timeout:g}s") from None
+            # CancelledError: tell our caller's cancel and the network apart.
             if _cancelled(e):
                 raise CancelledError() from None
             if isinstance(e, _NETWORK_ERRORS):
                 raise SQSError("ConnectionError", type(e).__name__) from None
             raise
-        finally:
-            if timer.active():
-                timer.cancel()
         return self.protocol.parse(operation, status, headers, body)
 
     async def _exchange(self, request):

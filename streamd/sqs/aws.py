@@ -1,6 +1,6 @@
 """
 SQS requests without I/O: botocore builds, signs (SigV4) and parses them; the caller
-sends them (see L{streamd.sqs_client}).
+sends them (see L{streamd.sqs.client}).
 
 The SQS service model speaks AWS JSON 1.0 (C{X-Amz-Target: AmazonSQS.<Op>}), so the
 JSON serializer and parser go with it. Parameter errors raise botocore's
