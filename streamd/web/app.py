@@ -96,10 +96,10 @@ class StreamdApp:
     def _channel_store(self, table: dict[str, Any]):
         if table["backend"] != "redis":
             return MemoryChannels()
-        from streamd import redis
-        from streamd.channels_redis import RedisChannels
+        from streamd.redis.channels import RedisChannels
+        from streamd.redis.shared import acquire
 
-        conn = redis.acquire(self.services, {"connection": table["connection"],
+        conn = acquire(self.services, {"connection": table["connection"],
                                              "name": "channels"})
         return RedisChannels(conn, self.reactor, table["prefix"])
 
