@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 
-from streamd.redis.connection import DEFAULTS, RedisConnection, connection_settings
+from streamd.redis.connection import DEFAULTS, RedisConnection
 from streamd.redis.hub import Hub
+from streamd.redis.url import parse_url
 
 #: How the client's connections differ from L{DEFAULTS}.
 CLIENT = {"name": "client", "connect_timeout": 30.0, "reconnect_max": 2.0}
@@ -46,14 +47,11 @@ class RedisLink:
     def __init__(self, reactor, host: str = "127.0.0.1", port: int = 6379,
                  db: int = 0, password: str | None = None, username: str | None = None,
                  tls: bool = False, tls_ca: str = "") -> None:
-        self._start(reactor, {
+        self.reactor = reactor
+        self._conn = RedisConnection({
             **DEFAULTS, **CLIENT, "host": host, "port": port, "db": db,
             "username": username, "password": password, "tls": tls, "tls_ca": tls_ca,
-        })
-
-    def _start(self, reactor, settings) -> None:
-        self.reactor = reactor
-        self._conn = RedisConnection(settings, reactor)
+        }, reactor)
         self._hub: Hub | None = None
 
     @classmethod
@@ -62,9 +60,7 @@ class RedisLink:
         C{redis://[[user]:password@]host[:port][/db]}, or C{rediss://} for TLS (the
         server's certificate checked against C{tls_ca}, a PEM file, or the system's CAs).
         """
-        link = cls.__new__(cls)
-        link._start(reactor, connection_settings(url, tls_ca=tls_ca, **CLIENT))
-        return link
+        return cls(reactor, **parse_url(url), tls_ca=tls_ca)
 
     def command(self, *args) -> Deferred:
         """Run one command: a Deferred of its reply (bytes, ints, lists)."""
