@@ -14,6 +14,12 @@ seen (a C{gap} or C{dropped} line, a slow-consumer C{error}).
     python bench/redis_bench.py                       # 100 subscribers x 2,000 msgs, full speed
     python bench/redis_bench.py --rate 1000           # paced: 1,000 msg/s
     python bench/redis_bench.py --subscribers 10 --messages 500   # a quick look
+    python bench/redis_bench.py --only list,stream    # read rates of redis-list, redis-stream
+
+C{--only list} and C{--only stream} measure how fast streamd reads a queue that is
+already full: C{--messages} payloads are pushed first (RPUSH into a list, XADD into a
+stream), then C{--readers} clients read them (a list's messages are shared out among the
+readers, a stream's are read whole by each, from C{since=0}), C{--batch} per Redis read.
 """
 
 from __future__ import annotations
@@ -69,13 +75,17 @@ def start_redis(port: int) -> subprocess.Popen:
     return proc
 
 
-def start_streamd(workdir: str, redis_port: int, max_pending: int) -> tuple[subprocess.Popen, int]:
+def start_streamd(workdir: str, redis_port: int, max_pending: int,
+                  batch: int = 50) -> tuple[subprocess.Popen, int]:
     conf = os.path.join(workdir, "streamd.toml")
     with open(conf, "w") as f:
         f.write(f'heartbeat = 0\nmax_pending = {max_pending}\n'
                 f'[redis]\nurl = "redis://{HOST}:{redis_port}/0"\n'
                 '[streams.rps]\nsource = "redis-pubsub"\nchannels = ["bench"]\n'
-                '[streams.mem]\nsource = "memory"\nbuffer = 0\n')
+                '[streams.mem]\nsource = "memory"\nbuffer = 0\n'
+                f'[streams.rl]\nsource = "redis-list"\nkey = "benchlist"\nbatch = {batch}\n'
+                f'[streams.rs]\nsource = "redis-stream"\nkey = "benchstream"\n'
+                f'batch = {batch}\nstart = "0"\n')
     log = os.path.join(workdir, "streamd.log")
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     cmd = [twistd] if os.access(twistd, os.X_OK) else [
@@ -213,6 +223,61 @@ async def publish_resp(port: int, total: int, size: int, batch: int, rate: float
     writer.close()
 
 
+async def fill(port: int, total: int, size: int, command: list[bytes]) -> None:
+    """C{command + [payload]} for each payload (RPUSH KEY, XADD KEY * data), pipelined."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    for first in range(0, total, 500):
+        out = []
+        for seq in range(first, min(total, first + 500)):
+            args = [*command, payload(seq, size)]
+            out.append(b"*%d\r\n" % len(args)
+                       + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+        writer.write(b"".join(out))
+        for _ in out:
+            line = await reader.readline()
+            if line[:1] not in (b":", b"$"):
+                raise SystemExit(f"{command[0].decode()} failed: {line!r}")
+            if line[:1] == b"$":
+                await reader.readline()
+    writer.close()
+
+
+async def drain(subs, expected: int, since: float, cpu0: float, streamd, quiet: float,
+                poll: float) -> tuple[float, int, float]:
+    """
+    Wait until the subscribers have C{expected} messages in all, or nothing arrived for
+    C{quiet} seconds (lost, or a slow-consumer disconnect); close them. Returns the
+    server's CPU seconds since C{cpu0}, the messages delivered and the last arrival.
+    """
+    while sum(s.received for s in subs) < expected:
+        last = max([s.last for s in subs] + [since])
+        if time.time() - last > quiet:
+            break
+        await asyncio.sleep(poll)
+    cpu = cpu_seconds(streamd.pid) - cpu0
+    for s in subs:
+        s.transport.close()
+    delivered = sum(s.received for s in subs)
+    return cpu, delivered, max(s.last for s in subs) or time.time()
+
+
+async def read_scenario(name: str, path: str, expected: int, args, streamd, sport) -> dict:
+    """C{--readers} clients read a queue filled beforehand; msgs/s from GET to the last."""
+    loop = asyncio.get_running_loop()
+    cpu0, t0 = cpu_seconds(streamd.pid), time.time()
+    subs = []
+    for _ in range(args.readers):
+        _, sub = await loop.create_connection(
+            lambda: Subscriber(path, args.messages, False), HOST, sport)
+        subs.append(sub)
+    cpu, delivered, end = await drain(subs, expected, t0, cpu0, streamd, args.quiet, 0.01)
+    return {"source": name, "readers": len(subs), "messages": args.messages,
+            "size": args.size, "batch": args.batch, "delivered": delivered,
+            "lost": expected - delivered,
+            "msgs_per_s": round(delivered / max(end - t0, 1e-9)),
+            "server_cpu_s": round(cpu, 2)}
+
+
 async def publish_http(port: int, total: int, size: int, batch: int, rate: float) -> None:
     """POST NDJSON batches of C{batch} lines over one keep-alive connection."""
     reader, writer = await asyncio.open_connection(HOST, port)
@@ -261,16 +326,7 @@ async def scenario(name: str, path: str, publisher, args, streamd, sport, ready=
     sent_at = time.time()
     # Done when every subscriber has everything, or nothing arrived for --quiet seconds.
     expected = args.messages * len(subs)
-    while sum(s.received for s in subs) < expected:
-        last = max([s.last for s in subs] + [sent_at])
-        if time.time() - last > args.quiet:  # lost, or a slow-consumer disconnect
-            break
-        await asyncio.sleep(0.05)
-    cpu = cpu_seconds(streamd.pid) - cpu0
-    for s in subs:
-        s.transport.close()
-    delivered = sum(s.received for s in subs)
-    end = max(s.last for s in subs) or time.time()
+    cpu, delivered, end = await drain(subs, expected, sent_at, cpu0, streamd, args.quiet, 0.05)
     lat = sorted(x for s in subs for x in s.latencies)
     controls: dict[str, int] = {}
     for s in subs:
@@ -289,6 +345,10 @@ async def scenario(name: str, path: str, publisher, args, streamd, sport, ready=
 
 
 def summary(r: dict) -> str:
+    if "readers" in r:
+        return (f"{r['source']:<14} {r['readers']} readers, {r['messages']} msgs of "
+                f"{r['size']} B queued, batch {r['batch']}: {r['msgs_per_s']:,} msgs/s read, "
+                f"lost {r['lost']}, server CPU {r['server_cpu_s']} s")
     return (f"{r['source']:<14} {r['subscribers']} subscribers x {r['messages']} msgs of "
             f"{r['size']} B ({r['rate']}): {r['msgs_per_s']:,} msgs/s delivered, latency "
             f"(from {r['latency_sampled_from']} subscribers) "
@@ -302,7 +362,7 @@ async def run(args) -> list[dict]:
     redis = start_redis(rport)
     streamd, sport = None, None
     try:
-        streamd, sport = start_streamd(workdir, rport, args.max_pending)
+        streamd, sport = start_streamd(workdir, rport, args.max_pending, args.batch)
 
         async def resp(n, size, batch, rate):
             await publish_resp(rport, n, size, batch, rate)
@@ -311,10 +371,27 @@ async def run(args) -> list[dict]:
             await publish_http(sport, n, size, batch, rate)
 
         results = []
+        only = args.only.split(",")
+        n = args.messages
         for _ in range(args.repeat):
-            results.append(await scenario("redis-pubsub", "/streams/rps", resp, args, streamd,
-                                          sport, lambda: numsub(rport, b"bench") == 1))
-            results.append(await scenario("memory", "/streams/mem", http, args, streamd, sport))
+            if "pubsub" in only:
+                results.append(await scenario("redis-pubsub", "/streams/rps", resp, args,
+                                              streamd, sport,
+                                              lambda: numsub(rport, b"bench") == 1))
+                results.append(await scenario("memory", "/streams/mem", http, args, streamd,
+                                              sport))
+            if "list" in only:
+                await fill(rport, n, args.size, [b"RPUSH", b"benchlist"])
+                results.append(await read_scenario("redis-list", f"/streams/rl?limit={n}",
+                                                   n, args, streamd, sport))
+            if "stream" in only:
+                await fill(rport, n, args.size, [b"XADD", b"benchstream", b"*", b"data"])
+                results.append(await read_scenario(
+                    "redis-stream", f"/streams/rs?since=0&limit={n}", n * args.readers,
+                    args, streamd, sport))
+                with socket.create_connection((HOST, rport), timeout=5) as s:
+                    s.sendall(b"DEL benchstream\r\n")  # empty for the next repeat
+                    s.recv(64)
         return results
     finally:
         if streamd is not None:
@@ -339,6 +416,10 @@ def main(argv=None) -> int:
     p.add_argument("--sample", type=int, default=10,
                    help="subscribers that time every message (the others count them)")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--only", default="pubsub",
+                   help="comma-separated: pubsub (with memory beside it), list, stream")
+    p.add_argument("--readers", type=int, default=1,
+                   help="list, stream: clients reading the filled queue")
     p.add_argument("--json", action="store_true", help="print results as JSON lines")
     args = p.parse_args(argv)
     for r in asyncio.run(run(args)):

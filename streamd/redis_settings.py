@@ -4,7 +4,7 @@ keys of C{redis-pubsub}, C{redis-list} and C{redis-stream} stream tables.
 
 Plain data and checks, no Twisted: L{streamd.config} imports this module to register
 the table, the Redis source kinds take their C{config_keys} from here, and
-L{streamd.redis} turns a validated connection into live txredisapi connections.
+L{streamd.redis.connection} turns a validated connection into live txredisapi connections.
 
 A connection is C{[redis.NAME]} with a C{url}; keys given directly in C{[redis]}
 describe the connection named C{default}, which a stream uses unless it sets
@@ -21,36 +21,9 @@ C{connection = "NAME"}::
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from streamd.config import EXTRA_TABLES, ConfigError, Key
-
-
-def parse_url(url: str) -> dict[str, Any]:
-    """
-    Split C{redis://[[user]:password@]host[:port][/db]} (or C{rediss://} for TLS) into
-    its parts; raise ValueError with a reason a person can act on.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"expected redis://host:port/db or rediss://..., got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"no host in {url!r}")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"bad port in {url!r}") from None
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"the database in {url!r} must be a number")
-    return {
-        "host": parts.hostname,
-        "port": port,
-        "db": int(path) if path else 0,
-        "username": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password) if parts.password is not None else None,
-        "tls": parts.scheme == "rediss",
-    }
+from streamd.redis.url import parse_url
 
 
 def _check_url(value: str) -> str | None:

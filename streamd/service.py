@@ -62,11 +62,10 @@ class Service:
     def _channel_store(self, table: dict[str, Any]):
         if table["backend"] != "redis":
             return MemoryChannels()
-        from streamd import redis
-        from streamd.channels_redis import RedisChannels
+        from streamd.redis.channels import RedisChannels
+        from streamd.redis.shared import acquire
 
-        conn = redis.acquire(self.services, {"connection": table["connection"],
-                                             "name": "channels"})
+        conn = acquire(self.services, {"connection": table["connection"], "name": "channels"})
         return RedisChannels(conn, self.reactor, table["prefix"])
 
     # -- the source registry ---------------------------------------------------------

@@ -12,10 +12,10 @@ import pytest
 import pytest_twisted
 from conftest import settings
 from events_helpers import wait_up
-from store_redis_server import redis_server  # noqa: F401  (a fixture, used by name)
 from twisted.internet import defer, reactor
 
 from streamd.store import make_store
+from streamd.testing.redis import redis_session_fixture  # noqa: F401  (a fixture)
 
 BACKENDS = ["memory", "sqlite", "redis"]
 _prefixes = itertools.count()
@@ -28,7 +28,7 @@ def store_config(request, tmp_path):
     top = {"data_dir": str(tmp_path / "data")}
     extra = {}
     if backend == "redis":
-        server = request.getfixturevalue("redis_server")
+        server = request.getfixturevalue("redis_session")
         extra = {"redis_url": server.url,
                  "redis_prefix": f"test{next(_prefixes)}:{request.node.name}:"}
 

@@ -140,7 +140,7 @@ async def test_subscription_sse(serve):
     await wait_until(lambda: not server.app.open_streams)
 
 
-from redis_server import redis_fixture  # noqa: E402,F401
+from streamd.testing.redis import redis_fixture  # noqa: E402,F401
 
 
 @ensure

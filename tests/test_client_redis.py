@@ -6,11 +6,11 @@ connection as another process would have.
 
 import pytest_twisted
 from conftest import publish, wait_until, within
-from redis_server import redis_fixture  # noqa: F401 (a fixture)
 from test_client import add_fake_source, ids, make_client
 from twisted.internet import reactor
 
 from streamd.client import RedisLink, RedisQueue, RedisState
+from streamd.testing.redis import redis_fixture  # noqa: F401 (a fixture)
 
 ensure = pytest_twisted.ensureDeferred
 

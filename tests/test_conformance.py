@@ -10,7 +10,6 @@ import uuid
 
 import pytest
 import pytest_twisted
-from redis_server import redis_fixture  # noqa: F401  (fixture)
 from sqs_server import moto  # noqa: F401  (fixture)
 from twisted.internet import reactor
 
@@ -22,6 +21,7 @@ from streamd.testing.conformance import (
     check_limit_is_exact,
     check_settle_after_cancel,
 )
+from streamd.testing.redis import redis_fixture  # noqa: F401  (fixture)
 
 
 class ConfigHarness(SourceHarness):

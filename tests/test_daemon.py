@@ -16,7 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from redis_server import redis_fixture  # noqa: F401
+
+from streamd.testing.redis import redis_fixture  # noqa: F401
 
 # twistd as installed beside this Python (what `twistd` on PATH runs).
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]

@@ -29,7 +29,7 @@ from events_helpers import (
 
 from streamd.store.base import Query, make_filters, new_event
 
-# The fixtures store_config, stores and redis_server.
+# The fixtures store_config, stores and redis_session.
 pytest_plugins = ["store_fixtures"]
 
 # -- AwesomeStream's walk-through ----------------------------------------------------
@@ -222,7 +222,7 @@ async def test_events_survive_a_restart(stores, store_config):
 
 @pytest_twisted.ensureDeferred
 async def test_store_down_answers_503(serve, tmp_path):
-    from store_redis_server import free_port
+    from streamd.testing.redis import free_port
 
     (tmp_path / "not-a-dir").write_text("")
     for table, top in [

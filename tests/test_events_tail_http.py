@@ -17,13 +17,13 @@ from events_helpers import (
     serve_store,
     wait_up,
 )
-from redis_server import needs_redis_server
 from twisted.internet import defer, reactor
 
 from streamd.store import tail as tail_module
 from streamd.store.base import make_filters, new_event
+from streamd.testing.redis import RedisServer, needs_redis_server
 
-# The fixtures store_config, stores and redis_server.
+# The fixtures store_config, stores and redis_session.
 pytest_plugins = ["store_fixtures"]
 
 # -- live tail --------------------------------------------------------------------------------
@@ -151,14 +151,13 @@ async def test_redis_tail_sees_inserts_of_another_instance(stores, store_config)
 @pytest_twisted.ensureDeferred
 async def test_redis_store_comes_back_after_a_server_restart(stores, tmp_path):
     from conftest import wait_until
-    from store_redis_server import RedisServer
 
     from streamd.framing import NDJSON
     from streamd.store.tail import EventTail
     from streamd.stream import Stream
     from streamd.testing import FakeRequest
 
-    server = RedisServer(tmp_path)
+    server = RedisServer()
     server.start()
     try:
         s = settings(store={"backend": "redis", "redis_url": server.url})

@@ -11,9 +11,10 @@ import signal
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, wait_until
-from redis_server import redis_fixture  # noqa: F401  (fixture)
 from sqs_server import moto  # noqa: F401  (fixture)
 from test_sqs_process import StreamdProcess, processes  # noqa: F401  (fixture)
+
+from streamd.testing.redis import redis_fixture  # noqa: F401  (fixture)
 
 ensure = pytest_twisted.ensureDeferred
 

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from streamd import config, redis
+from streamd import config
 from streamd.json_input import InvalidJSON, nested_deeper, parse
 from streamd.message import InvalidPayload, decode_body
+from streamd.redis.values import as_json
 from streamd.tap import Options
 
 
@@ -96,9 +97,9 @@ def test_pretty_printed_number_beyond_a_double_is_refused_not_relayed_as_infinit
 
 
 def test_a_source_payload_that_is_not_json_becomes_a_string():
-    assert redis.as_json(b"NaN") == b'"NaN"'
-    assert redis.as_json(b'{"a": 1}') == b'{"a": 1}'
-    deep = redis.as_json(nested(10_000))
+    assert as_json(b"NaN") == b'"NaN"'
+    assert as_json(b'{"a": 1}') == b'{"a": 1}'
+    deep = as_json(nested(10_000))
     assert json.loads(deep) == nested(10_000).decode()
 
 

@@ -25,9 +25,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from redis_server import redis_fixture  # noqa: F401  (fixture)
 from sqs_server import moto  # noqa: F401  (fixture)
 from test_sqs_process import StreamdProcess, processes, stream_config  # noqa: F401
+
+from streamd.testing.redis import redis_fixture  # noqa: F401  (fixture)
 
 KILLS = int(os.environ.get("STREAMD_KILLS", "20"))
 SEED = int(os.environ.get("STREAMD_KILL_SEED", str(random.randrange(10**6))))

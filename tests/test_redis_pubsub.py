@@ -7,7 +7,8 @@ import pytest
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
-from redis_server import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
+
+from streamd.testing.redis import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
 
 ensure = pytest_twisted.ensureDeferred
 

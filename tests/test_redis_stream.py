@@ -6,8 +6,9 @@ import time
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
-from redis_server import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
 from test_redis_list import idle, reads
+
+from streamd.testing.redis import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
 
 ensure = pytest_twisted.ensureDeferred
 

@@ -1,10 +1,12 @@
-"""Unit tests of the Redis pieces that need no server: settings and the reply reader."""
+"""Unit tests of the Redis pieces that need no server: settings, URLs, reconnection."""
 
 import pytest
-import txredisapi
+from twisted.internet.task import Clock
 
 from streamd import config
-from streamd.resp import _INCOMPLETE, parse
+from streamd.redis.connection import Factory, connection_settings
+from streamd.redis.url import parse_url
+from streamd.store.redis import RedisStore
 
 
 def build(**tables):
@@ -41,16 +43,38 @@ def test_bad_redis_settings_name_the_key(tables, message):
     assert str(e.value).startswith(message)
 
 
-def test_reply_reader_bytes_exact_nested_and_partial():
-    wire = (b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$3\r\n007\r\n"
-            b"*2\r\n$-1\r\n*1\r\n:42\r\n+OK\r\n-ERR no such key\r\n-NOGROUP gone\r\n")
-    replies, pos = [], 0
-    while pos < len(wire):
-        reply, pos = parse(wire, pos)
-        replies.append(reply)
-    assert replies[:3] == [[b"message", b"news", b"007"], [None, [42]], "OK"]
-    assert str(replies[3]) == "no such key" and isinstance(replies[3], txredisapi.ResponseError)
-    assert str(replies[4]) == "NOGROUP gone"
-    # Every cut of the first reply is incomplete, not a wrong reply.
-    for cut in range(1, 36):
-        assert parse(wire[:cut], 0) == (_INCOMPLETE, 0)
+def test_url_parser_takes_tls_user_password_and_db():
+    assert parse_url("rediss://alice:p%40ss@cache.local:6390/3") == {
+        "host": "cache.local", "port": 6390, "db": 3, "username": "alice",
+        "password": "p@ss", "tls": True}
+    assert parse_url("redis://:secret@h") == {
+        "host": "h", "port": 6379, "db": 0, "username": None, "password": "secret",
+        "tls": False}
+    assert parse_url("redis://h:1/")["password"] is None
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://h", "expected redis://"),
+    ("redis://", "no host"),
+    ("redis://h:port", "bad port"),
+    ("redis://h/one", "the database"),
+])
+def test_url_parser_says_what_is_wrong(url, message):
+    with pytest.raises(ValueError, match=message):
+        parse_url(url)
+
+
+def test_store_and_client_take_the_same_urls():
+    store = RedisStore(["kind"], Clock(), "rediss://alice:pw@cache.local:6390/3")
+    assert (store.settings["username"], store.settings["tls"]) == ("alice", True)
+    assert store.status() == ("down", "not connected to rediss://cache.local:6390/3")
+    with pytest.raises(ValueError, match="expected redis://"):
+        RedisStore(["kind"], Clock(), "http://h")
+
+
+def test_reconnection_waits_grow_to_reconnect_max():
+    s = connection_settings("redis://h", reconnect_initial=0.1, reconnect_max=0.5)
+    factory = Factory(s, 1, None, lambda: None)
+    waits = [factory.retryDelay(attempt) for attempt in range(1, 20)]
+    assert waits[0] == pytest.approx(0.1)
+    assert waits == sorted(waits) and max(waits) == 0.5

@@ -26,11 +26,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from streamd import redis, redis_settings
+from streamd import redis_settings
 from streamd.errors import Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
-from streamd.sources.redis_reader import SKIP_DELAY, Reader, share_out
+from streamd.redis.connection import RedisConnection
+from streamd.redis.read_loop import SKIP_DELAY, Reader, share_out
+from streamd.redis.shared import Faults, acquire, default_instance, release
+from streamd.redis.values import as_json
 
 log = Logger()
 
@@ -107,9 +110,9 @@ class RedisListSource:
     kind = "redis-list"
     config_keys = redis_settings.LIST_KEYS
     durable = True
-    faults: redis.Faults | None = None
+    faults: Faults | None = None
 
-    def __init__(self, name: str, conn: redis.RedisConnection, key: str, instance: str,
+    def __init__(self, name: str, conn: RedisConnection, key: str, instance: str,
                  clock, block: float = 1.0, batch: int = 10, instance_ttl: float = 15.0,
                  on_stop=None) -> None:
         self.name = name
@@ -136,12 +139,12 @@ class RedisListSource:
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], services) -> RedisListSource:
-        conn = redis.acquire(services, settings)
-        instance = settings["instance"] or redis.default_instance(services.settings)
+        conn = acquire(services, settings)
+        instance = settings["instance"] or default_instance(services.settings)
         source = cls(settings["name"], conn, settings["key"], instance, services.reactor,
                    settings["block"], settings["batch"], settings["instance_ttl"],
-                   lambda: redis.release(services, conn))
-        source.faults = redis.Faults(services, settings["name"], cls.kind, conn)
+                   lambda: release(services, conn))
+        source.faults = Faults(services, settings["name"], cls.kind, conn)
         return source
 
     def start(self):
@@ -237,7 +240,7 @@ class RedisListSource:
 
     def message(self, value: bytes) -> Message:
         self.seq += 1
-        return Message(str(self.seq), self.name, redis.as_json(value), None, value)
+        return Message(str(self.seq), self.name, as_json(value), None, value)
 
     async def _stop(self) -> None:
         for sub in list(self.subscribers):

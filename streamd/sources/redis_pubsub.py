@@ -9,149 +9,30 @@ stream (C{max_pending}) and its C{slow_policy} decides what it gets when the que
 full: disconnected, or the oldest messages dropped (it is told how many).
 
 One subscriber connection per Redis connection serves every pub/sub stream on it
-(L{Hub}); a channel is subscribed while at least one client wants it and
-unsubscribed when the last leaves. txredisapi does not restore subscriptions after
-a reconnect: the hub subscribes again, and each client is told of the outage with a
-gap notice (what was published meanwhile is gone).
+(L{streamd.redis.hub.Hub}); a channel is subscribed while at least one client wants
+it and unsubscribed when the last leaves. After a reconnection the hub subscribes
+again, and each client is told of the outage with a gap notice (what was published
+meanwhile is gone).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import txredisapi
 from twisted.internet.defer import gatherResults
 from zope.interface import implementer
 
-from streamd import redis, redis_settings, resp
+from streamd import redis_settings
 from streamd.coalesce import Coalescer
 from streamd.config import ConfigError
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource
 from streamd.message import Message
+from streamd.redis.connection import RedisConnection
+from streamd.redis.hub import Hub
+from streamd.redis.shared import Faults, acquire, release
+from streamd.redis.values import as_json, param
 from streamd.sources.memory import MemorySubscription
-
-
-def _quiet(d) -> None:
-    # A (un)subscribe cut short by a lost connection is redone on reconnection.
-    d.addErrback(lambda f: f.trap(txredisapi.ConnectionError))
-
-
-class _Protocol(resp.SubscriberProtocol):
-    """Hands messages and connection changes to the factory's L{Hub}."""
-
-    def connectionMade(self):
-        d = super().connectionMade()
-        self.whenConnected().addCallback(self.factory.hub.connected)
-        return d
-
-    def connectionLost(self, why):
-        self.factory.hub.lost(self)
-        super().connectionLost(why)
-
-    def messageReceived(self, pattern, channel, message):
-        self.factory.hub.message(pattern, channel, message)
-
-
-class Hub:
-    """
-    The subscriber connection of one Redis connection, shared by its pub/sub sources.
-
-    @ivar channels: channel -> the sources that want it; the channel is subscribed in
-        Redis exactly while this set is not empty (likewise C{patterns}).
-    @ivar outage_since: when the connection was lost (reactor seconds), or None.
-    """
-
-    def __init__(self, conn: redis.RedisConnection, clock) -> None:
-        self.clock = clock
-        self.channels: dict[bytes, set[RedisPubSubSource]] = {}
-        self.patterns: dict[bytes, set[RedisPubSubSource]] = {}
-        self.proto: _Protocol | None = None
-        self.conn = conn
-        self.outage_since: float | None = None
-        self.factory = conn.subscriber(_Protocol)
-        self.factory.hub = self
-
-    @classmethod
-    def of(cls, conn: redis.RedisConnection, clock) -> Hub:
-        hub = conn.shared.get("pubsub")
-        if hub is None:
-            hub = conn.shared["pubsub"] = cls(conn, clock)
-        return hub
-
-    @property
-    def up(self) -> bool:
-        return self.proto is not None
-
-    def _change(self, table: dict, names: list[bytes], source, add: bool) -> list[bytes]:
-        """Update the reference counts; return the names whose count left or hit 0."""
-        changed = []
-        for name in names:
-            wanted = table.get(name)
-            if add:
-                if not wanted:
-                    wanted = table[name] = set()
-                    changed.append(name)
-                wanted.add(source)
-            elif wanted is not None and source in wanted:
-                wanted.discard(source)
-                if not wanted:
-                    del table[name]
-                    changed.append(name)
-        return changed
-
-    def add(self, source: RedisPubSubSource) -> None:
-        """C{source} has a client: subscribe what nobody wanted yet."""
-        new = self._change(self.channels, source.channels, source, True)
-        pnew = self._change(self.patterns, source.patterns, source, True)
-        if self.proto is not None:
-            if new:
-                _quiet(self.proto.subscribe(new))
-            if pnew:
-                _quiet(self.proto.psubscribe(pnew))
-
-    def remove(self, source: RedisPubSubSource) -> None:
-        """C{source}'s last client left: unsubscribe what nobody wants any more."""
-        gone = self._change(self.channels, source.channels, source, False)
-        pgone = self._change(self.patterns, source.patterns, source, False)
-        if self.proto is not None:
-            if gone:
-                _quiet(self.proto.unsubscribe(gone))
-            if pgone:
-                _quiet(self.proto.punsubscribe(pgone))
-
-    def connected(self, proto: _Protocol) -> None:
-        self.proto = proto
-        self.conn.changed()
-        if self.channels:
-            _quiet(proto.subscribe(list(self.channels)))
-        if self.patterns:
-            _quiet(proto.psubscribe(list(self.patterns)))
-        since, self.outage_since = self.outage_since, None
-        if since is not None:
-            # Sent as the SUBSCRIBE goes out: every message after the notice is one
-            # published after the reconnection.
-            now = self.clock.seconds()
-            for source in self._sources():
-                source.outage(since, now)
-
-    def lost(self, proto: _Protocol) -> None:
-        if proto is self.proto:
-            self.proto = None
-            self.outage_since = self.clock.seconds()
-
-    def _sources(self) -> set[RedisPubSubSource]:
-        out: set[RedisPubSubSource] = set()
-        for table in (self.channels, self.patterns):
-            for sources in table.values():
-                out |= sources
-        return out
-
-    def message(self, pattern: bytes | None, channel: bytes, data: bytes) -> None:
-        sources = self.channels.get(channel) if pattern is None else self.patterns.get(pattern)
-        if sources:
-            for source in list(sources):
-                source.received(channel, data, pattern)
 
 
 class PubSubSubscription(MemorySubscription):
@@ -178,9 +59,9 @@ class RedisPubSubSource:
     kind = "redis-pubsub"
     config_keys = redis_settings.PUBSUB_KEYS
     durable = False
-    faults: redis.Faults | None = None
+    faults: Faults | None = None
 
-    def __init__(self, name: str, conn: redis.RedisConnection, channels: list[str],
+    def __init__(self, name: str, conn: RedisConnection, channels: list[str],
                  patterns: list[str], clock, on_stop=None, coalesce: float = 0.0) -> None:
         self.name = name
         self.conn = conn
@@ -202,11 +83,11 @@ class RedisPubSubSource:
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], services) -> RedisPubSubSource:
-        conn = redis.acquire(services, settings)
+        conn = acquire(services, settings)
         source = cls(settings["name"], conn, settings["channels"], settings["patterns"],
-                     services.reactor, lambda: redis.release(services, conn),
+                     services.reactor, lambda: release(services, conn),
                      settings["coalesce_ms"] / 1000)
-        source.faults = redis.Faults(services, settings["name"], cls.kind, conn)
+        source.faults = Faults(services, settings["name"], cls.kind, conn)
         return source
 
     def start(self):
@@ -255,7 +136,7 @@ class RedisPubSubSource:
         attributes = {"channel": channel.decode("utf-8", "replace")}
         if pattern is not None:
             attributes["pattern"] = pattern.decode("utf-8", "replace")
-        self.outgoing.add([Message(str(self.seq), self.name, redis.as_json(data),
+        self.outgoing.add([Message(str(self.seq), self.name, as_json(data),
                                    attributes)])
 
     def _deliver(self, batch) -> None:
@@ -272,7 +153,7 @@ class RedisPubSubSource:
 
     def publish(self, payloads: list[bytes], params=None):
         """PUBLISH each payload to C{?channel=} or the stream's first channel."""
-        channel = redis.param(params, "channel")
+        channel = param(params, "channel")
         if channel is None:
             if not self.channels:
                 raise BadRequest("channel: this stream only has patterns; "

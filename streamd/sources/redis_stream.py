@@ -29,11 +29,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from streamd import redis, redis_settings
+from streamd import redis_settings
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
-from streamd.sources.redis_reader import Reader, share_out
+from streamd.redis.connection import RedisConnection
+from streamd.redis.read_loop import Reader, share_out
+from streamd.redis.shared import Faults, acquire, default_instance, release
+from streamd.redis.values import as_json, json_object, param
 
 log = Logger()
 
@@ -182,9 +185,9 @@ class RedisStreamSource:
 
     kind = "redis-stream"
     config_keys = redis_settings.STREAM_KEYS
-    faults: redis.Faults | None = None
+    faults: Faults | None = None
 
-    def __init__(self, name: str, conn: redis.RedisConnection, key: str, clock, *,
+    def __init__(self, name: str, conn: RedisConnection, key: str, clock, *,
                  group: str = "", instance: str = "", start: str = "$",
                  block: float = 1.0, batch: int = 10, claim_idle: float = 30.0,
                  maxlen: int = 0, field: str = "data", on_stop=None) -> None:
@@ -216,14 +219,14 @@ class RedisStreamSource:
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], services) -> RedisStreamSource:
-        conn = redis.acquire(services, settings)
-        instance = settings["instance"] or redis.default_instance(services.settings)
+        conn = acquire(services, settings)
+        instance = settings["instance"] or default_instance(services.settings)
         source = cls(settings["name"], conn, settings["key"], services.reactor,
                    group=settings["group"], instance=instance, start=settings["start"],
                    block=settings["block"], batch=settings["batch"],
                    claim_idle=settings["claim_idle"], maxlen=settings["maxlen"],
-                   field=settings["field"], on_stop=lambda: redis.release(services, conn))
-        source.faults = redis.Faults(services, settings["name"], cls.kind, conn)
+                   field=settings["field"], on_stop=lambda: release(services, conn))
+        source.faults = Faults(services, settings["name"], cls.kind, conn)
         return source
 
     def start(self):
@@ -362,10 +365,10 @@ class RedisStreamSource:
             # An entry written by another program: its fields are the message.
             body = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
                     for k, v in pairs.items()}
-            return Message(eid, self.name, redis.json_object(body), None, eid)
+            return Message(eid, self.name, json_object(body), None, eid)
         attributes = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
                       for k, v in pairs.items()} or None
-        return Message(eid, self.name, redis.as_json(data), attributes, eid)
+        return Message(eid, self.name, as_json(data), attributes, eid)
 
     def remove(self, ids: list[str]) -> None:
         """Group mode, acked: XACK."""
@@ -409,7 +412,7 @@ class RedisStreamSource:
         """XADD each payload (pipelined), trimming to about C{maxlen}; the entry ids."""
         if not self.conn.up:
             raise Unavailable(self.conn.status()[1] or "redis is down")
-        maxlen = redis.param(params, "maxlen")
+        maxlen = param(params, "maxlen")
         if maxlen is None:
             maxlen = self.maxlen
         else:

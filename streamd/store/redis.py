@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from urllib.parse import unquote, urlsplit
 
-import txredisapi
-from twisted.internet.endpoints import HostnameEndpoint
 from zope.interface import implementer
 
 from streamd.interfaces import IStore
+from streamd.redis.connection import RedisConnection, address, connection_settings
+from streamd.redis.hub import Hub
 from streamd.store.base import (
     Event,
     Filters,
@@ -163,100 +162,74 @@ return out
 """
 
 
-def parse_url(url: str) -> tuple[str, int, int, str | None]:
-    """C{redis://[:password@]host[:port][/db]} -> (host, port, db, password)."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis" or not parts.hostname:
-        raise ValueError(f"expected redis://host[:port][/db], got {url!r}")
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        raise ValueError(f"database must be a number, got {db!r}")
-    password = unquote(parts.password) if parts.password else None
-    return parts.hostname, parts.port or 6379, int(db or 0), password
-
-
 def index_name(key: str, value: str) -> str:
     # Indexed keys are names without "=" (checked in the config), so this is unambiguous.
     return f"{key}={value}"
 
 
-class _NoticeProtocol(txredisapi.SubscriberProtocol):
-    """The subscriber connection: (re)subscribes on every connect."""
+class _Notices:
+    """The store's member of its connection's pub/sub L{Hub}: the insert notices."""
 
-    def connectionMade(self):
-        d = super().connectionMade()
-        d.addCallback(lambda _: self.subscribe(self.factory.channel))
-        d.addCallback(lambda _: self.factory.store._notices_connected())
-        return d
+    patterns: list[bytes] = []
 
-    def messageReceived(self, pattern, channel, message):
-        token, first, last = message.split(" ")
-        store = self.factory.store
-        if token != store.token:  # our own inserts reached our tails already
-            store.listeners.notify(Notice(int(first), int(last)))
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.channels = [(store.prefix + "inserted").encode()]
+
+    def received(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
+        token, first, last = data.decode().split(" ")
+        if token != self.store.token:  # our own inserts reached our tails already
+            self.store.listeners.notify(Notice(int(first), int(last)))
+
+    def outage(self, since: float, until: float) -> None:
+        # Notices published while we were disconnected are lost: let every tail look
+        # in the store (Notice(0, maxsize) is newer than anything delivered).
+        self.store.listeners.notify(Notice(0, 1 << 62))
 
 
 @implementer(IStore)
 class RedisStore:
-    """@ivar factory: txredisapi's factory of the store's one connection."""
+    """
+    @param url: C{redis://[[user]:password@]host[:port][/db]}, or C{rediss://} for TLS
+        (the server's certificate checked against C{tls_ca}, a PEM file, or the
+        system's CAs).
+    @ivar conn: the store's connection (one for commands, one for the insert notices),
+        open between L{start} and L{stop}.
+    """
 
     backend = "redis"
 
     def __init__(self, keys, reactor, url: str, max_events: int = 0, max_age: float = 0.0,
-                 prefix: str = "streamd:events:") -> None:
+                 prefix: str = "streamd:events:", tls_ca: str = "") -> None:
         self.keys = tuple(keys)
         self.reactor = reactor
         self.url = url
+        self.settings = connection_settings(
+            # A lost connection comes back within a second or so: clients are waiting.
+            url, name="store", connect_timeout=5.0, reconnect_max=1.0, tls_ca=tls_ca)
         self.max_events = max_events
         self.max_age = max_age
         self.prefix = prefix
         self.listeners = Listeners()
         self.listen = self.listeners.listen
-        self.factory = None
-        self.redis = None
-        self.notices = None
+        self.conn: RedisConnection | None = None
+        self.hub: Hub | None = None
         self.token = secrets.token_hex(8)  # tells our own insert notices from others'
 
     def start(self) -> None:
-        host, port, db, password = parse_url(self.url)
-        factory = txredisapi.RedisFactory(
-            self.url, db, 1, isLazy=True, charset=None, password=password,
-            convertNumbers=False,
-        )
-        # A lost connection comes back within a second or so (txredisapi's default
-        # backoff grows to 10 s, which is long for a store clients are waiting on).
-        factory.initialDelay = 0.1
-        factory.maxDelay = 1.0
-        factory.startConnecting(HostnameEndpoint(self.reactor, host, port, timeout=5))
-        self.factory = factory
-        self.redis = factory.handler
-        notices = txredisapi.SubscriberFactory(isLazy=True)
-        notices.protocol = _NoticeProtocol
-        notices.password = password
-        notices.initialDelay, notices.maxDelay = 0.1, 1.0
-        notices.channel = self.prefix + "inserted"
-        notices.store = self
-        notices.startConnecting(HostnameEndpoint(self.reactor, host, port, timeout=5))
-        self.notices = notices
-        self._notices_seen = False
-
-    def _notices_connected(self) -> None:
-        if self._notices_seen:
-            # Notices published while we were disconnected are lost: let every tail
-            # look in the store (Notice(0, maxsize) is newer than anything delivered).
-            self.listeners.notify(Notice(0, 1 << 62))
-        self._notices_seen = True
+        self.conn = RedisConnection(self.settings, self.reactor)
+        self.hub = Hub.of(self.conn, self.reactor)
+        self.hub.add(_Notices(self))
 
     async def stop(self) -> None:
-        if self.factory is not None:
-            factory, self.factory = self.factory, None
-            await factory.disconnect()
-            await self.notices.disconnect()
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await conn.close()
 
     def status(self):
-        if self.factory is not None and self.factory.size and self.notices.size:
+        if self.conn is not None and self.conn.up and self.hub.up:
             return ("ok", None)
-        return ("down", f"not connected to {self.url}")
+        return ("down", f"not connected to {address(self.settings)}")
 
     def _check(self) -> None:
         # Commands sent while disconnected wait for the reconnect instead of failing:
@@ -275,7 +248,7 @@ class RedisStore:
         for e in events:
             args.append(e.data)
             args.append(json.dumps(sorted(index_name(k, v) for k, v in e.pairs)))
-        reply = await self.redis.eval(INSERT, [self.prefix], args)
+        reply = await self.conn.eval(INSERT, [self.prefix], args)
         ts = float(reply[0])
         stored = [
             Event(int(sid), ts, e.data, e.pairs)
@@ -295,7 +268,7 @@ class RedisStore:
         for key, values in filters:
             args.append(len(values))
             args.extend(index_name(key, v) for v in values)
-        reply = await self.redis.eval(SELECT, [self.prefix], args)
+        reply = await self.conn.eval(SELECT, [self.prefix], args)
         out = []
         for i in range(0, len(reply), 2):
             if reply[i + 1] is None:  # pruned between the walk and the read: impossible
@@ -322,8 +295,8 @@ class RedisStore:
 
     async def pruned(self) -> int:
         self._check()
-        return int(await self.redis.execute_command("GET", self.prefix + "pruned") or 0)
+        return int(await self.conn.command("GET", self.prefix + "pruned") or 0)
 
     async def count(self) -> int:
         self._check()
-        return int(await self.redis.execute_command("ZCARD", self.prefix + "all"))
+        return int(await self.conn.command("ZCARD", self.prefix + "all"))

@@ -1,13 +1,26 @@
 """
-A private redis-server for the tests: started on a free loopback port, stopped and
-restarted by a test that wants an outage, killed by PID at the end.
+A private redis-server for tests of streamd and of code built on it: started on a free
+loopback port, stopped and restarted by a test that wants an outage, killed by PID at
+the end. Needs pytest and C{redis-server} on PATH (Debian: C{apt-get install
+redis-server}); where it is missing, the tests that need it are skipped.
 
 Never the shared Redis on 6379: every run gets its own empty server with no
 persistence, so nothing here ever needs a FLUSHALL.
 
-Use the C{redis} fixture (import C{redis_fixture} into a test module), or L{RedisServer}
-directly. L{RedisServer.command} is a tiny blocking RESP client for setting up and
-checking Redis state from a test, the way another program would talk to Redis.
+In a pytest module::
+
+    from streamd.testing.redis import redis_fixture  # the "redis" fixture
+
+    def test_something(redis):
+        redis.command("RPUSH", "jobs", "1")           # as another program would
+        settings = {"redis": {"url": redis.url}, ...}
+
+L{RedisServer} may also be used directly (C{start}, C{stop}, C{restart}; C{tls_dir}
+for a TLS-only server, C{persist_dir} for one whose data survives a restart), and
+C{redis_session} is a server shared by a whole test session (C{session.url}).
+L{RedisServer.command} is a tiny blocking RESP client for setting up and checking Redis
+state from a test, the way another program would talk to Redis; L{RedisServer.cli}
+runs C{redis-cli}.
 """
 
 from __future__ import annotations
@@ -224,15 +237,28 @@ def read_reply(reader):
     raise ValueError(f"bad reply line {line!r}")
 
 
-@pytest.fixture(name="redis")
-def redis_fixture():
-    """
-    A private, empty redis-server for one test; killed by PID afterwards. The test is
-    skipped where redis-server is not installed (L{require}).
-    """
+def _served():
     server = RedisServer()
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session", name="redis_session")
+def redis_session_fixture():
+    """
+    One private redis-server for the whole test session (each test keeps to its own
+    keys); C{url} is its address.
+    """
+    yield from _served()
+
+
+@pytest.fixture(name="redis")
+def redis_fixture():
+    """
+    A private, empty redis-server for one test; killed by PID afterwards. The test is
+    skipped where redis-server is not installed (L{require}).
+    """
+    yield from _served()

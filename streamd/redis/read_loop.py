@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import txredisapi
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -23,6 +24,10 @@ log = Logger()
 #: Seconds a message that no client's filter wants waits before it goes back to Redis
 #: (given back at once, the same readers would take it again at once, for ever).
 SKIP_DELAY = 5.0
+
+#: Seconds before reading again after an error that is no Redis condition we know of
+#: (by the number of such errors in a row): retry later rather than spin.
+RETRY_DELAY = backoffPolicy(initialDelay=1.0, maxDelay=30.0, jitter=lambda: 0.0)
 
 
 def share_out(skipper, subscribers, messages, refused: dict[str, set]):
@@ -63,6 +68,8 @@ class Reader:
         self.paused = False
         self.cancelled = False
         self.reading = False
+        #: errors in a row that were no Redis condition we know of (see L{RETRY_DELAY})
+        self.failures = 0
 
     def start(self) -> None:
         if not (self.reading or self.paused or self.cancelled):
@@ -76,8 +83,8 @@ class Reader:
             log.failure("{kind} {name}: reader failed", kind=self.source.kind,
                         name=self.source.name)
             if not self.cancelled:
-                # Not a Redis condition we know: retry later rather than spin.
-                self.source.clock.callLater(1.0, self.start)
+                self.source.clock.callLater(RETRY_DELAY(self.failures), self.start)
+                self.failures += 1
         finally:
             self.reading = False
             if self.cancelled:
@@ -96,6 +103,7 @@ class Reader:
                     continue
                 self.consumer.source_ended(f"redis: {e}")
                 return
+            self.failures = 0
             if not entries:
                 continue
             if self.cancelled:

@@ -13,11 +13,12 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from streamd import redis
 from streamd.channels import Watched
-from streamd.sources.redis_pubsub import Hub
+from streamd.redis.connection import RedisConnection
+from streamd.redis.hub import Hub
 
 log = Logger()
+
 
 class RedisChannels(Watched):
     """
@@ -28,7 +29,7 @@ class RedisChannels(Watched):
         L{received} and L{outage}).
     """
 
-    def __init__(self, conn: redis.RedisConnection, clock, prefix: str = "streamd:channels"):
+    def __init__(self, conn: RedisConnection, clock, prefix: str = "streamd:channels"):
         self.conn = conn
         self.clock = clock
         self.hash = prefix.encode()

@@ -1,49 +1,89 @@
 """
-Live Redis connections over txredisapi, shared by the Redis sources.
+Live Redis connections over txredisapi: the one place where streamd sets up a txredisapi
+factory, for the Redis sources, the channel store, the event store and the client.
 
-One L{RedisConnection} per C{[redis.NAME]} table (see L{streamd.redis_settings}),
-created on first use and kept in C{services.shared}. It holds:
+A L{RedisConnection} is one Redis server. It holds:
 
-  - a small pool for ordinary commands (publish, ack, heartbeats), whose
-    up/down state is the sources' L{status};
+  - a small pool for ordinary commands (publish, ack, heartbeats, scripts), whose
+    up/down state is its L{RedisConnection.status};
   - on request, dedicated connections for blocking reads (BLMOVE, XREAD BLOCK):
     a blocking command holds its connection, and on a pooled one it would delay
     every unrelated command behind it;
-  - on request, subscriber connections for pub/sub.
-
-Also here: how a Redis value becomes a message body (L{as_json}), and the bookkeeping
-of the sources that share it (L{acquire}, L{release}, L{Faults}).
+  - on request, subscriber connections for pub/sub (see L{streamd.redis.hub}).
 
 Every connection is bytes-exact (C{charset=None}: no decoding;
 C{convertNumbers=False}: "007" stays "007") and reconnects with a short backoff
 (C{reconnect_initial}, growing to C{reconnect_max}: txredisapi's own default grows
 to 10 s, far too slow for a live stream). A command issued while Redis is away
 waits for the reconnection rather than failing.
+
+Replies are read by hiredis (a dependency: with it installed, txredisapi's protocols
+read with it). Measured with C{bench/redis_bench.py} (bench/RESULTS.md, "Issue 13:
+Redis reply reader"), it reads lists and streams at least as fast as streamd's former
+hand-written reader, without that reader's quadratic re-parse of large replies.
 """
 
 from __future__ import annotations
 
-import json
-import socket
+import math
 from collections.abc import Callable
 from typing import Any
 
 import txredisapi
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
-from streamd import resp
-from streamd.config import ConfigError
-from streamd.message import InvalidPayload, normalize_json
 from streamd.net import client_endpoint
+from streamd.redis.url import parse_url
 
 log = Logger()
 
+#: The keys of L{RedisConnection}'s settings besides the URL's parts, with the values
+#: that programs which do not read streamd's C{[redis]} table (the event store, the
+#: client) start from (L{connection_settings}).
+DEFAULTS: dict[str, Any] = {
+    "name": "default",
+    "tls_ca": "",
+    "connect_timeout": 2.0,
+    "command_timeout": 0.0,
+    "reconnect_initial": 0.1,
+    "reconnect_max": 0.5,
+    "pool_size": 1,
+}
 
-class _Factory(txredisapi.RedisFactory):
+
+def connection_settings(url: str, **keys: Any) -> dict[str, Any]:
+    """The settings of a L{RedisConnection} to C{url}: L{DEFAULTS}, then C{keys}."""
+    unknown = set(keys) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown Redis connection settings: {sorted(unknown)}")
+    return {**DEFAULTS, **keys, **parse_url(url), "url": url}
+
+
+def address(settings: dict[str, Any]) -> str:
+    """Where a connection goes, without its user name and password (for logs, /health)."""
+    s = settings
+    return f"{'rediss' if s['tls'] else 'redis'}://{s['host']}:{s['port']}/{s['db']}"
+
+
+class Factory(txredisapi.RedisFactory):
     """
-    A txredisapi factory that reports its pool going empty or non-empty to its
-    owner (txredisapi tracks the pool but tells nobody).
+    The one adapter to txredisapi's internals, so that nothing else in streamd touches
+    them. txredisapi keeps the state of its pool to itself; streamd needs to know
+    when the pool goes empty or non-empty (a source's status, waking whoever waits for
+    Redis) and why a connection was refused (a failed AUTH or SELECT stops retrying).
+    So this subclass:
+
+      - overrides C{addConnection}, C{delConnection} and C{connectionError} (the hooks
+        txredisapi calls as connections come and go) to call C{on_change};
+      - replaces C{retryDelay} (txredisapi's retry policy for its C{ClientService})
+        with Twisted's C{backoffPolicy}, from C{reconnect_initial} to C{reconnect_max};
+      - reads C{pool} and C{handler} (the pool's live connections, and the object
+        that runs a command on one of them) for L{command}, L{eval} and L{up}.
+
+    Connect it with C{startConnecting(endpoint)}, the only way txredisapi 1.6
+    documents (hence C{txredisapi>=1.6}).
     """
 
     def __init__(self, settings: dict[str, Any], poolsize: int, reply_timeout: float | None,
@@ -53,9 +93,12 @@ class _Factory(txredisapi.RedisFactory):
             password=settings["password"], replyTimeout=reply_timeout or None,
             convertNumbers=False, username=settings["username"],
         )
-        self.protocol = protocol or resp.Protocol
-        self.initialDelay = settings["reconnect_initial"]
-        self.maxDelay = settings["reconnect_max"]
+        if protocol is not None:
+            self.protocol = protocol
+        policy = backoffPolicy(settings["reconnect_initial"], settings["reconnect_max"],
+                               factor=math.e, jitter=lambda: 0.0)
+        # txredisapi counts attempts from 1, backoffPolicy from 0.
+        self.retryDelay = lambda attempt: policy(max(0, attempt - 1))
         self.on_change = on_change
         self.error: str | None = None
 
@@ -75,6 +118,25 @@ class _Factory(txredisapi.RedisFactory):
         super().connectionError(why)
         self.on_change()
 
+    @property
+    def up(self) -> bool:
+        return bool(self.pool)
+
+    @property
+    def closed(self) -> bool:
+        return self.disconnectCalled
+
+    def command(self, *args) -> Deferred:
+        return self.handler.execute_command(*args)
+
+    def eval(self, script: str, keys: list, args: list) -> Deferred:
+        # txredisapi's eval sends EVALSHA once the script is known to the connection.
+        return self.handler.eval(script, keys, args)
+
+    def local_ports(self) -> list[int]:
+        """The local ports of the live connections (to find them in CLIENT LIST)."""
+        return [conn.transport.getHost().port for conn in self.pool]
+
 
 class Dedicated:
     """
@@ -83,17 +145,20 @@ class Dedicated:
     L{txredisapi.ConnectionError}.
     """
 
-    def __init__(self, owner: RedisConnection, factory: _Factory) -> None:
+    def __init__(self, owner: RedisConnection, factory: Factory) -> None:
         self.owner = owner
         self.factory = factory
 
-    def command(self, *args):
+    def command(self, *args) -> Deferred:
         """Send one command; a Deferred of its reply (bytes, ints, lists)."""
-        return self.factory.handler.execute_command(*args)
+        return self.factory.command(*args)
+
+    def local_ports(self) -> list[int]:
+        return self.factory.local_ports()
 
     def close(self):
         """Close the connection (aborting a blocked command) and stop reconnecting."""
-        if self.factory.disconnectCalled:
+        if self.factory.closed:
             return None
         self.owner.forget(self.factory)
         return self.factory.disconnect()
@@ -104,7 +169,9 @@ class RedisConnection:
     A named Redis server: a pool for ordinary commands, dedicated connections for
     blocking reads and subscribers, and whether Redis answers right now.
 
-    @ivar users: sources holding this connection; the last L{release} closes it.
+    @param settings: a validated C{[redis.NAME]} table (L{streamd.redis_settings}) or
+        L{connection_settings}.
+    @ivar users: sources holding this connection (see L{streamd.redis.shared}).
     """
 
     def __init__(self, settings: dict[str, Any], reactor) -> None:
@@ -112,30 +179,25 @@ class RedisConnection:
         self.name = settings["name"]
         self.reactor = reactor
         self.users = 0
-        self.factories: list[_Factory] = []
+        self.factories: list[Factory] = []
         self.listeners: list[Callable[[bool], None]] = []
         self.waiters: list[tuple[Callable[[], bool], Deferred]] = []
         self._was_up = False
         #: closed on purpose (shutdown, last source gone): no longer "down", just gone
         self.closing = False
-        #: objects built on this connection by the sources (the pub/sub hub), closed
-        #: and dropped with it
+        #: objects built on this connection (the pub/sub hub), closed and dropped with it
         self.shared: dict[str, Any] = {}
         self.pool = self._factory(settings["pool_size"], settings["command_timeout"])
 
     @property
     def where(self) -> str:
-        s = self.settings
-        return f"{'rediss' if s['tls'] else 'redis'}://{s['host']}:{s['port']}/{s['db']}"
+        return address(self.settings)
 
-    def _endpoint(self):
+    def _factory(self, poolsize: int, reply_timeout: float | None, protocol=None) -> Factory:
         s = self.settings
-        return client_endpoint(self.reactor, s["host"], s["port"], s["connect_timeout"],
-                               s["tls"], s["tls_ca"])
-
-    def _factory(self, poolsize: int, reply_timeout: float | None, protocol=None) -> _Factory:
-        factory = _Factory(self.settings, poolsize, reply_timeout, self._changed, protocol)
-        factory.startConnecting(self._endpoint())
+        factory = Factory(s, poolsize, reply_timeout, self._changed, protocol)
+        factory.startConnecting(client_endpoint(
+            self.reactor, s["host"], s["port"], s["connect_timeout"], s["tls"], s["tls_ca"]))
         self.factories.append(factory)
         return factory
 
@@ -182,7 +244,7 @@ class RedisConnection:
 
     @property
     def up(self) -> bool:
-        return self.pool.size > 0
+        return self.pool.up
 
     def status(self) -> tuple[str, str | None]:
         """C{("ok", None)} while the pool has a live connection, else C{("down", why)}."""
@@ -192,9 +254,13 @@ class RedisConnection:
             return ("down", f"redis {self.name}: {self.pool.error}")
         return ("down", f"redis {self.name}: cannot reach {self.where}")
 
-    def command(self, *args):
+    def command(self, *args) -> Deferred:
         """Run one non-blocking command on the pool: a Deferred of its reply."""
-        return self.pool.handler.execute_command(*args)
+        return self.pool.command(*args)
+
+    def eval(self, script: str, keys: list, args: list) -> Deferred:
+        """Run a Lua script on the pool (EVALSHA once Redis knows it)."""
+        return self.pool.eval(script, keys, args)
 
     def dedicated(self, block: float) -> Dedicated:
         """
@@ -204,106 +270,17 @@ class RedisConnection:
         timeout = self.settings["command_timeout"]
         return Dedicated(self, self._factory(1, block + timeout if timeout else None))
 
-    def subscriber(self, protocol) -> _Factory:
-        """A pub/sub connection speaking C{protocol} (a L{resp.SubscriberProtocol} subclass)."""
+    def subscriber(self, protocol) -> Factory:
+        """A pub/sub connection speaking C{protocol} (a L{txredisapi.SubscriberProtocol})."""
         return self._factory(1, None, protocol)
 
-    def forget(self, factory: _Factory) -> None:
+    def forget(self, factory: Factory) -> None:
         """A dedicated or subscriber connection was closed by its user."""
         if factory in self.factories:
             self.factories.remove(factory)
 
-    def close(self):
+    def close(self) -> Deferred:
+        """Close every connection and stop reconnecting."""
         self.closing = True
         factories, self.factories = self.factories, []
         return gatherResults([f.disconnect() for f in factories], consumeErrors=True)
-
-
-def as_json(raw: bytes) -> bytes:
-    """
-    A Redis value as one line of JSON: JSON text stays the publisher's bytes; any
-    other value (C{hello}, C{007}, written by a program that is not streamd) becomes
-    a JSON string, so that a stream never carries a line its clients cannot parse.
-    """
-    try:
-        return normalize_json(raw)
-    except InvalidPayload:
-        return json.dumps(raw.decode("utf-8", "replace"), ensure_ascii=False).encode()
-
-
-def json_object(value: dict[str, Any]) -> bytes:
-    """A dict as one line of JSON text."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def param(params: dict[str, str] | None, name: str) -> str | None:
-    """One query parameter of a publish request."""
-    return (params or {}).get(name)
-
-
-def default_instance(settings: dict[str, Any]) -> str:
-    """
-    This streamd's name in Redis: host name plus the first listen address, stable
-    across restarts (so a restarted streamd recognises its own processing lists) and
-    distinct for two streamd processes on one host.
-    """
-    listen = settings.get("listen") or ["tcp:8080"]
-    return f"{socket.gethostname()}-{listen[0]}"
-
-
-def acquire(services, stream: dict[str, Any]) -> RedisConnection:
-    """
-    The shared connection a stream's C{connection} key names, created on first use.
-    Release it with L{release} when the source stops.
-    """
-    name = stream["connection"]
-    declared = services.settings.get("redis") or {}
-    if name not in declared:
-        raise ConfigError(f"streams.{stream['name']}.connection",
-                          f"no Redis connection named {name!r} (declare [redis.{name}])")
-    shared = services.shared.setdefault("redis", {})
-    conn = shared.get(name)
-    if conn is None:
-        conn = shared[name] = RedisConnection(declared[name], services.reactor)
-    conn.users += 1
-    return conn
-
-
-class Faults:
-    """
-    A Redis source's reconnections and errors, counted in C{/metrics}
-    (C{streamd_source_reconnects}, C{streamd_source_errors}) when the app has metrics.
-    """
-
-    def __init__(self, services, stream: str, kind: str, conn: RedisConnection) -> None:
-        m = getattr(services, "metrics", None)
-        self.reconnects = m.source_reconnects.labels(stream, kind) if m else None
-        self.errors = m.source_errors.labels(stream, kind) if m else None
-        self.conn = conn
-        self.was_down = False
-        conn.listeners.append(self._changed)
-
-    def _changed(self, up: bool) -> None:
-        if not up:
-            self.was_down = True
-        elif self.was_down:
-            self.was_down = False
-            if self.reconnects is not None:
-                self.reconnects.inc()
-
-    def error(self) -> None:
-        if self.errors is not None:
-            self.errors.inc()
-
-    def close(self) -> None:
-        if self._changed in self.conn.listeners:
-            self.conn.listeners.remove(self._changed)
-
-
-def release(services, conn: RedisConnection):
-    """Give back a connection from L{acquire}; the last user closes it."""
-    conn.users -= 1
-    if conn.users > 0:
-        return None
-    services.shared.get("redis", {}).pop(conn.name, None)
-    return conn.close()

@@ -1,0 +1,170 @@
+"""
+L{Hub}: the subscriber connection of one L{RedisConnection}, shared by everything that
+subscribes on it (the C{redis-pubsub} sources, the channel store, the event store's
+insert notices, the client's L{streamd.client.RedisLink.subscribe}).
+
+A channel is subscribed while at least one member wants it and unsubscribed when the
+last leaves. txredisapi does not restore subscriptions after a reconnect: the hub
+subscribes again, and tells each member of the outage (what was published meanwhile
+is gone: pub/sub is at-most-once).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import txredisapi
+from twisted.internet.defer import Deferred, gatherResults, succeed
+
+from streamd.redis.connection import RedisConnection
+
+
+class Member(Protocol):
+    """What the hub needs of a subscriber."""
+
+    #: channel names (SUBSCRIBE) and glob patterns (PSUBSCRIBE)
+    channels: list[bytes]
+    patterns: list[bytes]
+
+    def received(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
+        """One message; C{pattern} is the pattern it matched, or None."""
+
+    def outage(self, since: float, until: float) -> None:
+        """The subscriber connection was lost from C{since} to C{until} (clock seconds)."""
+
+
+def _quiet(d: Deferred) -> Deferred:
+    # A (un)subscribe cut short by a lost connection is redone on reconnection.
+    return d.addErrback(lambda f: f.trap(txredisapi.ConnectionError))
+
+
+class _Protocol(txredisapi.SubscriberProtocol):
+    """Hands messages and connection changes to the factory's L{Hub}."""
+
+    def connectionMade(self):
+        d = super().connectionMade()
+        self.whenConnected().addCallback(self.factory.hub.connected)
+        return d
+
+    def connectionLost(self, why):
+        self.factory.hub.lost(self)
+        super().connectionLost(why)
+
+    def messageReceived(self, pattern, channel, message):
+        self.factory.hub.message(pattern, channel, message)
+
+
+class Hub:
+    """
+    The subscriber connection of one Redis connection (L{of}), shared by its members.
+
+    @ivar channels: channel -> the members that want it; the channel is subscribed in
+        Redis exactly while this set is not empty (likewise C{patterns}).
+    @ivar outage_since: when the connection was lost (clock seconds), or None.
+    @ivar waiting: Deferreds of L{add} calls made while the connection was down.
+    """
+
+    def __init__(self, conn: RedisConnection, clock) -> None:
+        self.clock = clock
+        self.channels: dict[bytes, set[Member]] = {}
+        self.patterns: dict[bytes, set[Member]] = {}
+        self.proto: _Protocol | None = None
+        self.conn = conn
+        self.outage_since: float | None = None
+        self.waiting: list[Deferred] = []
+        self.factory = conn.subscriber(_Protocol)
+        self.factory.hub = self
+
+    @classmethod
+    def of(cls, conn: RedisConnection, clock) -> Hub:
+        """The hub of C{conn}, opened on first use."""
+        hub = conn.shared.get("pubsub")
+        if hub is None:
+            hub = conn.shared["pubsub"] = cls(conn, clock)
+        return hub
+
+    @property
+    def up(self) -> bool:
+        return self.proto is not None
+
+    def _change(self, table: dict, names: list[bytes], member, add: bool) -> list[bytes]:
+        """Update the reference counts; return the names whose count left or hit 0."""
+        changed = []
+        for name in names:
+            wanted = table.get(name)
+            if add:
+                if not wanted:
+                    wanted = table[name] = set()
+                    changed.append(name)
+                wanted.add(member)
+            elif wanted is not None and member in wanted:
+                wanted.discard(member)
+                if not wanted:
+                    del table[name]
+                    changed.append(name)
+        return changed
+
+    def add(self, member: Member) -> Deferred:
+        """
+        Subscribe what C{member} wants and nobody wanted yet. The Deferred fires once
+        Redis confirmed (at the next connection, if the hub is down now).
+        """
+        new = self._change(self.channels, member.channels, member, True)
+        pnew = self._change(self.patterns, member.patterns, member, True)
+        if self.proto is None:
+            d = Deferred()
+            self.waiting.append(d)
+            return d
+        sent = []
+        if new:
+            sent.append(_quiet(self.proto.subscribe(new)))
+        if pnew:
+            sent.append(_quiet(self.proto.psubscribe(pnew)))
+        return gatherResults(sent).addCallback(lambda _: None) if sent else succeed(None)
+
+    def remove(self, member: Member) -> None:
+        """C{member} is done: unsubscribe what nobody wants any more."""
+        gone = self._change(self.channels, member.channels, member, False)
+        pgone = self._change(self.patterns, member.patterns, member, False)
+        if self.proto is not None:
+            if gone:
+                _quiet(self.proto.unsubscribe(gone))
+            if pgone:
+                _quiet(self.proto.punsubscribe(pgone))
+
+    def connected(self, proto: _Protocol) -> None:
+        self.proto = proto
+        self.conn.changed()
+        sent = []
+        if self.channels:
+            sent.append(_quiet(proto.subscribe(list(self.channels))))
+        if self.patterns:
+            sent.append(_quiet(proto.psubscribe(list(self.patterns))))
+        waiting, self.waiting = self.waiting, []
+        if waiting:
+            gatherResults(sent).addBoth(lambda _: [d.callback(None) for d in waiting])
+        since, self.outage_since = self.outage_since, None
+        if since is not None:
+            # Sent as the SUBSCRIBE goes out: every message after the notice is one
+            # published after the reconnection.
+            now = self.clock.seconds()
+            for member in self._members():
+                member.outage(since, now)
+
+    def lost(self, proto: _Protocol) -> None:
+        if proto is self.proto:
+            self.proto = None
+            self.outage_since = self.clock.seconds()
+
+    def _members(self) -> set[Member]:
+        out: set[Member] = set()
+        for table in (self.channels, self.patterns):
+            for members in table.values():
+                out |= members
+        return out
+
+    def message(self, pattern: bytes | None, channel: bytes, data: bytes) -> None:
+        members = self.channels.get(channel) if pattern is None else self.patterns.get(pattern)
+        if members:
+            for member in list(members):
+                member.received(channel, data, pattern)

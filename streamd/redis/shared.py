@@ -1,0 +1,82 @@
+"""
+What the Redis sources (and the channel store) share: one L{RedisConnection} per
+C{[redis.NAME]} table, created on first use and kept in C{services.shared} (L{acquire},
+L{release}), their fault counters (L{Faults}) and this streamd's name in Redis
+(L{default_instance}).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from streamd.config import ConfigError
+from streamd.redis.connection import RedisConnection
+
+
+def default_instance(settings: dict[str, Any]) -> str:
+    """
+    This streamd's name in Redis: host name plus the first listen address, stable
+    across restarts (so a restarted streamd recognises its own processing lists) and
+    distinct for two streamd processes on one host.
+    """
+    listen = settings.get("listen") or ["tcp:8080"]
+    return f"{socket.gethostname()}-{listen[0]}"
+
+
+def acquire(services, stream: dict[str, Any]) -> RedisConnection:
+    """
+    The shared connection a stream's C{connection} key names, created on first use.
+    Release it with L{release} when the source stops.
+    """
+    name = stream["connection"]
+    declared = services.settings.get("redis") or {}
+    if name not in declared:
+        raise ConfigError(f"streams.{stream['name']}.connection",
+                          f"no Redis connection named {name!r} (declare [redis.{name}])")
+    shared = services.shared.setdefault("redis", {})
+    conn = shared.get(name)
+    if conn is None:
+        conn = shared[name] = RedisConnection(declared[name], services.reactor)
+    conn.users += 1
+    return conn
+
+
+def release(services, conn: RedisConnection):
+    """Give back a connection from L{acquire}; the last user closes it."""
+    conn.users -= 1
+    if conn.users > 0:
+        return None
+    services.shared.get("redis", {}).pop(conn.name, None)
+    return conn.close()
+
+
+class Faults:
+    """
+    A Redis source's reconnections and errors, counted in C{/metrics}
+    (C{streamd_source_reconnects}, C{streamd_source_errors}) when the app has metrics.
+    """
+
+    def __init__(self, services, stream: str, kind: str, conn: RedisConnection) -> None:
+        m = getattr(services, "metrics", None)
+        self.reconnects = m.source_reconnects.labels(stream, kind) if m else None
+        self.errors = m.source_errors.labels(stream, kind) if m else None
+        self.conn = conn
+        self.was_down = False
+        conn.listeners.append(self._changed)
+
+    def _changed(self, up: bool) -> None:
+        if not up:
+            self.was_down = True
+        elif self.was_down:
+            self.was_down = False
+            if self.reconnects is not None:
+                self.reconnects.inc()
+
+    def error(self) -> None:
+        if self.errors is not None:
+            self.errors.inc()
+
+    def close(self) -> None:
+        if self._changed in self.conn.listeners:
+            self.conn.listeners.remove(self._changed)
