@@ -32,9 +32,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from streamd.aws import SQSError
-from streamd.config import Key
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISubscription
+from streamd.keys import Key
 from streamd.message import Message, SharedBatch, body_json
 from streamd.sqs_client import BATCH, SQSClient
 
