@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from streamd.config import ConfigError, Key
 from streamd.errors import HTTPError
 from streamd.json_input import parse
+from streamd.keys import ConfigError, Table, frozen, keys_of, read_table, setting
 
 #: What a 401 says of a bearer token it refuses (its message and error_description).
 INVALID, EXPIRED, NOT_YET_VALID = "invalid token", "token expired", "token not yet valid"
@@ -39,29 +39,59 @@ OPERATIONAL = ("health", "status", "page", "metrics", "openapi")
 TOKEN_COOKIE = b"streamd_token"
 IDENTIFIER_HEADER = b"streamd-identifier"
 
-AUTH_KEYS = {
-    k.name: k
-    for k in [
-        Key("mode", "enum", "none", choices=("none", "identifier", "token", "jwt")),
-        Key("jwt_secret", "str", "", secret=True),
-        Key("max_connections_per_identity", "int", 0, minimum=0),
-        Key("admins", "list", []),
-        # With a mode other than none, these answer anyone; the others an admin only.
-        Key("public", "list", ["health"], check=lambda names: next(
-            (f"unknown endpoint {n!r} (known: {', '.join(OPERATIONAL)})"
-             for n in names if n not in OPERATIONAL), None)),
-    ]
-}
-TOKEN_KEYS = {
-    k.name: k
-    for k in [
-        Key("token", "str", None, secret=True),
-        Key("identity", "str", None),
-        Key("read", "list", ["*"]),
-        Key("publish", "list", []),
-        Key("admin", "bool", False),
-    ]
-}
+def _check_public(names: list[str]) -> str | None:
+    return next((f"unknown endpoint {n!r} (known: {', '.join(OPERATIONAL)})"
+                 for n in names if n not in OPERATIONAL), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenSettings(Table):
+    """One C{[[auth.tokens]]} table: a static token and what its identity may do."""
+
+    token: str = setting("str", None, secret=True)
+    identity: str = setting("str", None)
+    read: tuple[str, ...] = setting("list", ["*"])
+    publish: tuple[str, ...] = setting("list", [])
+    admin: bool = setting("bool", False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSettings(Table):
+    """The C{[auth]} table (see L{Auth})."""
+
+    mode: str = setting("enum", "none", choices=("none", "identifier", "token", "jwt"))
+    jwt_secret: str = setting("str", "", secret=True)
+    max_connections_per_identity: int = setting("int", 0, minimum=0)
+    admins: tuple[str, ...] = setting("list", [])
+    # With a mode other than none, these answer anyone; the others an admin only.
+    public: tuple[str, ...] = setting("list", ["health"], check=_check_public)
+    tokens: tuple[TokenSettings, ...] = ()
+
+    @classmethod
+    def from_table(cls, table: Any, where: str) -> AuthSettings:
+        """The C{[auth]} table, checked (one error naming the key)."""
+        if not isinstance(table, dict):
+            raise ConfigError(where, "expected a table")
+        values = read_table(keys_of(cls), {k: v for k, v in table.items() if k != "tokens"},
+                            where)
+        tokens = table.get("tokens", [])
+        if not isinstance(tokens, list):
+            raise ConfigError(f"{where}.tokens", "expected [[auth.tokens]] tables")
+        entries = []
+        for i, t in enumerate(tokens):
+            w = f"{where}.tokens[{i}]"
+            entry = TokenSettings.from_table(t, w)
+            for required in ("token", "identity"):
+                if not getattr(entry, required):
+                    raise ConfigError(f"{w}.{required}", "required")
+            entries.append(entry)
+        if values["mode"] == "token" and not entries:
+            raise ConfigError(f"{where}.tokens",
+                              "mode token needs at least one [[auth.tokens]]")
+        if values["mode"] == "jwt" and len(values["jwt_secret"]) < 16:
+            raise ConfigError(f"{where}.jwt_secret",
+                              "mode jwt needs a secret of 16+ characters")
+        return cls(**{k: frozen(v) for k, v in values.items()}, tokens=tuple(entries))
 
 
 class Unauthorized(HTTPError):
@@ -257,38 +287,3 @@ def sign_hs256(claims: dict[str, Any], secret: bytes) -> str:
     body = enc(json.dumps(claims).encode())
     sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
     return f"{head}.{body}.{enc(sig)}"
-
-
-def validate_table(table: Any, where: str) -> dict[str, Any]:
-    """The C{[auth]} table, checked (one error naming the key)."""
-    if not isinstance(table, dict):
-        raise ConfigError(where, "expected a table")
-    out = {k: key.default for k, key in AUTH_KEYS.items()}
-    for name, value in table.items():
-        if name == "tokens":
-            continue
-        if name not in AUTH_KEYS:
-            raise ConfigError(f"{where}.{name}", "unknown key")
-        out[name] = AUTH_KEYS[name].validate(value, f"{where}.{name}")
-    tokens = table.get("tokens", [])
-    if not isinstance(tokens, list):
-        raise ConfigError(f"{where}.tokens", "expected [[auth.tokens]] tables")
-    out["tokens"] = []
-    for i, t in enumerate(tokens):
-        w = f"{where}.tokens[{i}]"
-        if not isinstance(t, dict):
-            raise ConfigError(w, "expected a table")
-        entry = {k: key.default for k, key in TOKEN_KEYS.items()}
-        for name, value in t.items():
-            if name not in TOKEN_KEYS:
-                raise ConfigError(f"{w}.{name}", "unknown key")
-            entry[name] = TOKEN_KEYS[name].validate(value, f"{w}.{name}")
-        for required in ("token", "identity"):
-            if not entry[required]:
-                raise ConfigError(f"{w}.{required}", "required")
-        out["tokens"].append(entry)
-    if out["mode"] == "token" and not out["tokens"]:
-        raise ConfigError(f"{where}.tokens", "mode token needs at least one [[auth.tokens]]")
-    if out["mode"] == "jwt" and len(out["jwt_secret"]) < 16:
-        raise ConfigError(f"{where}.jwt_secret", "mode jwt needs a secret of 16+ characters")
-    return out

@@ -2,8 +2,8 @@
 The settings of the Redis sources: the C{[redis]} table of named connections and the
 keys of C{redis-pubsub}, C{redis-list} and C{redis-stream} stream tables.
 
-Plain data and checks, no Twisted: L{streamd.config} imports this module to register
-the table, the Redis source kinds take their C{config_keys} from here, and
+Plain data and checks, no Twisted: L{streamd.config} reads the C{[redis]} table with
+L{read_redis_table}, the Redis source kinds take their C{config_keys} from here, and
 L{streamd.redis.connection} turns a validated connection into live txredisapi connections.
 
 A connection is C{[redis.NAME]} with a C{url}; keys given directly in C{[redis]}
@@ -20,9 +20,12 @@ C{connection = "NAME"}::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-from streamd.config import EXTRA_TABLES, ConfigError, Key
+from streamd.keys import ConfigError, Key, frozen, keys_of, read_table, setting
 from streamd.redis.url import parse_url
 
 
@@ -45,30 +48,46 @@ def check_ca(value: str) -> str | None:
     return None
 
 
-#: Keys of one Redis connection.
-CONNECTION_KEYS = [
-    Key("url", "str", "redis://127.0.0.1:6379/0",
-        "redis://[[user]:password@]host:port/db; rediss:// for TLS", check=_check_url),
-    Key("tls_ca", "str", "", "PEM file of the CA that signed a rediss:// server's "
-        "certificate (default: the system's CAs)", check=check_ca),
-    Key("connect_timeout", "number", 2.0, "seconds to wait for a TCP (and TLS) connection",
-        minimum=0.01),
-    Key("command_timeout", "number", 10.0,
-        "seconds to wait for the reply to a command once sent (0: forever); blocking "
-        "reads wait this long beyond their own block time", minimum=0),
-    Key("reconnect_initial", "number", 0.1, "seconds before the first reconnection attempt",
-        minimum=0.01),
-    Key("reconnect_max", "number", 0.5, "longest wait between reconnection attempts",
-        minimum=0.01),
-    Key("pool_size", "int", 2, "connections shared by ordinary (non-blocking) commands",
-        minimum=1, maximum=64),
-]
-
-
-def validate_redis_table(table: Any, where: str) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True, kw_only=True)
+class RedisConnectionSettings:
     """
-    Validate C{[redis]} into C{{name: settings}}; settings carry the parsed URL parts
-    too. With no table at all, C{default} is C{redis://127.0.0.1:6379/0}.
+    One C{[redis.NAME]} connection: its keys, and the parts of its URL (filled in by
+    L{read_redis_table}).
+    """
+
+    url: str = setting(
+        "str", "redis://127.0.0.1:6379/0",
+        "redis://[[user]:password@]host:port/db; rediss:// for TLS", check=_check_url,
+        repr=False)  # it may hold the password
+    tls_ca: str = setting(
+        "str", "", "PEM file of the CA that signed a rediss:// server's certificate "
+        "(default: the system's CAs)", check=check_ca)
+    connect_timeout: float = setting(
+        "number", 2.0, "seconds to wait for a TCP (and TLS) connection", minimum=0.01)
+    command_timeout: float = setting(
+        "number", 10.0, "seconds to wait for the reply to a command once sent (0: "
+        "forever); blocking reads wait this long beyond their own block time", minimum=0)
+    reconnect_initial: float = setting(
+        "number", 0.1, "seconds before the first reconnection attempt", minimum=0.01)
+    reconnect_max: float = setting(
+        "number", 0.5, "longest wait between reconnection attempts", minimum=0.01)
+    pool_size: int = setting(
+        "int", 2, "connections shared by ordinary (non-blocking) commands", minimum=1,
+        maximum=64)
+    # From the URL (see parse_url), and the connection's name.
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    name: str = "default"
+
+
+def read_redis_table(table: Any, where: str) -> Mapping[str, RedisConnectionSettings]:
+    """
+    Validate C{[redis]} into C{{name: connection}} (read-only). With no table at all,
+    C{default} is C{redis://127.0.0.1:6379/0}.
     """
     if not isinstance(table, dict):
         raise ConfigError(where, "expected a table")
@@ -83,20 +102,16 @@ def validate_redis_table(table: Any, where: str) -> dict[str, dict[str, Any]]:
     }
     if plain or "default" not in tables:
         tables["default"] = (where, plain)
-    known = {k.name: k for k in CONNECTION_KEYS}
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, RedisConnectionSettings] = {}
     for name, (prefix, t) in tables.items():
-        conn: dict[str, Any] = {k.name: k.default for k in CONNECTION_KEYS}
-        for key, value in t.items():
-            if key not in known:
-                raise ConfigError(f"{prefix}.{key}", "unknown key for a Redis connection")
-            conn[key] = known[key].validate(value, f"{prefix}.{key}")
+        conn = read_table(keys_of(RedisConnectionSettings), t, prefix,
+                          unknown="unknown key for a Redis connection")
         if conn["reconnect_max"] < conn["reconnect_initial"]:
             raise ConfigError(f"{prefix}.reconnect_max",
                               "must be at least reconnect_initial")
-        conn.update(parse_url(conn["url"]), name=name)
-        out[name] = conn
-    return out
+        out[name] = RedisConnectionSettings(
+            **{k: frozen(v) for k, v in conn.items()}, **parse_url(conn["url"]), name=name)
+    return MappingProxyType(out)
 
 
 def _required(what: str):
@@ -152,5 +167,3 @@ STREAM_KEYS = [
         minimum=0),
     Key("field", "str", "data", "the entry field that holds the message"),
 ]
-
-EXTRA_TABLES["redis"] = validate_redis_table

@@ -1,9 +1,15 @@
 """Settings: defaults, TOML, command line; one error naming the key."""
 
-import pytest
+import dataclasses
 
-from streamd import config
+import pytest
+from twisted.internet.task import Clock
+
+from streamd import config, sources
+from streamd.auth import AuthSettings, TokenSettings
+from streamd.keys import keys_of
 from streamd.message import InvalidPayload, decode_body
+from streamd.redis_settings import RedisConnectionSettings
 
 
 def test_embedded_defaults():
@@ -68,3 +74,95 @@ def test_publish_body_decoding():
     with pytest.raises(InvalidPayload) as e:
         decode_body(b"1\n{oops\n", "application/x-ndjson")
     assert e.value.line == 2
+
+
+def test_typed_settings_defaults_and_types():
+    s = config.load_settings({}, {})
+    assert isinstance(s, config.Settings)
+    assert s.listen == ("tcp:8080:interface=127.0.0.1",)
+    assert (s.heartbeat, s.buffer, s.max_pending, s.slow_policy) == (
+        15.0, 100, 1000, "disconnect")
+    assert s.dynamic_streams is True and dict(s.streams) == {}
+    assert (s.auth.mode, s.auth.public, s.auth.tokens) == ("none", ("health",), ())
+    assert (s.channels.backend, s.channels.idle) == ("memory", 10.0)
+    assert (s.store.backend, s.store.keys) == ("sqlite", ("kind", "user"))
+    assert list(s.redis) == ["default"] and s.redis["default"].port == 6379
+
+
+def test_typed_settings_are_immutable():
+    s = config.load_settings({"streams": {"a": {}}, "auth": {"admins": ["x"]}}, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.heartbeat = 1.0
+    for table in (s.auth, s.channels, s.store, s.redis["default"], s.streams["a"]):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            table.backend = "x"
+    for mapping in (s.streams, s.redis, s.streams["a"].table):
+        with pytest.raises(TypeError):
+            mapping["x"] = 1
+    assert s.auth.admins == ("x",)  # a list in TOML is a tuple here
+
+
+def test_a_streams_fields_and_its_source_kinds_table():
+    s = config.load_settings(
+        {"max_pending": 10, "streams": {"p": {
+            "source": "redis-pubsub", "channels": ["news"], "heartbeat": 2,
+            "text_fields": ["text"]}}}, {})
+    p = s.streams["p"]
+    assert isinstance(p, config.StreamSettings)
+    assert (p.name, p.source, p.heartbeat, p.max_pending, p.text_fields) == (
+        "p", "redis-pubsub", 2.0, 10, ("text",))
+    # What the kind's from_config receives: the whole table, its own keys included.
+    assert p.table["channels"] == ("news",) and p.table["patterns"] == ()
+    assert p.table["connection"] == "default" and p.table["heartbeat"] == 2.0
+    assert (p.table["name"], p.table["source"]) == ("p", "redis-pubsub")
+    d = s.dynamic_stream("other")
+    assert (d.name, d.source, d.max_pending, d.table["max_pending"]) == (
+        "other", "memory", 10, 10)
+    # A kind's from_config takes the read-only table as it took the dict.
+    memory = sources.load("memory").from_config(d.table, sources.Services(Clock(), {}))
+    assert (memory.name, memory.buffer_ttl) == ("other", 300.0)
+
+
+def test_a_redis_connections_fields():
+    s = config.load_settings({"redis": {
+        "url": "redis://:p%40ss@db.local:6380/2",
+        "cache": {"url": "rediss://user:pw@cache:6390/0", "pool_size": 4}}}, {})
+    default, cache = s.redis["default"], s.redis["cache"]
+    assert isinstance(cache, RedisConnectionSettings)
+    assert (default.name, default.host, default.port, default.db, default.password,
+            default.tls) == ("default", "db.local", 6380, 2, "p@ss", False)
+    assert (cache.name, cache.username, cache.tls, cache.pool_size,
+            cache.reconnect_max) == ("cache", "user", True, 4, 0.5)
+    assert "p@ss" not in repr(default) and "pw" not in repr(cache)  # secrets stay out
+
+
+def test_auth_tokens_are_typed():
+    s = config.load_settings({"auth": {"mode": "token", "tokens": [
+        {"token": "s3cret-token", "identity": "alice", "publish": ["news"]}]}}, {})
+    assert s.auth == AuthSettings(mode="token", tokens=(TokenSettings(
+        token="s3cret-token", identity="alice", publish=("news",)),))
+    assert "s3cret" not in repr(s.auth)
+
+
+# Which annotation each key type is held as (a list as a tuple: settings are immutable).
+HELD_AS = {"int": "int", "number": "float", "bool": "bool", "str": "str", "enum": "str",
+           "list": "tuple[str, ...]"}
+
+
+@pytest.mark.parametrize("cls", [config.Settings, config.ChannelSettings,
+                                 config.StoreSettings, AuthSettings, TokenSettings,
+                                 RedisConnectionSettings])
+def test_each_key_is_declared_once_as_a_typed_field(cls):
+    annotations = {f.name: f.type for f in dataclasses.fields(cls)}
+    for key in keys_of(cls):
+        assert annotations[key.name] == HELD_AS[key.type], key.name
+        # The default is valid (None: required, or decided later).
+        assert key.default is None or key.validate(key.default, key.name) == key.default
+
+
+def test_the_bridge_gives_the_dicts_of_before():
+    s = config.build({"streams": {"a": {"text_fields": ["t"]}}, "cors_origins": ["*"]}, {})
+    assert s["cors_origins"] == ["*"] and s["streams"]["a"]["text_fields"] == ["t"]
+    assert s["store"]["keys"] == ["kind", "user"] and s["auth"]["tokens"] == []
+    assert s["redis"]["default"]["name"] == "default"
+    assert config.stream_defaults("b", s)["source"] == "memory"

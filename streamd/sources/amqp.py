@@ -44,9 +44,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer, provider
 
-from streamd.config import ConfigError, Key
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISourceKind
+from streamd.keys import ConfigError, Key
 from streamd.message import Message, body_json
 from streamd.net import client_endpoint
 from streamd.redis_settings import check_ca

@@ -33,9 +33,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from streamd.config import Key
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISubscription
+from streamd.keys import Key
 from streamd.message import Message, SharedBatch, body_json
 from streamd.sources.sqs_held import HeldMessages
 from streamd.sqs.aws import SQSError
