@@ -10,7 +10,7 @@ top-level values for that stream.
 Each table's keys are declared once, as the fields of its frozen dataclass (see
 L{streamd.keys.setting}): L{StreamKeys}, L{Settings}, L{ChannelSettings},
 L{StoreSettings} here, L{streamd.auth.AuthSettings} and
-L{streamd.redis_settings.RedisConnectionSettings} beside the code that uses them. The
+L{streamd.redis.settings.RedisConnectionSettings} beside the code that uses them. The
 tables a config file may hold are the fields of L{Settings}; nothing is registered at
 import time.
 """
@@ -28,7 +28,8 @@ from streamd import sources
 from streamd.auth import AuthSettings
 from streamd.json_input import DEFAULT_MAX_DEPTH
 from streamd.keys import ConfigError, Key, Table, frozen, keys_of, setting
-from streamd.redis_settings import RedisConnectionSettings, read_redis_table
+from streamd.redis.settings import RedisConnectionSettings, read_redis_table
+from streamd.redis.url import parse_url
 from streamd.store.base import RESERVED
 
 if sys.version_info >= (3, 11):
@@ -159,8 +160,11 @@ class StoreSettings(Table):
     @classmethod
     def from_table(cls, table: Any, where: str) -> StoreSettings:
         store = super().from_table(table, where)
-        if store.backend == "redis" and not store.redis_url.startswith("redis://"):
-            raise ConfigError(f"{where}.redis_url", "expected redis://host[:port][/db]")
+        if store.backend == "redis":
+            try:
+                parse_url(store.redis_url)
+            except ValueError as e:
+                raise ConfigError(f"{where}.redis_url", str(e)) from None
         return store
 
 

@@ -5,7 +5,7 @@ table's keys as the fields of a frozen dataclass, so that a key and the field th
 its value are one declaration.
 
 Imports nothing of streamd: the modules that declare keys (L{streamd.auth},
-L{streamd.redis_settings}, the source kinds) do so without importing
+L{streamd.redis.settings}, the source kinds) do so without importing
 L{streamd.config}, which imports them to build the tables in one place.
 """
 

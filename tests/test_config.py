@@ -9,7 +9,7 @@ from streamd import config, sources
 from streamd.auth import AuthSettings, TokenSettings
 from streamd.keys import keys_of
 from streamd.message import InvalidPayload, decode_body
-from streamd.redis_settings import RedisConnectionSettings
+from streamd.redis.settings import RedisConnectionSettings
 
 
 def test_embedded_defaults():

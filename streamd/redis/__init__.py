@@ -3,6 +3,8 @@ Every use of Redis in streamd, over txredisapi (replies read by hiredis):
 
   - L{streamd.redis.url}: the one Redis URL parser (C{redis://}, C{rediss://}, user,
     password, db);
+  - L{streamd.redis.settings}: the C{[redis]} table and the Redis source kinds' keys
+    (plain data, no Twisted);
   - L{streamd.redis.connection}: connections and pools (L{RedisConnection}), the one
     place a txredisapi factory is set up;
   - L{streamd.redis.hub}: the pub/sub hub, one subscriber connection shared by every

@@ -169,7 +169,7 @@ class RedisConnection:
     A named Redis server: a pool for ordinary commands, dedicated connections for
     blocking reads and subscribers, and whether Redis answers right now.
 
-    @param settings: a validated C{[redis.NAME]} table (L{streamd.redis_settings}) or
+    @param settings: a validated C{[redis.NAME]} table (L{streamd.redis.settings}) or
         L{connection_settings}.
     @ivar users: sources holding this connection (see L{streamd.redis.shared}).
     """

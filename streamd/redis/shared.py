@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from streamd.config import ConfigError
+from streamd.keys import ConfigError
 from streamd.redis.connection import RedisConnection
 
 

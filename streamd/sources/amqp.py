@@ -49,7 +49,7 @@ from streamd.interfaces import ISource, ISourceKind
 from streamd.keys import ConfigError, Key
 from streamd.message import Message, body_json
 from streamd.net import client_endpoint
-from streamd.redis_settings import check_ca
+from streamd.redis.settings import check_ca
 from streamd.sources.amqp_subscription import AMQPSubscription, describe
 
 log = Logger()

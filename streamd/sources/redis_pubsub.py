@@ -22,12 +22,12 @@ from typing import Any
 from twisted.internet.defer import gatherResults
 from zope.interface import implementer
 
-from streamd import redis_settings
 from streamd.coalesce import Coalescer
-from streamd.config import ConfigError
 from streamd.errors import BadRequest, Unavailable
 from streamd.interfaces import ISource
+from streamd.keys import ConfigError
 from streamd.message import Message
+from streamd.redis import settings as redis_settings
 from streamd.redis.connection import RedisConnection
 from streamd.redis.hub import Hub
 from streamd.redis.shared import Faults, acquire, release
