@@ -7,16 +7,12 @@ so fanning one message out to many clients encodes it once.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
 
+from streamd.json_input import compact_json as _dumps
 from streamd.message import Message
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class IFraming(Interface):

@@ -1,6 +1,7 @@
 """
 The one parser for JSON that comes in (request bodies, and payloads a source receives):
-C{json.loads} plus the two refusals it lacks.
+C{json.loads} plus the two refusals it lacks; and L{compact_json}, the one encoder of
+JSON that goes out (lines on the wire, values written to Redis).
 
   - Nesting deeper than a limit: C{json.loads} recurses once per level, so ten thousand
     C{[} end in a RecursionError (a 500 and a traceback) instead of a clear 400.
@@ -18,6 +19,13 @@ from typing import Any
 
 #: The default of the C{max_json_depth} setting.
 DEFAULT_MAX_DEPTH = 64
+
+
+def compact_json(value: Any, allow_nan: bool = True) -> bytes:
+    """C{value} as UTF-8 JSON on one line, with no spaces (C{allow_nan=False}: refuse
+    NaN and the infinities with C{ValueError})."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=allow_nan).encode()
 
 
 class InvalidJSON(ValueError):

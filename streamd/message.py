@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from streamd.json_input import InvalidJSON, parse
+from streamd.json_input import InvalidJSON, compact_json, parse
 
 _UNPARSED = object()
 
@@ -95,8 +95,7 @@ def normalize_json(raw: bytes, line: int = 1, max_depth: int | None = None) -> b
     if b"\n" in raw or b"\r" in raw:
         try:
             # allow_nan=False: 1e400 parses as inf, which would be written "Infinity".
-            raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                             allow_nan=False).encode()
+            raw = compact_json(value, allow_nan=False)
         except ValueError:
             raise InvalidPayload(line, "a number too large for a double (it would be "
                                  "relayed as Infinity)") from None

@@ -3,13 +3,14 @@
 import json
 import time
 
+import jwt
 import pytest
 import pytest_twisted
 import treq
 from conftest import StreamReader, open_stream, settings, within
 
 from streamd import config
-from streamd.auth import Auth, sign_hs256, verify_hs256
+from streamd.auth import Auth, check_hs256, sign_hs256, verify_hs256
 from streamd.web.access import redact
 
 ensure = pytest_twisted.ensureDeferred
@@ -187,11 +188,33 @@ def test_admins_make_static_tokens_admins_too():
 def test_jwt_rejects_alg_none_and_tampering():
     token = sign_hs256({"sub": "a"}, b"k" * 16)
     head, body, sig = token.split(".")
-    assert verify_hs256(token, b"k" * 16, 0) == {"sub": "a"}
+    assert verify_hs256(token, b"k" * 16) == {"sub": "a"}
     none_head = "eyJhbGciOiJub25lIn0"  # {"alg":"none"}
-    assert verify_hs256(f"{none_head}.{body}.", b"k" * 16, 0) is None
+    assert verify_hs256(f"{none_head}.{body}.", b"k" * 16) is None
     forged = sign_hs256({"sub": "admin"}, b"k" * 16).split(".")[1]
-    assert verify_hs256(f"{head}.{forged}.{sig}", b"k" * 16, 0) is None
+    assert verify_hs256(f"{head}.{forged}.{sig}", b"k" * 16) is None
+
+
+def test_jwt_accepts_only_hs256_even_signed_with_our_secret():
+    secret = b"k" * 64  # long enough for PyJWT not to warn
+    for alg in ("HS384", "HS512"):
+        token = jwt.encode({"sub": "a"}, secret, algorithm=alg)
+        assert check_hs256(token, secret) == (None, "invalid token")
+
+
+def test_jwt_leeway_iat_and_audience():
+    secret, now = b"k" * 16, time.time()
+    late = sign_hs256({"sub": "a", "exp": now - 5}, secret)
+    assert check_hs256(late, secret) == (None, "token expired")
+    assert check_hs256(late, secret, leeway=60)[0] is not None  # clock skew forgiven
+    early = sign_hs256({"sub": "a", "iat": now + 600}, secret)
+    assert check_hs256(early, secret) == (None, "token not yet valid")
+    for_us = sign_hs256({"sub": "a", "aud": "streamd"}, secret)
+    for_them = sign_hs256({"sub": "a", "aud": "billing"}, secret)
+    assert check_hs256(for_us, secret, audience="streamd")[0]["sub"] == "a"
+    assert check_hs256(for_them, secret, audience="streamd") == (None, "invalid token")
+    assert check_hs256(for_them, secret)[0] is not None  # no audience set: not checked
+    assert check_hs256(sign_hs256({"read": ["*"]}, secret), secret) == (None, "invalid token")
 
 
 @ensure

@@ -4,6 +4,7 @@ real Site, in memory) and a Clock, so backoff delays are checked exactly, with n
 """
 
 from treq.testing import StubTreq
+from twisted.application.internet import backoffPolicy
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
@@ -55,6 +56,23 @@ def test_5xx_backs_off_exponentially_then_resumes_after_the_last_id():
     done = client.start(limit=1)
     assert server.requests[-1]["since"] == "3"
     assert done.result.count == 1
+
+
+def test_backoff_may_be_twisteds_backoff_policy():
+    clock = Clock()
+    server = Flaky(failures=2)
+    policy = backoffPolicy(initialDelay=0.5, factor=2.0, jitter=lambda: 0.0)
+    client = StreamClient("http://example.test/streams/x", reactor=clock,
+                          http=StubTreq(server), backoff=policy)
+    done = client.start(limit=1)
+    clock.advance(0.99)
+    assert len(server.requests) == 1
+    clock.advance(0.01)  # policy(1): 1.0 s after the first 503
+    assert len(server.requests) == 2
+    clock.advance(1.99)
+    assert len(server.requests) == 2
+    clock.advance(0.01)  # policy(2): 2.0 s after the second
+    assert len(server.requests) == 3 and done.result.count == 1
 
 
 class Burst(Resource):

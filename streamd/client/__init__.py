@@ -10,8 +10,9 @@ L{read} is the blocking form for scripts; C{streamd-tail} and C{streamd-pub} are
 command-line tools (L{streamd.client.cli}).
 """
 
+from streamd.client.backoff import Backoff
 from streamd.client.blocking import read
-from streamd.client.client import Backoff, StreamClient
+from streamd.client.client import StreamClient
 from streamd.client.queues import IRecordQueue, MemoryQueue, RedisQueue
 from streamd.client.records import Notice, Record
 from streamd.client.redis import RedisLink

@@ -17,16 +17,15 @@ from collections import deque
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import attrs
 import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import Agent, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent
 
 from streamd.client.acks import Acks
+from streamd.client.backoff import Backoff
+from streamd.client.body import Body
 from streamd.client.queues import MemoryQueue
 from streamd.client.records import Notice, Record, SSEParser, parser_for, stream_of
 from streamd.client.results import ClientError, GaveUp, Result, error_message
@@ -36,54 +35,6 @@ log = Logger()
 
 #: Statuses that are worth retrying although they are 4xx.
 RETRY_4XX = frozenset({408, 425, 429})
-
-
-@attrs.frozen
-class Backoff:
-    """
-    Exponential backoff with jitter: attempt k waits C{min(maximum, initial *
-    factor**(k-1))}, less a random fraction (up to C{jitter}) of it, so that many
-    clients dropped at once do not come back at once.
-    """
-
-    initial: float = 0.5
-    factor: float = 2.0
-    maximum: float = 30.0
-    jitter: float = 0.5
-
-    def delay(self, attempt: int, rand: Callable[[], float]) -> float:
-        base = min(self.maximum, self.initial * self.factor ** min(attempt - 1, 64))
-        return base * (1.0 - self.jitter * rand())
-
-
-class _Body(Protocol):
-    """The response body of one connection: parses, and tells the client."""
-
-    def __init__(self, client: StreamClient, parser, session: str | None) -> None:
-        self.client = client
-        self.parser = parser
-        self.session = session
-        self.reconnect = False  # the server said it is going away (shutdown, error)
-        self.ended = False  # the server ended the stream on purpose
-        self.lost: Deferred[str] = Deferred()
-        self.last_data = client.reactor.seconds()
-        self.watchdog = None  # the idle timer (StreamClient._idle)
-
-    def connectionMade(self) -> None:
-        self.client._transport = self.transport
-
-    def dataReceived(self, data: bytes) -> None:
-        self.last_data = self.client.reactor.seconds()
-        self.client._received(self, self.parser.feed(data))
-
-    def connectionLost(self, reason) -> None:
-        if self.client._transport is self.transport:
-            self.client._transport = None
-        clean = reason.check(ResponseDone, PotentialDataLoss)
-        outcome = "ended" if (clean and not self.reconnect) or self.ended else "dropped"
-        if not clean:
-            log.info("stream connection lost: {why}", why=reason.getErrorMessage())
-        self.lost.callback(outcome)
 
 
 class StreamClient:
@@ -109,7 +60,9 @@ class StreamClient:
     @param ack: for streams that answer with a C{Streamd-Session} header (C{ack=client}):
         C{"auto"} acknowledges a record once a consumer took it from the queue;
         C{"manual"} leaves it to the application (L{ack}).
-    @param backoff: delays between reconnection attempts (L{Backoff}).
+    @param backoff: delays between reconnection attempts: a L{Backoff} (which draws its
+        jitter from C{random}), or any retry policy C{attempt -> seconds}, such as
+        Twisted's C{backoffPolicy(...)} (C{attempt} is 1 for the first retry).
     @param max_retries: give up once this many connection attempts in a row have failed
         (the first attempt counts: 2 means one retry); None: never. A connection that
         worked, then dropped, starts the count again.
@@ -137,7 +90,7 @@ class StreamClient:
         state=None,
         queue=None,
         ack: str = "auto",
-        backoff: Backoff | None = None,
+        backoff: Backoff | Callable[[int], float] | None = None,
         max_retries: int | None = None,
         connect_timeout: float = 30.0,
         idle_timeout: float | None = None,
@@ -179,7 +132,9 @@ class StreamClient:
         self.state = state if state is not None else MemoryState()
         self.queue = queue if queue is not None else MemoryQueue()
         self.ack_mode = ack
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.retry_policy: Callable[[int], float] = (
+            self.backoff.policy(random) if isinstance(self.backoff, Backoff) else self.backoff)
         self.max_retries = max_retries
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -274,7 +229,7 @@ class StreamClient:
                 last_error = outcome
                 if self.max_retries is not None and failed >= self.max_retries:
                     raise GaveUp(failed, last_error, self._result("gave up"))
-                delay = self.backoff.delay(attempt, self.random)
+                delay = self.retry_policy(attempt)
                 log.info("reconnecting in {delay:.2f} s", delay=delay)
                 self._waiting = Deferred()
                 call = self.reactor.callLater(delay, self._waiting.callback, None)
@@ -348,7 +303,7 @@ class StreamClient:
         session = response.headers.getRawHeaders("streamd-session", [None])[0]
         parser = parser_for(ctype, stream_of(self.url))
         self.sse = isinstance(parser, SSEParser)
-        body = _Body(self, parser, session)
+        body = Body(parser, session, self.reactor, self._received, self._attach)
         self._outcome = outcome = Deferred()
         body.lost.addCallback(lambda o: outcome.called or outcome.callback(o))
         self._paused = False
@@ -364,7 +319,7 @@ class StreamClient:
 
     # -- records -------------------------------------------------------------------------
 
-    def _received(self, body: _Body, items: list[Record | Notice]) -> None:
+    def _received(self, body: Body, items: list[Record | Notice]) -> None:
         for item in items:
             if type(item) is Notice:
                 self._notice(body, item)
@@ -375,7 +330,13 @@ class StreamClient:
             self._pending.append(item)
         self._drain()
 
-    def _idle(self, body: _Body) -> None:
+    def _attach(self, body: Body, attached: bool) -> None:
+        if attached:
+            self._transport = body.transport
+        elif self._transport is body.transport:
+            self._transport = None
+
+    def _idle(self, body: Body) -> None:
         """The idle watchdog: one timer per connection, rescheduled, not reset per chunk."""
         now = self.reactor.seconds()
         if self._paused:  # quiet because we hold it paused is not dead
@@ -390,7 +351,7 @@ class StreamClient:
             self._outcome.callback(f"idle for {self.idle_timeout} s")
             self._close_transport()
 
-    def _notice(self, body: _Body, notice: Notice) -> None:
+    def _notice(self, body: Body, notice: Notice) -> None:
         kind = notice.kind
         if kind == "gap":
             self.gaps += 1

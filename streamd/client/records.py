@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
+from streamd.json_input import compact_json
+
 #: streamd's NDJSON notices: one-key objects with these keys.
 NOTICES = frozenset({"heartbeat", "gap", "dropped", "error", "shutdown", "end"})
 
@@ -25,10 +27,6 @@ SSE_NOTICES = {"gap": "gap", "dropped": "dropped", "stream-error": "error",
 
 
 _decode = json.JSONDecoder().decode
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @attrs.define(eq=False)
@@ -184,13 +182,13 @@ class SSEParser(_Lines):
         if event in SSE_NOTICES:
             return Notice(SSE_NOTICES[event], value)
         if raw is None:
-            raw = _dumps(value)
-        line = b'{"id":' + _dumps(self.last_id)
+            raw = compact_json(value)
+        line = b'{"id":' + compact_json(self.last_id)
         if self.stream is not None:
-            line += b',"stream":' + _dumps(self.stream)
+            line += b',"stream":' + compact_json(self.stream)
         line += b',"data":' + raw
         if event != "message":
-            line += b',"event":' + _dumps(event)
+            line += b',"event":' + compact_json(event)
         return Record(self.last_id, value, line + b"}", event)
 
 

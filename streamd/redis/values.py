@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from streamd.json_input import compact_json
 from streamd.message import InvalidPayload, normalize_json
 
 
@@ -22,7 +23,7 @@ def as_json(raw: bytes) -> bytes:
 
 def json_object(value: dict[str, Any]) -> bytes:
     """A dict as one line of JSON text."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return compact_json(value)
 
 
 def param(params: dict[str, str] | None, name: str) -> str | None:

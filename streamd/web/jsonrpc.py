@@ -14,15 +14,12 @@ from twisted.internet.defer import ensureDeferred
 
 from streamd.errors import BadRequest, Unavailable
 from streamd.json_input import InvalidJSON, parse
+from streamd.json_input import compact_json as _dumps
 from streamd.store import base
 from streamd.store.base import QueryError, StoreUnavailable
 from streamd.web.common import JSON_TYPES, read_body
 from streamd.web.events import ACCESS_NAME, check_up
 from streamd.web.routes import routes
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class RPCError(Exception):
