@@ -34,31 +34,50 @@ class IFraming(Interface):
         """A notice: gap, dropped, error, shutdown."""
 
 
+class _Framing:
+    """What every framing shares: the fixed lines are data (C{%d} takes the number)."""
+
+    name: str
+    content_type: bytes
+    PREAMBLE = b""  # %d: the SSE reconnection hint, milliseconds
+    HEARTBEAT = b""  # %d: the time, seconds
+
+    @classmethod
+    def preamble(cls, retry_ms: int) -> bytes:
+        return cls.PREAMBLE % retry_ms if b"%d" in cls.PREAMBLE else cls.PREAMBLE
+
+    @classmethod
+    def heartbeat(cls, now: float) -> bytes:
+        return cls.HEARTBEAT % int(now) if b"%d" in cls.HEARTBEAT else cls.HEARTBEAT
+
+    @classmethod
+    def message(cls, message: Message) -> bytes:
+        """The message's frame, encoded once and cached on the message under our name."""
+        frame = message.frames.get(cls.name)
+        if frame is None:
+            frame = message.frames[cls.name] = cls.encode(message)
+        return frame
+
+    @staticmethod
+    def encode(message: Message) -> bytes:
+        raise NotImplementedError
+
+
 @implementer(IFraming)
-class NDJSON:
+class NDJSON(_Framing):
     """One JSON object per line: C{{"id", "stream", "data"[, "attributes"]}}."""
 
     name = "ndjson"
     content_type = b"application/x-ndjson"
+    HEARTBEAT = b'{"heartbeat":%d}\n'
 
     @staticmethod
-    def preamble(retry_ms: int) -> bytes:
-        return b""
-
-    @staticmethod
-    def message(message: Message) -> bytes:
-        frame = message.frames.get("ndjson")
-        if frame is None:
-            head = b'{"id":%s,"stream":%s,"data":%s' % (
-                _dumps(message.id), _dumps(message.stream), message.data)
-            if message.attributes:
-                head += b',"attributes":' + _dumps(message.attributes)
-            frame = message.frames["ndjson"] = head + b"}\n"
-        return frame
-
-    @staticmethod
-    def heartbeat(now: float) -> bytes:
-        return b'{"heartbeat":%d}\n' % int(now)
+    def encode(message: Message) -> bytes:
+        head = b'{"id":%s,"stream":%s,"data":%s' % (
+            _dumps(message.id), _dumps(message.stream), message.data)
+        if message.attributes:
+            head += b',"attributes":' + _dumps(message.attributes)
+        return head + b"}\n"
 
     @staticmethod
     def control(kind: str, info: Any) -> bytes:
@@ -66,7 +85,7 @@ class NDJSON:
 
 
 @implementer(IFraming)
-class SSE:
+class SSE(_Framing):
     """
     Server-Sent Events: C{id:} is the message id (what EventSource sends back as
     C{Last-Event-ID}), C{data:} the published JSON; notices are named events.
@@ -74,25 +93,15 @@ class SSE:
 
     name = "sse"
     content_type = b"text/event-stream; charset=utf-8"
+    PREAMBLE = b": streamd\nretry: %d\n\n"
+    HEARTBEAT = b": heartbeat %d\n\n"
 
     @staticmethod
-    def preamble(retry_ms: int) -> bytes:
-        return b": streamd\nretry: %d\n\n" % retry_ms
-
-    @staticmethod
-    def message(message: Message) -> bytes:
-        frame = message.frames.get("sse")
-        if frame is None:
-            # An id must not contain a newline or NUL (the EventSource parser would
-            # split or ignore it); ids from our sources never do, but be safe.
-            mid = message.id.replace("\n", "").replace("\r", "").replace("\0", "")
-            frame = message.frames["sse"] = b"id: %s\ndata: %s\n\n" % (
-                mid.encode(), message.data)
-        return frame
-
-    @staticmethod
-    def heartbeat(now: float) -> bytes:
-        return b": heartbeat %d\n\n" % int(now)
+    def encode(message: Message) -> bytes:
+        # An id must not contain a newline or NUL (the EventSource parser would
+        # split or ignore it); ids from our sources never do, but be safe.
+        mid = message.id.replace("\n", "").replace("\r", "").replace("\0", "")
+        return b"id: %s\ndata: %s\n\n" % (mid.encode(), message.data)
 
     @staticmethod
     def control(kind: str, info: Any) -> bytes:
@@ -105,25 +114,21 @@ class SSE:
 class ValuesNDJSON(NDJSON):
     """Channel subscriptions: the value lines themselves, and C{{"Updates": false}} when idle."""
 
+    HEARTBEAT = b'{"Updates":false}\n'
+
     @staticmethod
     def message(message: Message) -> bytes:
         return message.data + b"\n"
-
-    @staticmethod
-    def heartbeat(now: float) -> bytes:
-        return b'{"Updates":false}\n'
 
 
 class ValuesSSE(SSE):
     """Channel subscriptions over SSE: each value line is one event's data."""
 
+    HEARTBEAT = b'data: {"Updates":false}\n\n'
+
     @staticmethod
     def message(message: Message) -> bytes:
         return b"data: %s\n\n" % message.data
-
-    @staticmethod
-    def heartbeat(now: float) -> bytes:
-        return b'data: {"Updates":false}\n\n'
 
 
 FRAMINGS = {"ndjson": NDJSON, "sse": SSE}

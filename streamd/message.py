@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
+
 from streamd.json_input import InvalidJSON, compact_json, parse
 
 _UNPARSED = object()
 
 
+# Slots, no weakref slot, identity equality: millions of these pass through.
+@attrs.define(eq=False, repr=False, weakref_slot=False)
 class Message:
     """
     One message from a source, on its way to one or more streams.
@@ -25,23 +29,13 @@ class Message:
         L{streamd.framing} so that a message sent to 100 clients is encoded once.
     """
 
-    __slots__ = ("id", "stream", "data", "attributes", "handle", "frames", "_value")
-
-    def __init__(
-        self,
-        id: str,
-        stream: str,
-        data: bytes,
-        attributes: dict[str, Any] | None = None,
-        handle: Any = None,
-    ) -> None:
-        self.id = id
-        self.stream = stream
-        self.data = data
-        self.attributes = attributes
-        self.handle = handle
-        self.frames: dict[str, bytes] = {}
-        self._value: Any = _UNPARSED
+    id: str
+    stream: str
+    data: bytes
+    attributes: dict[str, Any] | None = None
+    handle: Any = None
+    frames: dict[str, bytes] = attrs.field(init=False, factory=dict)
+    _value: Any = attrs.field(init=False, default=_UNPARSED)
 
     def value(self) -> Any:
         """The JSON value of C{data}, parsed once however many filters look at it."""

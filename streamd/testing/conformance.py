@@ -101,6 +101,16 @@ class _Run:
             await self.stop(source)
         await self.harness.cleanup()
 
+    async def delivered(self, label: str, n: int):
+        """A new source, a client of it, and C{n} messages filled and received by it."""
+        source = await self.make()
+        client = Recorder()
+        sub = client.attach(source)
+        sent = _payloads(label, n)
+        await self.harness.fill(source, sent)
+        await self.received(client, n, "the messages are delivered")
+        return source, client, sub, sent
+
     async def received(self, recorder: Recorder, n: int, what: str) -> None:
         await wait_until(lambda: len(recorder.messages) >= n, self.harness.timeout,
                          f"{what} (got {len(recorder.messages)} of {n})")
@@ -160,12 +170,7 @@ async def check_nack_returns(h: SourceHarness) -> None:
     """Nacked messages are delivered again, the same ones, at once."""
     run = _Run(h)
     try:
-        source = await run.make()
-        a = Recorder()
-        sub = a.attach(source)
-        sent = _payloads("nack", 5)
-        await h.fill(source, sent)
-        await run.received(a, 5, "the messages are delivered")
+        source, a, sub, sent = await run.delivered("nack", 5)
         first = list(a.messages[:5])
         sub.nack(first)
         await run.received(a, 10, "nacked messages are delivered again")
@@ -185,11 +190,7 @@ async def check_restart_returns_only_unacked(h: SourceHarness) -> None:
     """
     run = _Run(h)
     try:
-        source = await run.make()
-        a = Recorder()
-        sub = a.attach(source)
-        await h.fill(source, _payloads("restart", 6))
-        await run.received(a, 6, "the messages are delivered")
+        source, a, sub, _ = await run.delivered("restart", 6)
         acked, held = a.messages[:3], a.messages[3:6]
         sub.ack(acked)
         await run.stop(source)
@@ -237,11 +238,7 @@ async def check_settle_after_cancel(h: SourceHarness) -> None:
     """
     run = _Run(h)
     try:
-        source = await run.make()
-        a = Recorder()
-        sub = a.attach(source)
-        await h.fill(source, _payloads("late", 4))
-        await run.received(a, 4, "the messages are delivered")
+        source, a, sub, _ = await run.delivered("late", 4)
         sub.cancel()
         acked, nacked = a.messages[:2], a.messages[2:4]
         sub.ack(acked)

@@ -66,28 +66,27 @@ def arg(params: dict[str, list[str]], name: str) -> str | None:
     return values[-1] if values else None
 
 
-def int_arg(params: dict[str, list[str]], name: str, minimum: int) -> int | None:
+def _parsed_arg(params: dict[str, list[str]], name: str, parse, what: str):
+    """The last value of C{name} as C{parse} reads it (None if absent), or a 400."""
     text = arg(params, name)
     if text is None:
-        return None
+        return None, None
     try:
-        value = int(text)
+        return parse(text), text
     except ValueError:
-        raise BadRequest(f"{name}: expected an integer, got {text!r}") from None
-    if value < minimum:
+        raise BadRequest(f"{name}: expected {what}, got {text!r}") from None
+
+
+def int_arg(params: dict[str, list[str]], name: str, minimum: int) -> int | None:
+    value, _ = _parsed_arg(params, name, int, "an integer")
+    if value is not None and value < minimum:
         raise BadRequest(f"{name}: must be at least {minimum}, got {value}")
     return value
 
 
 def number_arg(params: dict[str, list[str]], name: str, minimum: float) -> float | None:
-    text = arg(params, name)
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(f"{name}: expected a number, got {text!r}") from None
-    if not value >= minimum or value == float("inf"):
+    value, text = _parsed_arg(params, name, float, "a number")
+    if value is not None and (not value >= minimum or value == float("inf")):
         raise BadRequest(f"{name}: must be a number of at least {minimum:g}, got {text}")
     return value
 
