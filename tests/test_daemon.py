@@ -67,7 +67,6 @@ def test_serves_and_exits_cleanly_on_sigterm(tmp_path):
         assert info["open_streams"] == 1
         sse = urllib.request.urlopen(base + "/streams/demo?format=sse", timeout=10)
         assert sse.readline() == b": streamd\n"
-        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         # Each open stream is told, then ended with its terminating chunk.
         assert json.loads(open_stream.readline()) == {"shutdown": True}
@@ -77,8 +76,7 @@ def test_serves_and_exits_cleanly_on_sigterm(tmp_path):
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(base + "/", timeout=5)
         # And the process exits 0 within shutdown_timeout (default 10 s).
-        assert proc.wait(15) == 0
-        assert time.monotonic() - started < 10
+        assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -118,31 +116,33 @@ def busy_port():
 
 
 def run_to_exit(tmp_path: Path, *args: str, seconds: float = 30.0):
-    """Run C{twistd -n streamd ARGS} to its end (bounded); return it and its log."""
+    """
+    Run C{twistd -n streamd ARGS} to its end, within C{seconds} (else the test fails);
+    return it and its log.
+    """
     log = tmp_path / "streamd.log"
-    started = time.monotonic()
     proc = subprocess.run(
         [*TWISTD, "--pidfile=", "-n", "--logfile", str(log), "streamd", *args],
         cwd=tmp_path, capture_output=True, timeout=seconds,
     )
-    return proc, log.read_text(), time.monotonic() - started
+    return proc, log.read_text()
 
 
 def test_a_port_in_use_exits_nonzero_at_once_naming_the_endpoint(tmp_path, busy_port):
     busy = f"tcp:{busy_port}:interface=127.0.0.1"
-    proc, log, took = run_to_exit(tmp_path, "--listen", busy)
+    # At once: not after the shutdown timeout, nor never.
+    proc, log = run_to_exit(tmp_path, "--listen", busy, seconds=15)
     assert proc.returncode == 1
     err = proc.stderr.decode()
     assert f"streamd: cannot listen on {busy}:" in err, err
     assert "already in use" in err
     assert f"cannot listen on {busy}" in log
-    assert took < 15  # not the shutdown timeout, nor for ever
 
 
 def test_one_busy_listen_of_two_stops_streamd_too(tmp_path, busy_port):
     free = "tcp:0:interface=127.0.0.1"
     busy = f"tcp:{busy_port}:interface=127.0.0.1"
-    proc, log, _ = run_to_exit(tmp_path, "--listen", free, "--listen", busy)
+    proc, log = run_to_exit(tmp_path, "--listen", free, "--listen", busy)
     assert proc.returncode == 1
     err = proc.stderr.decode()
     assert f"streamd: cannot listen on {busy}:" in err and free not in err, err

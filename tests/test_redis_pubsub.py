@@ -1,7 +1,6 @@
 """redis-pubsub end to end: a private redis-server, streamd in-process, real HTTP clients."""
 
 import shutil
-import time
 
 import pytest
 import pytest_twisted
@@ -98,9 +97,9 @@ async def test_redis_restart_resubscribes_with_a_gap_notice(redis, serve):
     assert body["sources"]["news"]["status"] == "down"
 
     redis.start()
-    back = time.monotonic()
+    # Reconnected and resubscribed by itself (how soon: test_redis_units.py's
+    # test_reconnection_waits_grow_to_reconnect_max).
     await wait_until(lambda: numsub(redis, "news") == 1)
-    assert time.monotonic() - back < 1.5  # reconnected and resubscribed promptly
     items = await reader.wait_for(2)
     assert items[1]["gap"]["reason"] == "redis was unavailable"
     redis.cli("PUBLISH", "news", "2")

@@ -1,7 +1,6 @@
 """redis-stream end to end: a private redis-server, streamd in-process, real HTTP clients."""
 
 import json
-import time
 
 import pytest_twisted
 import treq
@@ -205,9 +204,9 @@ async def test_redis_restart_during_a_stream_cursor_and_group(redis, serve):
     assert {s["status"] for s in (await treq.json_content(health))["sources"].values()} == {
         "down"}
     redis.start()
-    back = time.monotonic()
+    # Back by itself (how soon: test_redis_units.py's
+    # test_reconnection_waits_grow_to_reconnect_max).
     await wait_until(lambda: server.service.sources["events"].status()[0] == "ok")
-    assert time.monotonic() - back < 1.5
     # Both continue: the cursor after its last id, the group re-created.
     await publish(server.url + "/streams/events/messages", 2)
     await publish(server.url + "/streams/jobs/messages", 2)

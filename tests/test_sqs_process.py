@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import pytest_twisted
@@ -164,13 +163,11 @@ async def test_sigterm_waits_for_receives_in_flight_and_gives_back_what_they_bri
     moto.send(queue, ["warm-up"])
     await reader.wait_for(1)  # the pollers poll
 
-    started = time.monotonic()
     streamd.proc.send_signal(signal.SIGTERM)
     assert await deferToThread(streamd.wait_log, "Received SIGTERM")
     sent = moto.send(queue, [json.dumps({"i": i}) for i in range(20)])
-    assert await streamd.exited() in (0, -signal.SIGTERM)
-    took = time.monotonic() - started
-    assert took < 5, f"shutdown took {took:.1f} s"
+    # Promptly: the long polls (20 s) are cut short, not waited out.
+    assert await streamd.exited(5) in (0, -signal.SIGTERM)
     assert moto.counts(queue) == (20, 0)
     assert sorted(m["MessageId"] for m in moto.receive_all(queue, 20)) == sorted(sent)
 
