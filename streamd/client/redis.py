@@ -49,10 +49,11 @@ class RedisLink:
                  db: int = 0, password: str | None = None, username: str | None = None,
                  tls: bool = False, tls_ca: str = "") -> None:
         self.reactor = reactor
-        self._conn = RedisConnection(RedisConnectionSettings(
-            **{**DEFAULTS, **CLIENT}, url="", host=host, port=port, db=db,  # not from a URL
-            username=username, password=password, tls=tls, tls_ca=tls_ca,
-        ), reactor)
+        self._conn = RedisConnection(RedisConnectionSettings(**{
+            **DEFAULTS, **CLIENT, "host": host, "port": port, "db": db,
+            "username": username, "password": password, "tls": tls, "tls_ca": tls_ca,
+            "url": "",  # not made from a URL
+        }), reactor)
         self._hub: Hub | None = None
 
     @classmethod
