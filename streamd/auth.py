@@ -141,20 +141,20 @@ class Auth:
     jwt_audience: str | None = None
 
     @classmethod
-    def from_settings(cls, table: dict[str, Any]) -> Auth:
-        admins = tuple(table["admins"])
+    def from_settings(cls, settings: AuthSettings) -> Auth:
+        """The C{[auth]} table's mode and credentials."""
+        admins = settings.admins
         tokens = {
-            t["token"]: Identity(t["identity"], tuple(t["read"]), tuple(t["publish"]),
-                                 t["admin"] or t["identity"] in admins)
-            for t in table.get("tokens", [])
+            t.token: Identity(t.identity, t.read, t.publish, t.admin or t.identity in admins)
+            for t in settings.tokens
         }
         return cls(
-            mode=table["mode"],
-            jwt_secret=table["jwt_secret"].encode(),
+            mode=settings.mode,
+            jwt_secret=settings.jwt_secret.encode(),
             tokens=tokens,
             admins=admins,
-            max_connections_per_identity=table["max_connections_per_identity"],
-            public=frozenset(table["public"]),
+            max_connections_per_identity=settings.max_connections_per_identity,
+            public=frozenset(settings.public),
         )
 
     def is_public(self, endpoint: str) -> bool:

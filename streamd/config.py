@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -39,7 +39,7 @@ else:  # pragma: no cover
 
 __all__ = [
     "ChannelSettings", "ConfigError", "Key", "Settings", "StoreSettings", "StreamKeys",
-    "StreamSettings", "TOP_KEYS", "build", "load_settings", "load_toml", "stream_defaults",
+    "StreamSettings", "TOP_KEYS", "load_settings", "load_toml",
 ]
 
 
@@ -225,14 +225,6 @@ class Settings(StreamKeys):
                               table=MappingProxyType({**values, "name": name,
                                                       "source": "memory"}))
 
-    # bridge: removed when consumers read typed settings
-    def as_dict(self) -> dict[str, Any]:
-        """These settings as the plain nested dicts (lists, not tuples) of streamd 0.x."""
-        out = {name: _plain(getattr(self, name)) for name in TOP_KEYS}
-        out.update({name: _plain(getattr(self, name)) for name in TABLES})
-        out["streams"] = {name: _plain(s.table) for name, s in self.streams.items()}
-        return out
-
 
 #: The stream-level keys, then the service's own; every one is also a command-line option.
 STREAM_KEYS: list[Key] = list(keys_of(StreamKeys))
@@ -321,28 +313,3 @@ def _stream(name: str, table: Any, top: dict[str, Any]) -> StreamSettings:
         check(frozen_table, where)
     return StreamSettings(name=name, source=kind, table=frozen_table,
                           **{k.name: frozen_table[k.name] for k in STREAM_KEYS})
-
-
-# bridge: removed when consumers read typed settings
-def build(file_values: dict[str, Any], cli_values: dict[str, Any]) -> dict[str, Any]:
-    """L{load_settings} as the plain nested dicts of streamd 0.x (L{Settings.as_dict})."""
-    return load_settings(file_values, cli_values).as_dict()
-
-
-# bridge: removed when consumers read typed settings (L{Settings.dynamic_stream})
-def stream_defaults(name: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings of an undeclared (dynamic, memory) stream, from L{build}'s dict."""
-    out = {k.name: settings[k.name] for k in STREAM_KEYS}
-    out.update(name=name, source="memory")
-    return out
-
-
-# bridge: removed when consumers read typed settings
-def _plain(value: Any) -> Any:
-    if is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value

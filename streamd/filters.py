@@ -12,10 +12,13 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamd.errors import BadRequest
 from streamd.message import Message
+
+if TYPE_CHECKING:  # a type only: the config is a higher layer
+    from streamd.config import StreamKeys
 
 _MISSING = object()
 
@@ -199,7 +202,7 @@ def params_from_json(value: Any) -> dict[str, list[str]]:
     return out
 
 
-def parse(params: Mapping[str, list[str]], settings: Mapping[str, Any],
+def parse(params: Mapping[str, list[str]], settings: StreamKeys,
           sample_default: float | None = None) -> Filter:
     """
     Build a L{Filter} from request parameters (name -> list of string values), as
@@ -207,18 +210,18 @@ def parse(params: Mapping[str, list[str]], settings: Mapping[str, Any],
     parameter.
     """
     phrases = [tuple(p.lower().split()) for p in _split(params.get("track", []))]
-    if len(phrases) > settings["max_track"]:
-        raise BadRequest(f"track: at most {settings['max_track']} phrases")
+    if len(phrases) > settings.max_track:
+        raise BadRequest(f"track: at most {settings.max_track} phrases")
     follow = set(_split(params.get("follow", [])))
-    if len(follow) > settings["max_follow"]:
-        raise BadRequest(f"follow: at most {settings['max_follow']} ids")
-    if follow and not settings["id_fields"]:
+    if len(follow) > settings.max_follow:
+        raise BadRequest(f"follow: at most {settings.max_follow} ids")
+    if follow and not settings.id_fields:
         raise BadRequest("follow: this stream declares no id_fields to match")
-    boxes = _boxes(_split(params.get("locations", [])), settings["max_locations"])
-    if boxes and not settings["location_field"]:
+    boxes = _boxes(_split(params.get("locations", [])), settings.max_locations)
+    if boxes and not settings.location_field:
         raise BadRequest("locations: this stream declares no location_field to match")
     where: dict[str, set[str]] = {}
-    declared = settings["fields"]
+    declared = settings.fields
     for name, values in params.items():
         if not name.startswith("where."):
             continue
@@ -241,8 +244,8 @@ def parse(params: Mapping[str, list[str]], settings: Mapping[str, Any],
         sample = sample_default
     return Filter(
         phrases=phrases, follow=follow, boxes=boxes, where=where, sample=sample,
-        text_fields=settings["text_fields"], id_fields=settings["id_fields"],
-        location_field=settings["location_field"] or None,
+        text_fields=settings.text_fields, id_fields=settings.id_fields,
+        location_field=settings.location_field or None,
     )
 
 

@@ -178,15 +178,17 @@ class ISourceKind(Interface):
     def check_config(settings, where):
         """
         Optional: checks across keys, once each key is valid. C{settings} is the
-        stream's table with defaults filled in, C{where} its name
-        (C{streams.NAME}). Raise L{streamd.config.ConfigError} naming the key.
+        stream's validated table, defaults filled in: a read-only mapping (name ->
+        value, a list key's value a tuple), with C{name} and C{source}; C{where} is
+        its name (C{streams.NAME}). Raise L{streamd.config.ConfigError} naming the key.
         """
 
     def from_config(settings, services):
         """
-        Build (do not start) the L{ISource} for one validated stream table;
-        C{services} is a L{streamd.sources.Services} (the reactor, the whole
-        settings, metrics).
+        Build (do not start) the L{ISource} for one validated stream table (the
+        read-only mapping C{check_config} gets); C{services} is a
+        L{streamd.sources.Services} (the reactor, the whole settings as a
+        L{streamd.config.Settings}, metrics).
         """
 
 

@@ -1,8 +1,8 @@
 """
 The vocabulary of settings: L{Key} (one setting: its type, default, bounds and check),
-L{ConfigError} (one line naming the bad key), and L{setting} and L{Table}, which declare a
+L{ConfigError} (one line naming the bad key), L{setting} and L{Table}, which declare a
 table's keys as the fields of a frozen dataclass, so that a key and the field that holds
-its value are one declaration.
+its value are one declaration, and the checks several tables share (L{check_ca}).
 
 Imports nothing of streamd: the modules that declare keys (L{streamd.auth},
 L{streamd.redis.settings}, the source kinds) do so without importing
@@ -107,6 +107,21 @@ class Key:
             if problem:
                 raise ConfigError(where, problem)
         return value
+
+
+def check_ca(value: str) -> str | None:
+    """
+    The check of a C{tls_ca} key (Redis, RabbitMQ): empty (the system's CAs), or a
+    readable file holding a PEM certificate.
+    """
+    if value:
+        try:
+            with open(value, "rb") as f:
+                if b"-----BEGIN CERTIFICATE-----" not in f.read():
+                    return f"{value} holds no PEM certificate"
+        except OSError as e:
+            return f"cannot read {value}: {e.strerror}"
+    return None
 
 
 def frozen(value: Any) -> Any:

@@ -17,8 +17,9 @@ from typing import Any
 from twisted.internet.defer import DeferredList, TimeoutError, maybeDeferred
 from twisted.logger import Logger
 
-from streamd import config, metrics
+from streamd import metrics
 from streamd.channels import MemoryChannels, Subscriptions
+from streamd.config import ChannelSettings, Settings, StreamSettings
 from streamd.errors import BadRequest, NotFound
 from streamd.metrics import Metrics
 from streamd.sources import Services, make_source
@@ -36,43 +37,44 @@ REAP_INTERVAL = 60.0
 class Service:
     """
     @ivar sources: stream name -> source, for declared streams and dynamic ones.
-    @ivar stream_settings: stream name -> its stream table (a dynamic one's defaults).
+    @ivar stream_settings: stream name -> its L{StreamSettings} (a dynamic one's: the
+        top-level values).
     @ivar store: the event store (L{streamd.interfaces.IStore}).
     @ivar channels: the channel store; C{subscriptions} the channel subscriptions.
     """
 
-    def __init__(self, settings: dict[str, Any], reactor) -> None:
+    def __init__(self, settings: Settings, reactor) -> None:
         self.settings = settings
         self.reactor = reactor
         self.started_at = reactor.seconds()
         self.metrics = Metrics()
         self.services = Services(reactor=reactor, settings=settings, metrics=self.metrics)
-        self.stream_settings: dict[str, dict[str, Any]] = dict(settings["streams"])
+        self.stream_settings: dict[str, StreamSettings] = dict(settings.streams)
         self.sources: dict[str, Any] = {
             name: make_source(s, self.services) for name, s in self.stream_settings.items()
         }
         self.dynamic: set[str] = set()  # names of the memory streams made on first use
         self.store = make_store(settings, reactor)
-        self.channels = self._channel_store(settings["channels"])
+        self.channels = self._channel_store(settings.channels)
         self.subscriptions = Subscriptions(self.channels, reactor,
-                                           settings["channels"]["expire"],
-                                           settings["channels"]["max_channels"])
+                                           settings.channels.expire,
+                                           settings.channels.max_channels)
         self._reaper = None
 
-    def _channel_store(self, table: dict[str, Any]):
-        if table["backend"] != "redis":
+    def _channel_store(self, table: ChannelSettings):
+        if table.backend != "redis":
             return MemoryChannels()
         from streamd.redis.channels import RedisChannels
         from streamd.redis.shared import acquire
 
-        conn = acquire(self.services, {"connection": table["connection"], "name": "channels"})
-        return RedisChannels(conn, self.reactor, table["prefix"])
+        conn = acquire(self.services, table.connection, "channels.connection")
+        return RedisChannels(conn, self.reactor, table.prefix)
 
     # -- the source registry ---------------------------------------------------------
 
-    def source(self, name: str) -> tuple[Any, dict[str, Any]]:
+    def source(self, name: str) -> tuple[Any, StreamSettings]:
         """
-        The source of stream C{name} and its stream table. An undeclared name, when
+        The source of stream C{name} and its settings. An undeclared name, when
         C{dynamic_streams} is on, gets a memory stream (started now); else 404.
         """
         source = self.sources.get(name)
@@ -83,27 +85,27 @@ class Service:
                 "stream name: use 1-200 letters, digits and . _ : - (starting with a "
                 "letter or digit)"
             )
-        if not self.settings["dynamic_streams"]:
+        if not self.settings.dynamic_streams:
             raise NotFound(f"no stream named {name!r}")
-        settings = config.stream_defaults(name, self.settings)
+        settings = self.settings.dynamic_stream(name)
         source = make_source(settings, self.services)
         self.add(name, source, settings)
         self.dynamic.add(name)
         source.start()
         return source, settings
 
-    def add(self, name: str, source, settings: dict[str, Any]) -> None:
-        """Serve C{source} as stream C{name} with stream table C{settings} (embedding, tests)."""
+    def add(self, name: str, source, settings: StreamSettings) -> None:
+        """Serve C{source} as stream C{name} with C{settings} (embedding, tests)."""
         self.sources[name] = source
         self.stream_settings[name] = settings
 
     def declared(self, name: str) -> bool:
         """Whether stream C{name} is in the config (not made on first use)."""
-        return name in self.settings["streams"]
+        return name in self.settings.streams
 
     def metrics_label(self, name: str) -> str:
         """A declared stream's name; one label for all dynamic ones (bounded cardinality)."""
-        return name if name in self.settings["streams"] else metrics.DYNAMIC
+        return name if name in self.settings.streams else metrics.DYNAMIC
 
     def reap_unused(self) -> None:
         """

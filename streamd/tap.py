@@ -87,12 +87,12 @@ class Options(usage.Options):
             sys.stderr.write(f"streamd: config error: {e}\n")
             raise SystemExit(2) from None
         parent = getattr(self, "parent", None)
-        json_logs = self["settings"]["log_format"] == "json"
+        json_logs = self["settings"].log_format == "json"
         if json_logs and parent is not None and parent.get("logger") is None:
             parent["logger"] = logs.use_json(parent.get("logfile"))
 
 
-def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
+def settings_from_options(options: dict[str, Any]) -> config.Settings:
     file_values = config.load_toml(options["config"]) if options.get("config") else {}
     cli: dict[str, Any] = {}
     for key in config.TOP_KEYS.values():
@@ -104,10 +104,10 @@ def settings_from_options(options: dict[str, Any]) -> dict[str, Any]:
         text = options.get(key.name.replace("_", "-"))
         if text is not None:
             cli[key.name] = key.parse_cli(text)
-    settings = config.build(file_values, cli)
+    settings = config.load_settings(file_values, cli)
     from twisted.internet import reactor
 
-    for desc in settings["listen"]:
+    for desc in settings.listen:
         try:
             serverFromString(reactor, desc)
         except (ValueError, TypeError, KeyError) as e:
@@ -139,7 +139,7 @@ class StreamdService(service.Service):
     def startService(self) -> None:
         super().startService()
         defer.ensureDeferred(self.app.start())
-        for desc in self.settings["listen"]:
+        for desc in self.settings.listen:
             d = serverFromString(self.reactor, desc).listen(self.site)
             d.addCallbacks(self._listening, self._listen_failed,
                            callbackArgs=(desc,), errbackArgs=(desc,))
@@ -186,7 +186,7 @@ class StreamdService(service.Service):
         the reactor drops connections unflushed. All within C{shutdown_timeout}.
         """
         super().stopService()
-        deadline = self.reactor.seconds() + self.settings["shutdown_timeout"]
+        deadline = self.reactor.seconds() + self.settings.shutdown_timeout
         yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
         if self.site.access is not None:
             self.site.access.flush()

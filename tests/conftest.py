@@ -42,14 +42,14 @@ def within(d: defer.Deferred, seconds: float = TIMEOUT) -> defer.Deferred:
     return d.addTimeout(seconds, reactor)
 
 
-def settings(streams: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+def settings(streams: dict[str, Any] | None = None, **top: Any) -> config.Settings:
     file_values = dict(top)
     if streams:
         file_values["streams"] = streams
-    return config.build(file_values, {})
+    return config.load_settings(file_values, {})
 
 
-def stub(s: dict[str, Any] | None = None) -> tuple[StreamdApp, StubTreq, Clock]:
+def stub(s: config.Settings | None = None) -> tuple[StreamdApp, StubTreq, Clock]:
     """
     A StreamdApp on a L{Clock}, and a StubTreq that requests it in memory: for HTTP
     tests that need no socket (nothing is started: the app serves as built).
@@ -103,7 +103,7 @@ async def serve():
     """
     servers = []
 
-    async def start(s: dict[str, Any] | None = None, tls: bool = False) -> Server:
+    async def start(s: config.Settings | None = None, tls: bool = False) -> Server:
         s = s or settings()
         app = StreamdApp(Service(s, reactor))
         await app.start()

@@ -39,7 +39,7 @@ def test_config_errors_name_the_key():
         ({"queue": "a", "reconnect_max": 0.05}, "streams.j.reconnect_max: must be at least"),
     ]:
         with pytest.raises(config.ConfigError) as e:
-            config.build({"streams": {"j": {"source": "amqp", **table}}}, {})
+            config.load_settings({"streams": {"j": {"source": "amqp", **table}}}, {})
         assert str(e.value).startswith(problem), str(e.value)
         assert "secret" not in str(e.value)
 
@@ -222,7 +222,7 @@ class AMQPHarness(SourceHarness):
 
     def __init__(self, broker) -> None:  # noqa: F811
         self.broker = broker
-        self.settings = config.build({"streams": {"c": {
+        self.settings = config.load_settings({"streams": {"c": {
             "source": "amqp", "url": URL, "queue": broker.name(), "prefetch": 10}}}, {})
 
     async def make(self):
@@ -230,7 +230,7 @@ class AMQPHarness(SourceHarness):
 
         from streamd.sources import Services, make_source
 
-        source = make_source(self.settings["streams"]["c"],
+        source = make_source(self.settings.streams["c"],
                              Services(reactor=reactor, settings=self.settings))
         await source.start()
         return source

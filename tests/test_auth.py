@@ -180,8 +180,8 @@ async def test_with_auth_off_every_operational_endpoint_is_public(serve):
 
 
 def test_admins_make_static_tokens_admins_too():
-    auth = Auth.from_settings(config.build({"auth": {**TOKENS, "admins": ["alice"]}},
-                                           {})["auth"])
+    auth = Auth.from_settings(config.load_settings(
+        {"auth": {**TOKENS, "admins": ["alice"]}}, {}).auth)
     assert auth.tokens["alice-token"].admin
 
 
@@ -284,13 +284,13 @@ def test_access_log_never_has_tokens():
 )
 def test_auth_config_errors(table, key):
     with pytest.raises(config.ConfigError) as e:
-        config.build({"auth": table}, {})
+        config.load_settings({"auth": table}, {})
     assert e.value.key == key
 
 
 def test_secret_values_never_echoed_in_config_errors():
     with pytest.raises(config.ConfigError) as e:
-        config.build({"auth": {"mode": "jwt", "jwt_secret": 12345678901234567}}, {})
+        config.load_settings({"auth": {"mode": "jwt", "jwt_secret": 12345678901234567}}, {})
     assert "12345678901234567" not in str(e.value)
 
 

@@ -3,6 +3,7 @@ streamd.client against a real streamd over TCP (the C{serve} fixture): the limit
 switch, reconnection and resumption, errors, back-pressure and acknowledgements.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,6 @@ from conftest import publish, settings, wait_until, within
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
 
-from streamd import config
 from streamd.client import (
     Backoff,
     ClientError,
@@ -37,8 +37,8 @@ def make_client(server, path: str, **options) -> StreamClient:
 def add_fake_source(server, name: str, **stream_keys) -> FakeSource:
     """A durable fake source (it records acks and nacks) served as stream C{name}."""
     source = FakeSource(name)
-    server.service.add(name, source, {
-        **config.stream_defaults(name, server.service.settings), **stream_keys})
+    server.service.add(name, source, dataclasses.replace(
+        server.service.settings.dynamic_stream(name), **stream_keys))
     return source
 
 

@@ -13,22 +13,22 @@ from streamd.redis.settings import RedisConnectionSettings
 
 
 def test_embedded_defaults():
-    s = config.build({}, {})
-    assert s["listen"] == ["tcp:8080:interface=127.0.0.1"]  # not every interface
-    assert s["dynamic_streams"] is True and s["streams"] == {}
-    assert (s["heartbeat"], s["buffer"], s["max_pending"]) == (15.0, 100, 1000)
+    s = config.load_settings({}, {})
+    assert s.listen == ("tcp:8080:interface=127.0.0.1",)  # not every interface
+    assert s.dynamic_streams is True and s.streams == {}
+    assert (s.heartbeat, s.buffer, s.max_pending) == (15.0, 100, 1000)
 
 
 def test_stream_tables_inherit_top_level_and_override():
-    s = config.build({"max_pending": 10, "streams": {"a": {"heartbeat": 2}}}, {})
-    assert s["streams"]["a"]["max_pending"] == 10
-    assert s["streams"]["a"]["heartbeat"] == 2.0
-    assert s["dynamic_streams"] is False  # declared streams: others are 404
+    s = config.load_settings({"max_pending": 10, "streams": {"a": {"heartbeat": 2}}}, {})
+    assert s.streams["a"].max_pending == 10
+    assert s.streams["a"].heartbeat == 2.0
+    assert s.dynamic_streams is False  # declared streams: others are 404
 
 
 def test_command_line_wins_over_file():
-    s = config.build({"heartbeat": 30}, {"heartbeat": 1.5, "listen": ["unix:/tmp/s"]})
-    assert s["heartbeat"] == 1.5 and s["listen"] == ["unix:/tmp/s"]
+    s = config.load_settings({"heartbeat": 30}, {"heartbeat": 1.5, "listen": ["unix:/tmp/s"]})
+    assert s.heartbeat == 1.5 and s.listen == ("unix:/tmp/s",)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_command_line_wins_over_file():
 )
 def test_bad_values_name_the_key(values, key):
     with pytest.raises(config.ConfigError) as e:
-        config.build(values, {})
+        config.load_settings(values, {})
     assert e.value.key == key
     assert str(e.value).startswith(key + ": ")
 
@@ -119,7 +119,7 @@ def test_a_streams_fields_and_its_source_kinds_table():
     assert (d.name, d.source, d.max_pending, d.table["max_pending"]) == (
         "other", "memory", 10, 10)
     # A kind's from_config takes the read-only table as it took the dict.
-    memory = sources.load("memory").from_config(d.table, sources.Services(Clock(), {}))
+    memory = sources.load("memory").from_config(d.table, sources.Services(Clock(), s))
     assert (memory.name, memory.buffer_ttl) == ("other", 300.0)
 
 
@@ -159,10 +159,3 @@ def test_each_key_is_declared_once_as_a_typed_field(cls):
         # The default is valid (None: required, or decided later).
         assert key.default is None or key.validate(key.default, key.name) == key.default
 
-
-def test_the_bridge_gives_the_dicts_of_before():
-    s = config.build({"streams": {"a": {"text_fields": ["t"]}}, "cors_origins": ["*"]}, {})
-    assert s["cors_origins"] == ["*"] and s["streams"]["a"]["text_fields"] == ["t"]
-    assert s["store"]["keys"] == ["kind", "user"] and s["auth"]["tokens"] == []
-    assert s["redis"]["default"]["name"] == "default"
-    assert config.stream_defaults("b", s)["source"] == "memory"

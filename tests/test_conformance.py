@@ -28,12 +28,12 @@ class ConfigHarness(SourceHarness):
     """A source built from a stream table, as streamd builds it."""
 
     def __init__(self, table: dict, top: dict | None = None, in_flight: int = 1) -> None:
-        self.settings = config.build({"streams": {"conformance": table}, **(top or {})}, {})
+        self.settings = config.load_settings({"streams": {"conformance": table}, **(top or {})}, {})
         self.in_flight = in_flight
 
     async def make(self):
         services = Services(reactor=reactor, settings=self.settings)
-        source = make_source(self.settings["streams"]["conformance"], services)
+        source = make_source(self.settings.streams["conformance"], services)
         await source.start()
         return source
 

@@ -9,16 +9,16 @@ from streamd.tap import Options
 
 
 def test_defaults_are_sqlite_in_the_data_dir():
-    s = config.build({}, {})
-    assert s["data_dir"] == "./streamd-data"
-    assert s["store"]["backend"] == "sqlite" and s["store"]["keys"] == ["kind", "user"]
-    assert (s["store"]["max_events"], s["store"]["max_age"]) == (0, 0)
+    s = config.load_settings({}, {})
+    assert s.data_dir == "./streamd-data"
+    assert s.store.backend == "sqlite" and s.store.keys == ("kind", "user")
+    assert (s.store.max_events, s.store.max_age) == (0, 0)
 
 
 def test_data_dir_option():
     options = Options()
     options.parseOptions(["--data-dir", "/var/lib/streamd"])
-    assert options["settings"]["data_dir"] == "/var/lib/streamd"
+    assert options["settings"].data_dir == "/var/lib/streamd"
 
 
 @pytest.mark.parametrize(
@@ -36,5 +36,5 @@ def test_data_dir_option():
 )
 def test_bad_store_settings_name_the_key(table, named):
     with pytest.raises(config.ConfigError) as e:
-        config.build({"store": table}, {})
+        config.load_settings({"store": table}, {})
     assert str(e.value).startswith(f"{named}: ")

@@ -24,8 +24,8 @@ STREAM = {
 
 
 def conf(**over):
-    s = config.build({"streams": {"t": {**STREAM, **over}}}, {})
-    return s["streams"]["t"]
+    s = config.load_settings({"streams": {"t": {**STREAM, **over}}}, {})
+    return s.streams["t"]
 
 
 def msg(value, mid="1"):

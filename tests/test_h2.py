@@ -21,7 +21,6 @@ from h2_helpers import h2_connect
 from test_page import eventually
 from twisted.internet import utils
 
-from streamd import config
 from streamd.testing import FakeSource
 
 
@@ -118,7 +117,7 @@ async def test_a_slow_h2_stream_pauses_only_its_own_subscription(serve):
     app = server.app
     # A source that records pause and resume per subscription.
     server.service.add("jobs", FakeSource("jobs"),
-                       config.stream_defaults("jobs", server.service.settings))
+                       server.service.settings.dynamic_stream("jobs"))
 
     client = await h2_connect(server)
     try:

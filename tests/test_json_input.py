@@ -104,11 +104,11 @@ def test_a_source_payload_that_is_not_json_becomes_a_string():
 
 
 def test_max_json_depth_is_a_config_key_and_an_option():
-    assert config.build({}, {})["max_json_depth"] == 64
-    assert config.build({"max_json_depth": 8}, {})["max_json_depth"] == 8
+    assert config.load_settings({}, {}).max_json_depth == 64
+    assert config.load_settings({"max_json_depth": 8}, {}).max_json_depth == 8
     with pytest.raises(config.ConfigError, match="max_json_depth: must be at most 500"):
-        config.build({"max_json_depth": 10_000}, {})
+        config.load_settings({"max_json_depth": 10_000}, {})
     options = Options()
     assert "--max-json-depth" in options.getUsage()
     options.parseOptions(["--max-json-depth", "3"])
-    assert options["settings"]["max_json_depth"] == 3
+    assert options["settings"].max_json_depth == 3

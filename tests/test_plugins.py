@@ -53,7 +53,7 @@ def spool_kind():
 
 def error(table: dict, **top) -> str:
     with pytest.raises(config.ConfigError) as e:
-        config.build({"streams": {"x": table}, **top}, {})
+        config.load_settings({"streams": {"x": table}, **top}, {})
     return str(e.value)
 
 
@@ -82,8 +82,8 @@ def test_a_plugin_validates_its_own_table(spool_kind):
     # check_config: across keys, after each key (stream-level ones included) is valid.
     assert error({"source": "spool", "directory": "d", "ack": "client", "max_unacked": 5}
                  ) == "streams.x.batch: must not exceed max_unacked"
-    s = config.build({"streams": {"x": {"source": "spool", "directory": "d"}}}, {})
-    assert s["streams"]["x"]["batch"] == 10 and s["streams"]["x"]["heartbeat"] == 15.0
+    s = config.load_settings({"streams": {"x": {"source": "spool", "directory": "d"}}}, {})
+    assert s.streams["x"].table["batch"] == 10 and s.streams["x"].heartbeat == 15.0
 
 
 def test_a_kind_that_cannot_be_imported_is_one_line(monkeypatch):

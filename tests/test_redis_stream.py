@@ -186,9 +186,9 @@ async def test_paused_client_issues_no_reads(redis, serve):
 
 @ensure
 async def test_redis_restart_during_a_stream_cursor_and_group(redis, serve):
-    s = config(redis, heartbeat=0)
-    s["streams"]["jobs"] = dict(s["streams"]["events"], name="jobs", key="jobs",
-                                group="workers")
+    events = {"source": "redis-stream", "key": "events", "block": 0.2, "heartbeat": 0}
+    s = settings({"events": events, "jobs": {**events, "key": "jobs", "group": "workers"}},
+                 redis={"url": redis.url})
     server = await serve(s)
     cursor = await open_stream(server.url + "/streams/events")
     group = await open_stream(server.url + "/streams/jobs")

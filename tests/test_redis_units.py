@@ -10,17 +10,17 @@ from streamd.store.redis import RedisStore
 
 
 def build(**tables):
-    return config.build(tables, {})
+    return config.load_settings(tables, {})
 
 
 def test_redis_connections_default_named_and_parsed():
     s = build(redis={"url": "redis://:p%40ss@db.local:6380/2",
                      "cache": {"url": "rediss://user:pw@cache:6390/0", "reconnect_max": 1}})
-    default, cache = s["redis"]["default"], s["redis"]["cache"]
-    assert (default["host"], default["port"], default["db"], default["password"],
-            default["tls"]) == ("db.local", 6380, 2, "p@ss", False)
-    assert (cache["username"], cache["tls"], cache["reconnect_max"]) == ("user", True, 1.0)
-    assert build()["redis"]["default"]["url"] == "redis://127.0.0.1:6379/0"
+    default, cache = s.redis["default"], s.redis["cache"]
+    assert (default.host, default.port, default.db, default.password,
+            default.tls) == ("db.local", 6380, 2, "p@ss", False)
+    assert (cache.username, cache.tls, cache.reconnect_max) == ("user", True, 1.0)
+    assert build().redis["default"].url == "redis://127.0.0.1:6379/0"
 
 
 @pytest.mark.parametrize(("tables", "message"), [
@@ -66,7 +66,7 @@ def test_url_parser_says_what_is_wrong(url, message):
 
 def test_store_and_client_take_the_same_urls():
     store = RedisStore(["kind"], Clock(), "rediss://alice:pw@cache.local:6390/3")
-    assert (store.settings["username"], store.settings["tls"]) == ("alice", True)
+    assert (store.settings.username, store.settings.tls) == ("alice", True)
     assert store.status() == ("down", "not connected to rediss://cache.local:6390/3")
     with pytest.raises(ValueError, match="expected redis://"):
         RedisStore(["kind"], Clock(), "http://h")

@@ -34,7 +34,7 @@ QURL = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
 
 def make(shutdown_timeout=None, **keys):
     table = {"source": "sqs", "queue_url": QURL, **keys}
-    settings = config.build({"streams": {"orders": table}}, {})["streams"]["orders"]
+    settings = config.load_settings({"streams": {"orders": table}}, {}).streams["orders"].table
     fake, clock = FakeSQS(), Clock()
     source = SQSSource("orders", settings, fake, clock, shutdown_timeout=shutdown_timeout)
     source.start()
@@ -59,7 +59,7 @@ def test_config_errors_name_the_key():
         ({"queue_url": "sqs://x"}, "streams.q.queue_url: expected an http"),
     ]:
         with pytest.raises(config.ConfigError) as e:
-            config.build({"streams": {"q": {"source": "sqs", **table}}}, {})
+            config.load_settings({"streams": {"q": {"source": "sqs", **table}}}, {})
         assert str(e.value).startswith(problem)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from itertools import count
 from typing import Any
 
@@ -73,12 +74,12 @@ class SpoolSource:
     ]
 
     @staticmethod
-    def check_config(settings: dict[str, Any], where: str) -> None:
+    def check_config(settings: Mapping[str, Any], where: str) -> None:
         if settings["ack"] == "client" and settings["batch"] > settings["max_unacked"]:
             raise ConfigError(f"{where}.batch", "must not exceed max_unacked")
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], services) -> SpoolSource:
+    def from_config(cls, settings: Mapping[str, Any], services) -> SpoolSource:
         return cls(settings["name"], settings["directory"], services.reactor,
                    settings["batch"], settings["interval"])
 

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 
 from streamd.redis.connection import DEFAULTS, RedisConnection
 from streamd.redis.hub import Hub
+from streamd.redis.settings import RedisConnectionSettings
 from streamd.redis.url import parse_url
 
 #: How the client's connections differ from L{DEFAULTS}.
@@ -48,10 +49,11 @@ class RedisLink:
                  db: int = 0, password: str | None = None, username: str | None = None,
                  tls: bool = False, tls_ca: str = "") -> None:
         self.reactor = reactor
-        self._conn = RedisConnection({
+        self._conn = RedisConnection(RedisConnectionSettings(**{
             **DEFAULTS, **CLIENT, "host": host, "port": port, "db": db,
             "username": username, "password": password, "tls": tls, "tls_ca": tls_ca,
-        }, reactor)
+            "url": "",  # not made from a URL
+        }), reactor)
         self._hub: Hub | None = None
 
     @classmethod

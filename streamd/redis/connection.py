@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
 from streamd.net import client_endpoint
+from streamd.redis.settings import RedisConnectionSettings
 from streamd.redis.url import parse_url
 
 log = Logger()
@@ -53,18 +54,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def connection_settings(url: str, **keys: Any) -> dict[str, Any]:
+def connection_settings(url: str, **keys: Any) -> RedisConnectionSettings:
     """The settings of a L{RedisConnection} to C{url}: L{DEFAULTS}, then C{keys}."""
     unknown = set(keys) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown Redis connection settings: {sorted(unknown)}")
-    return {**DEFAULTS, **keys, **parse_url(url), "url": url}
+    return RedisConnectionSettings(**{**DEFAULTS, **keys}, **parse_url(url), url=url)
 
 
-def address(settings: dict[str, Any]) -> str:
+def address(settings: RedisConnectionSettings) -> str:
     """Where a connection goes, without its user name and password (for logs, /health)."""
     s = settings
-    return f"{'rediss' if s['tls'] else 'redis'}://{s['host']}:{s['port']}/{s['db']}"
+    return f"{'rediss' if s.tls else 'redis'}://{s.host}:{s.port}/{s.db}"
 
 
 class Factory(txredisapi.RedisFactory):
@@ -86,16 +87,17 @@ class Factory(txredisapi.RedisFactory):
     documents (hence C{txredisapi>=1.6}).
     """
 
-    def __init__(self, settings: dict[str, Any], poolsize: int, reply_timeout: float | None,
-                 on_change: Callable[[], None], protocol=None) -> None:
+    def __init__(self, settings: RedisConnectionSettings, poolsize: int,
+                 reply_timeout: float | None, on_change: Callable[[], None],
+                 protocol=None) -> None:
         super().__init__(
-            None, settings["db"] or None, poolsize, isLazy=True, charset=None,
-            password=settings["password"], replyTimeout=reply_timeout or None,
-            convertNumbers=False, username=settings["username"],
+            None, settings.db or None, poolsize, isLazy=True, charset=None,
+            password=settings.password, replyTimeout=reply_timeout or None,
+            convertNumbers=False, username=settings.username,
         )
         if protocol is not None:
             self.protocol = protocol
-        policy = backoffPolicy(settings["reconnect_initial"], settings["reconnect_max"],
+        policy = backoffPolicy(settings.reconnect_initial, settings.reconnect_max,
                                factor=math.e, jitter=lambda: 0.0)
         # txredisapi counts attempts from 1, backoffPolicy from 0.
         self.retryDelay = lambda attempt: policy(max(0, attempt - 1))
@@ -169,14 +171,14 @@ class RedisConnection:
     A named Redis server: a pool for ordinary commands, dedicated connections for
     blocking reads and subscribers, and whether Redis answers right now.
 
-    @param settings: a validated C{[redis.NAME]} table (L{streamd.redis.settings}) or
-        L{connection_settings}.
+    @param settings: a validated C{[redis.NAME]} table (L{RedisConnectionSettings}), or
+        L{connection_settings}'s.
     @ivar users: sources holding this connection (see L{streamd.redis.shared}).
     """
 
-    def __init__(self, settings: dict[str, Any], reactor) -> None:
+    def __init__(self, settings: RedisConnectionSettings, reactor) -> None:
         self.settings = settings
-        self.name = settings["name"]
+        self.name = settings.name
         self.reactor = reactor
         self.users = 0
         self.factories: list[Factory] = []
@@ -187,7 +189,7 @@ class RedisConnection:
         self.closing = False
         #: objects built on this connection (the pub/sub hub), closed and dropped with it
         self.shared: dict[str, Any] = {}
-        self.pool = self._factory(settings["pool_size"], settings["command_timeout"])
+        self.pool = self._factory(settings.pool_size, settings.command_timeout)
 
     @property
     def where(self) -> str:
@@ -197,7 +199,7 @@ class RedisConnection:
         s = self.settings
         factory = Factory(s, poolsize, reply_timeout, self._changed, protocol)
         factory.startConnecting(client_endpoint(
-            self.reactor, s["host"], s["port"], s["connect_timeout"], s["tls"], s["tls_ca"]))
+            self.reactor, s.host, s.port, s.connect_timeout, s.tls, s.tls_ca))
         self.factories.append(factory)
         return factory
 
@@ -217,7 +219,7 @@ class RedisConnection:
             if entry in self.waiters:
                 self.waiters.remove(entry)
                 d.callback(False)
-        self.reactor.callLater(self.settings["connect_timeout"], give_up)
+        self.reactor.callLater(self.settings.connect_timeout, give_up)
         return d
 
     def changed(self) -> None:
@@ -267,7 +269,7 @@ class RedisConnection:
         A new connection for blocking reads that wait up to C{block} seconds: its
         reply timeout is that plus C{command_timeout}, so a dead peer is noticed.
         """
-        timeout = self.settings["command_timeout"]
+        timeout = self.settings.command_timeout
         return Dedicated(self, self._factory(1, block + timeout if timeout else None))
 
     def subscriber(self, protocol) -> Factory:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from streamd.keys import ConfigError, Key, frozen, keys_of, read_table, setting
+from streamd.keys import ConfigError, Key, check_ca, frozen, keys_of, read_table, setting
 from streamd.redis.url import parse_url
 
 
@@ -34,17 +34,6 @@ def _check_url(value: str) -> str | None:
         parse_url(value)
     except ValueError as e:
         return str(e)
-    return None
-
-
-def check_ca(value: str) -> str | None:
-    if value:
-        try:
-            with open(value, "rb") as f:
-                if b"-----BEGIN CERTIFICATE-----" not in f.read():
-                    return f"{value} holds no PEM certificate"
-        except OSError as e:
-            return f"cannot read {value}: {e.strerror}"
     return None
 
 

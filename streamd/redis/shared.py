@@ -8,32 +8,35 @@ L{release}), their fault counters (L{Faults}) and this streamd's name in Redis
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 
 from streamd.keys import ConfigError
 from streamd.redis.connection import RedisConnection
 
+if TYPE_CHECKING:  # streamd.config imports streamd.redis.settings
+    from streamd.config import Settings
+    from streamd.sources import Services
 
-def default_instance(settings: dict[str, Any]) -> str:
+
+def default_instance(settings: Settings) -> str:
     """
     This streamd's name in Redis: host name plus the first listen address, stable
     across restarts (so a restarted streamd recognises its own processing lists) and
     distinct for two streamd processes on one host.
     """
-    listen = settings.get("listen") or ["tcp:8080"]
+    listen = settings.listen or ("tcp:8080",)
     return f"{socket.gethostname()}-{listen[0]}"
 
 
-def acquire(services, stream: dict[str, Any]) -> RedisConnection:
+def acquire(services: Services, name: str, key: str) -> RedisConnection:
     """
-    The shared connection a stream's C{connection} key names, created on first use.
-    Release it with L{release} when the source stops.
+    The shared connection to the C{[redis.NAME]} named C{name} (by the config key
+    C{key}, named in the error if there is none), created on first use. Release it
+    with L{release} when the source stops.
     """
-    name = stream["connection"]
-    declared = services.settings.get("redis") or {}
+    declared = services.settings.redis
     if name not in declared:
-        raise ConfigError(f"streams.{stream['name']}.connection",
-                          f"no Redis connection named {name!r} (declare [redis.{name}])")
+        raise ConfigError(key, f"no Redis connection named {name!r} (declare [redis.{name}])")
     shared = services.shared.setdefault("redis", {})
     conn = shared.get(name)
     if conn is None:

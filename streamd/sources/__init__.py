@@ -19,7 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # streamd.config reads the kinds' keys from here
+    from streamd.config import Settings, StreamSettings
 
 GROUP = "streamd.sources"
 
@@ -33,7 +36,7 @@ class Services:
     """What a source may use: injected, never imported as globals."""
 
     reactor: Any
-    settings: dict[str, Any]
+    settings: Settings  # the whole service's (a stream's own table is from_config's)
     shared: dict[str, Any] = field(default_factory=dict)  # e.g. named Redis connections
     metrics: Any = None  # streamd.metrics.Metrics: sources count errors, reconnects, requests
 
@@ -106,6 +109,6 @@ def load(name: str) -> Any:
     return kind
 
 
-def make_source(settings: dict[str, Any], services: Services):
-    """Build the source for one validated stream table."""
-    return load(settings["source"]).from_config(settings, services)
+def make_source(stream: StreamSettings, services: Services):
+    """Build the source of one stream: its kind's C{from_config} gets its table."""
+    return load(stream.source).from_config(stream.table, services)

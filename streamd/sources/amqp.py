@@ -31,6 +31,7 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Mapping
 from itertools import count
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,10 +47,9 @@ from zope.interface import implementer, provider
 
 from streamd.errors import BadRequest, HTTPError, Unavailable
 from streamd.interfaces import ISource, ISourceKind
-from streamd.keys import ConfigError, Key
+from streamd.keys import ConfigError, Key, check_ca
 from streamd.message import Message, body_json
 from streamd.net import client_endpoint
-from streamd.redis.settings import check_ca
 from streamd.sources.amqp_subscription import AMQPSubscription, describe
 
 log = Logger()
@@ -154,7 +154,7 @@ class AMQPSource:
     config_keys = CONFIG_KEYS
 
     @staticmethod
-    def check_config(settings: dict[str, Any], where: str) -> None:
+    def check_config(settings: Mapping[str, Any], where: str) -> None:
         if bool(settings["queue"]) == bool(settings["exchange"]):
             raise ConfigError(f"{where}.queue", "give queue (queue mode: each message to "
                               "one client) or exchange (broadcast), not both")
@@ -164,10 +164,10 @@ class AMQPSource:
             raise ConfigError(f"{where}.tls_ca", "only for an amqps:// URL")
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], services) -> AMQPSource:
+    def from_config(cls, settings: Mapping[str, Any], services) -> AMQPSource:
         return cls(settings["name"], settings, services.reactor, services.metrics)
 
-    def __init__(self, name: str, settings: dict[str, Any], reactor, metrics=None) -> None:
+    def __init__(self, name: str, settings: Mapping[str, Any], reactor, metrics=None) -> None:
         self.name = name
         self.reactor = reactor
         self.metrics = metrics

@@ -10,6 +10,7 @@ L{streamd.stream.Stream}, bounded by C{max_pending} and its slow policy.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.logger import Logger
@@ -65,7 +66,7 @@ class MemorySource:
         self.outgoing = Coalescer(clock, self._deliver, coalesce)
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], services) -> MemorySource:
+    def from_config(cls, settings: Mapping[str, Any], services) -> MemorySource:
         return cls(settings["name"], services.reactor, settings["buffer"],
                    settings["buffer_ttl"], settings["coalesce_ms"] / 1000)
 

@@ -19,6 +19,7 @@ own (BLMOVE blocks it) and a paused client issues no reads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -138,8 +139,9 @@ class RedisListSource:
         self.heartbeat.clock = clock
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], services) -> RedisListSource:
-        conn = acquire(services, settings)
+    def from_config(cls, settings: Mapping[str, Any], services) -> RedisListSource:
+        conn = acquire(services, settings["connection"],
+                       f"streams.{settings['name']}.connection")
         instance = settings["instance"] or default_instance(services.settings)
         source = cls(settings["name"], conn, settings["key"], instance, services.reactor,
                    settings["block"], settings["batch"], settings["instance_ttl"],
@@ -257,7 +259,7 @@ class RedisListSource:
             # still held (reads cut short by the shutdown) and leave the registry;
             # bounded, since Redis may go away meanwhile (the next start recovers).
             cleanup = Deferred.fromCoroutine(self._clean_stop())
-            cleanup.addTimeout(self.conn.settings["connect_timeout"], self.clock)
+            cleanup.addTimeout(self.conn.settings.connect_timeout, self.clock)
             try:
                 await cleanup
             except Exception as e:

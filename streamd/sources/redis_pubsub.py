@@ -17,6 +17,7 @@ meanwhile is gone).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import gatherResults
@@ -76,14 +77,15 @@ class RedisPubSubSource:
         self.outgoing = Coalescer(clock, self._deliver, coalesce)
 
     @staticmethod
-    def check_config(settings: dict[str, Any], where: str) -> None:
+    def check_config(settings: Mapping[str, Any], where: str) -> None:
         if not settings["channels"] and not settings["patterns"]:
             raise ConfigError(f"{where}.channels",
                               "give channels and/or patterns to subscribe to")
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], services) -> RedisPubSubSource:
-        conn = acquire(services, settings)
+    def from_config(cls, settings: Mapping[str, Any], services) -> RedisPubSubSource:
+        conn = acquire(services, settings["connection"],
+                       f"streams.{settings['name']}.connection")
         source = cls(settings["name"], conn, settings["channels"], settings["patterns"],
                      services.reactor, lambda: release(services, conn),
                      settings["coalesce_ms"] / 1000)

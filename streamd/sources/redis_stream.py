@@ -21,6 +21,7 @@ client issues no reads.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import txredisapi
@@ -218,8 +219,9 @@ class RedisStreamSource:
         self.refresher.clock = clock
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], services) -> RedisStreamSource:
-        conn = acquire(services, settings)
+    def from_config(cls, settings: Mapping[str, Any], services) -> RedisStreamSource:
+        conn = acquire(services, settings["connection"],
+                       f"streams.{settings['name']}.connection")
         instance = settings["instance"] or default_instance(services.settings)
         source = cls(settings["name"], conn, settings["key"], services.reactor,
                    group=settings["group"], instance=instance, start=settings["start"],

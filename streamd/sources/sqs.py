@@ -23,7 +23,7 @@ each of them has acked or given it back, if at least one wrote it.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from botocore.exceptions import ParamValidationError
@@ -139,7 +139,7 @@ class SQSSource:
     durable = True
     config_keys = CONFIG_KEYS
 
-    def __init__(self, name: str, settings: dict[str, Any], client: SQSClient, clock,
+    def __init__(self, name: str, settings: Mapping[str, Any], client: SQSClient, clock,
                  metrics=None, shutdown_timeout: float | None = None) -> None:
         self.name = name
         self.metrics = metrics  # streamd.metrics.Metrics, or None
@@ -151,7 +151,7 @@ class SQSSource:
         self.wait: int = settings.get("wait_time_seconds", 20)
         self.visibility: int = settings.get("visibility_timeout", 30)
         self.pollers: int = settings.get("pollers", 1)
-        self.attributes: list[str] = settings.get("attributes", ["All"])
+        self.attributes: list[str] = list(settings.get("attributes", ["All"]))
         self.broadcast = settings.get("delivery", "queue") == "broadcast"
         self.stop_grace: float | None = None
         if shutdown_timeout is not None:
@@ -170,14 +170,14 @@ class SQSSource:
         self._probing: Deferred | None = None
 
     @classmethod
-    def from_config(cls, settings: dict[str, Any], services) -> SQSSource:
+    def from_config(cls, settings: Mapping[str, Any], services) -> SQSSource:
         client = SQSClient.connect(
             services.reactor, settings["queue_url"], settings["region"],
             settings["endpoint_url"], settings["profile"],
             connections=settings["pollers"] + 4, metrics=services.metrics,
         )
         return cls(settings["name"], settings, client, services.reactor, services.metrics,
-                   services.settings.get("shutdown_timeout"))
+                   services.settings.shutdown_timeout)
 
     @property
     def held(self):

@@ -7,24 +7,27 @@ C{--data-dir}), C{memory}, C{redis} (shared by several instances).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # streamd.config imports streamd.store.base
+    from streamd.config import Settings
 
 
-def make_store(settings: dict[str, Any], reactor):
+def make_store(settings: Settings, reactor):
     """Build the L{streamd.interfaces.IStore} the validated settings describe."""
-    conf = settings["store"]
-    common = dict(max_events=conf["max_events"], max_age=conf["max_age"])
-    backend = conf["backend"]
+    conf = settings.store
+    common = dict(max_events=conf.max_events, max_age=conf.max_age)
+    backend = conf.backend
     if backend == "memory":
         from streamd.store.memory import MemoryStore
 
-        return MemoryStore(conf["keys"], reactor, **common)
+        return MemoryStore(conf.keys, reactor, **common)
     if backend == "redis":
         from streamd.store.redis import RedisStore
 
-        return RedisStore(conf["keys"], reactor, conf["redis_url"],
-                          prefix=conf["redis_prefix"], **common)
+        return RedisStore(conf.keys, reactor, conf.redis_url,
+                          prefix=conf.redis_prefix, **common)
     from streamd.store.sqlite import SQLiteStore
 
-    path = os.path.join(settings["data_dir"], "events.sqlite3")
-    return SQLiteStore(conf["keys"], reactor, path, **common)
+    path = os.path.join(settings.data_dir, "events.sqlite3")
+    return SQLiteStore(conf.keys, reactor, path, **common)

@@ -30,7 +30,7 @@ class StreamdApp:
         self.service = service
         self.settings = service.settings
         self.reactor = service.reactor
-        self.auth = Auth.from_settings(self.settings["auth"])
+        self.auth = Auth.from_settings(self.settings.auth)
         # Readers and messages per second of each stream, for GET / and the live page.
         self.activity = Activity(self.reactor, lambda: self.open_streams,
                                  lambda: service.sources)

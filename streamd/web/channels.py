@@ -41,16 +41,16 @@ def _channel_name(name: str) -> str:
 def _json_body(web, request):
     if content_type(request) not in ("application/json", ""):
         raise UnsupportedMediaType("send application/json")
-    body = request.content.read(web.settings["max_body_bytes"] + 1)
-    if len(body) > web.settings["max_body_bytes"]:
+    body = request.content.read(web.settings.max_body_bytes + 1)
+    if len(body) > web.settings.max_body_bytes:
         raise PayloadTooLarge("body over max_body_bytes")
-    return json_body(body, web.settings["max_json_depth"])
+    return json_body(body, web.settings.max_json_depth)
 
 
 def _channel_list(web, value, key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
         raise BadRequest(f"{key}: expected a list of channel names")
-    limit = web.settings["channels"]["max_channels"]
+    limit = web.settings.channels.max_channels
     if len(value) > limit:
         raise BadRequest(f"{key}: at most {limit} channels")
     return [_channel_name(c) for c in value]
@@ -62,12 +62,12 @@ async def put_channel(web, request, name):
     web.identify(request, "publish", name)
     if content_type(request) not in ("application/json", ""):
         raise UnsupportedMediaType("send application/json")
-    limit = web.settings["max_message_bytes"]
+    limit = web.settings.max_message_bytes
     body = request.content.read(limit + 1)
     if len(body) > limit:
         raise PayloadTooLarge(f"value over max_message_bytes ({limit} bytes)")
     try:
-        value = normalize_json(body, max_depth=web.settings["max_json_depth"])
+        value = normalize_json(body, max_depth=web.settings.max_json_depth)
     except InvalidPayload as e:
         raise BadRequest(f"body: {e.reason}") from None
     await maybeDeferred(web.service.channels.set, name, value)
@@ -134,9 +134,8 @@ def patch_subscription(web, request, sub_id):
         remove = _channel_list(web, body.get("remove", []), "remove")
     for c in add:
         identity.require("read", c)
-    if len(set(sub.channels) - set(remove) | set(add)) > web.settings["channels"][
-            "max_channels"]:
-        raise BadRequest(f"channels: at most {web.settings['channels']['max_channels']}")
+    if len(set(sub.channels) - set(remove) | set(add)) > web.settings.channels.max_channels:
+        raise BadRequest(f"channels: at most {web.settings.channels.max_channels}")
     sub.change(add, remove)
     return json_response(request, 200, _describe(sub))
 
@@ -177,5 +176,5 @@ def _stream(web, request, identity, sub):
         name=f"subscription:{sub.id}",
         metrics=web.service.metrics.for_stream("_subscriptions", "channels"),
         limit=int_arg(params, "limit", 1),
-        heartbeat=web.settings["channels"]["idle"],
+        heartbeat=web.settings.channels.idle,
     )

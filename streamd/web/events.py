@@ -84,14 +84,14 @@ def _filters(request, keys, skip) -> tuple:
 async def insert_events(web, request):
     web.identify(request, "publish", ACCESS_NAME)
     store, settings = web.service.store, web.settings
-    body = read_body(request, BODY_TYPES, settings["max_body_bytes"], "one object")
+    body = read_body(request, BODY_TYPES, settings.max_body_bytes, "one object")
     try:
-        payloads = decode_body(body, content_type(request), settings["max_json_depth"])
+        payloads = decode_body(body, content_type(request), settings.max_json_depth)
     except InvalidPayload as e:
         raise BadRequest(f"line {e.line}: {e.reason}") from None
     if not payloads:
         raise BadRequest("no event in the body")
-    max_message = settings["max_message_bytes"]
+    max_message = settings.max_message_bytes
     events = []
     for n, raw in enumerate(payloads, 1):
         if len(raw) > max_message:
@@ -136,7 +136,7 @@ def stream_events(web, request):
     filters = _filters(request, store.keys, STREAM_PARAMS)
     params = query_params(request)
     chosen, limit, heartbeat, since = stream_options(request, params,
-                                                     settings["heartbeat"])
+                                                     settings.heartbeat)
     try:
         since_id = None if since is None else parse_id(since, "since")
     except QueryError as e:
@@ -148,7 +148,7 @@ def stream_events(web, request):
         return b""
     return web.open_streams.open(
         # Pages no bigger than max_pending: a paused stream holds at most one.
-        request, EventTail(store, filters, settings["max_pending"]), chosen, identity,
+        request, EventTail(store, filters, settings.max_pending), chosen, identity,
         settings,
         name="events",
         metrics=web.service.metrics.for_stream("events", "events"),

@@ -49,16 +49,16 @@ async def _call(web, request):
     C{{"jsonrpc", "id", "result"}} or C{{..., "error": {"code", "message"}}}.
     """
     settings = web.settings
-    body = read_body(request, JSON_TYPES, settings["max_body_bytes"], "one object")
+    body = read_body(request, JSON_TYPES, settings.max_body_bytes, "one object")
     try:
-        call = parse(body, settings["max_json_depth"])
+        call = parse(body, settings.max_json_depth)
     except InvalidJSON as e:
         request.setResponseCode(400)
         request.setHeader(b"Content-Type", b"application/json")
         return _dumps({"jsonrpc": "2.0", "id": None,
                        "error": {"code": -32700, "message": f"parse error: {e}"}}) + b"\n"
     identity = web.identify(request)  # 401 without credentials
-    methods = _Methods(web.service.store, settings["max_message_bytes"])
+    methods = _Methods(web.service.store, settings.max_message_bytes)
     if isinstance(call, list) and call:
         answers = [await _one(methods, c, identity) for c in call]
         answers = [a for a in answers if a is not None]

@@ -151,13 +151,13 @@ class JSONErrorChannel(StreamingChannel):
 def make_site(app, reactor=None) -> Site:
     """The Site for C{app} (a L{streamd.web.StreamdApp})."""
     resource = UTF8URLs(app.app.resource())
-    if app.settings["cors_origins"]:
-        resource = CORS(resource, app.settings["cors_origins"])
+    if app.settings.cors_origins:
+        resource = CORS(resource, app.settings.cors_origins)
     kwargs = {"reactor": reactor} if reactor is not None else {}
     site = StreamdSite(resource, parsePOSTFormSubmission=False, **kwargs)
     site.displayTracebacks = False
     site.protocol = JSONErrorChannel.for_site
     settings = app.settings
-    site.access = open_access_log(settings["access_log"], settings["access_log_file"],
-                                  site.reactor, settings["log_format"] == "json")
+    site.access = open_access_log(settings.access_log, settings.access_log_file,
+                                  site.reactor, settings.log_format == "json")
     return site

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from streamd.config import StreamKeys
 from streamd.errors import HTTPError
 from streamd.stream import Stream
 
@@ -46,14 +46,14 @@ class OpenStreams:
     def __iter__(self):
         return iter(self.streams)
 
-    def open(self, request, source, framing, identity, table: dict[str, Any], *,
+    def open(self, request, source, framing, identity, settings: StreamKeys, *,
              name: str, metrics, limit: int | None, heartbeat: float,
              since: str | None = None, ack: str = "write", session: str | None = None,
              filter=None, stall_warnings: bool = False):
         """
         Start streaming C{source} to C{request} for C{identity} (429 past its limit),
-        with the queue, buffer and retry settings of C{table} (a stream table, or the
-        top-level settings); what the route returns to klein (L{responding}).
+        with the queue, buffer and retry settings of C{settings} (a stream's, or the
+        top-level ones); what the route returns to klein (L{responding}).
         """
         limit_open = self.max_per_identity
         if limit_open and self.per_identity[identity.name] >= limit_open:
@@ -66,13 +66,13 @@ class OpenStreams:
             self.reactor,
             limit=limit,
             heartbeat=heartbeat,
-            max_pending=table["max_pending"],
-            max_pending_bytes=table["max_pending_bytes"],
-            send_buffer=table["send_buffer"],
-            slow_policy=table["slow_policy"],
+            max_pending=settings.max_pending,
+            max_pending_bytes=settings.max_pending_bytes,
+            send_buffer=settings.send_buffer,
+            slow_policy=settings.slow_policy,
             ack=ack,
-            max_unacked=table["max_unacked"],
-            retry=table["retry"],
+            max_unacked=settings.max_unacked,
+            retry=settings.retry,
             session=session,
             on_end=self._ended,
             filter=filter,

@@ -41,14 +41,14 @@ def publish(web, request, name):
     # is the common case, where the coroutine and Deferred layers cost more than
     # the publish itself.
     web.identify(request, "publish", name)
-    source, table = web.service.source(name)
+    source, settings = web.service.source(name)
     top = web.settings
-    body = read_body(request, BODY_TYPES, top["max_body_bytes"], "one value")
+    body = read_body(request, BODY_TYPES, top.max_body_bytes, "one value")
     try:
-        payloads = decode_body(body, content_type(request), top["max_json_depth"])
+        payloads = decode_body(body, content_type(request), top.max_json_depth)
     except InvalidPayload as e:
         raise BadRequest(f"line {e.line}: {e.reason}") from None
-    max_message = table["max_message_bytes"]
+    max_message = settings.max_message_bytes
     for n, payload in enumerate(payloads, 1):
         if len(payload) > max_message:
             raise PayloadTooLarge(
@@ -92,7 +92,7 @@ def filtered(web, request, name):
     "where": {"kind": ["x", "y"]}}}. Query parameters still apply.
     """
     ctype = content_type(request)
-    limit = web.settings["max_body_bytes"]
+    limit = web.settings.max_body_bytes
     if ctype == "application/x-www-form-urlencoded":
         # The Site leaves form bodies alone (see streamd.web.site): parsed here, as
         # Twisted would, over the query's values of the same names.
@@ -101,20 +101,20 @@ def filtered(web, request, name):
     if ctype == "application/json":
         body = request.content.read(limit)
         params.update(filters.params_from_json(
-            json_body(body or b"{}", web.settings["max_json_depth"])))
+            json_body(body or b"{}", web.settings.max_json_depth)))
     return _open(web, request, name, params)
 
 
 def _open(web, request, name: str, params: dict[str, list[str]], sample: bool = False):
     identity = web.identify(request, "read", name)
-    source, table = web.service.source(name)
-    chosen, limit, heartbeat, since = stream_options(request, params, table["heartbeat"])
+    source, settings = web.service.source(name)
+    chosen, limit, heartbeat, since = stream_options(request, params, settings.heartbeat)
     ack = arg(params, "ack")
     if ack is None:
-        ack = table.get("ack", "write")
+        ack = settings.ack
     if ack not in ("write", "client"):
         raise BadRequest(f"ack: expected write or client, got {ack!r}")
-    stream_filter = filters.parse(params, table, table["sample"] if sample else None)
+    stream_filter = filters.parse(params, settings, settings.sample if sample else None)
     stall_warnings = bool_arg(params, "stall_warnings")
     state, reason = source.status()
     if state != "ok":
@@ -124,7 +124,7 @@ def _open(web, request, name: str, params: dict[str, list[str]], sample: bool = 
         request.setHeader(b"Content-Type", chosen.content_type)
         return b""
     return web.open_streams.open(
-        request, source, chosen, identity, table,
+        request, source, chosen, identity, settings,
         name=name,
         metrics=web.service.metrics.for_stream(web.service.metrics_label(name),
                                                source.kind),
@@ -144,8 +144,8 @@ def ack(web, request, name):
     web.service.source(name)
     if content_type(request) not in JSON_TYPES:
         raise UnsupportedMediaType("send application/json")
-    body = json_body(request.content.read(web.settings["max_body_bytes"]),
-                     web.settings["max_json_depth"])
+    body = json_body(request.content.read(web.settings.max_body_bytes),
+                     web.settings.max_json_depth)
     if not isinstance(body, dict):
         raise BadRequest('body: expected {"session": ..., "ids": [...]}')
     session, ids = body.get("session"), body.get("ids")
