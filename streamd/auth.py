@@ -161,25 +161,23 @@ class Auth:
         """Whether anyone may see the operational C{endpoint} (one of L{OPERATIONAL})."""
         return self.mode == "none" or endpoint in self.public
 
-    def operator(self, request, endpoint: str, now: float) -> Identity | None:
+    def operator(self, request, endpoint: str) -> Identity | None:
         """
         Who may see an operational endpoint: anyone (None) if it L{is_public}, else an
         identity with C{admin}. Raises L{Unauthorized} (401) or L{Forbidden} (403).
         """
         if self.is_public(endpoint):
             return None
-        identity = self.identify(request, now)
+        identity = self.identify(request)
         if not identity.admin:
             raise Forbidden(f"{identity.name!r} may not see {endpoint}: it needs an admin "
                             "identity")
         return identity
 
-    def identify(self, request, now: float) -> Identity:
+    def identify(self, request) -> Identity:
         """
-        Who sent C{request}; raises L{Unauthorized} (401) when that cannot be told.
-
-        C{now} is no longer read: PyJWT checks a JWT's times against the system clock
-        (it takes no clock). Kept so that the web layer's calls stand.
+        Who sent C{request}; raises L{Unauthorized} (401) when that cannot be told. A
+        JWT's times are checked against the system clock (PyJWT takes no clock).
         """
         if self.mode == "none":
             addr = request.getClientAddress()

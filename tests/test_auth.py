@@ -303,4 +303,4 @@ def test_none_mode_identity_is_the_client_address():
 
             return IPv4Address("TCP", "10.1.2.3", 5000)
 
-    assert Auth().identify(Req(), 0).name == "10.1.2.3"
+    assert Auth().identify(Req()).name == "10.1.2.3"

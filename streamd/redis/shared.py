@@ -2,13 +2,15 @@
 What the Redis sources (and the channel store) share: one L{RedisConnection} per
 C{[redis.NAME]} table, created on first use and kept in C{services.shared} (L{acquire},
 L{release}), their fault counters (L{Faults}) and this streamd's name in Redis
-(L{default_instance}).
+(L{default_instance}), and how a Redis source kind is built from its stream table
+(L{RedisKind}).
 """
 
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from streamd.keys import ConfigError
 from streamd.redis.connection import RedisConnection
@@ -83,3 +85,27 @@ class Faults:
     def close(self) -> None:
         if self._changed in self.conn.listeners:
             self.conn.listeners.remove(self._changed)
+
+
+class RedisKind:
+    """
+    C{from_config} of the Redis source kinds: the shared connection the stream table
+    names, this streamd's instance name (for the kinds that keep per-instance state),
+    the fault counters; the kind's own C{build} makes the source from its keys.
+    """
+
+    kind: str
+
+    @classmethod
+    def build(cls, table: Mapping[str, Any], clock, conn: RedisConnection, instance: str,
+              on_stop: Callable[[], Any]):
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], services: Services):
+        conn = acquire(services, table["connection"], f"streams.{table['name']}.connection")
+        instance = table.get("instance") or default_instance(services.settings)
+        source = cls.build(table, services.reactor, conn, instance,
+                           lambda: release(services, conn))
+        source.faults = Faults(services, table["name"], cls.kind, conn)
+        return source

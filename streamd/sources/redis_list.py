@@ -33,7 +33,7 @@ from streamd.message import Message
 from streamd.redis import settings as redis_settings
 from streamd.redis.connection import RedisConnection
 from streamd.redis.read_loop import SKIP_DELAY, Reader, share_out
-from streamd.redis.shared import Faults, acquire, default_instance, release
+from streamd.redis.shared import Faults, RedisKind
 from streamd.redis.values import as_json
 
 log = Logger()
@@ -105,7 +105,7 @@ class ListSubscription(Reader):
 
 
 @implementer(ISource)
-class RedisListSource:
+class RedisListSource(RedisKind):
     """One list stream (see the module doc)."""
 
     kind = "redis-list"
@@ -139,15 +139,9 @@ class RedisListSource:
         self.heartbeat.clock = clock
 
     @classmethod
-    def from_config(cls, settings: Mapping[str, Any], services) -> RedisListSource:
-        conn = acquire(services, settings["connection"],
-                       f"streams.{settings['name']}.connection")
-        instance = settings["instance"] or default_instance(services.settings)
-        source = cls(settings["name"], conn, settings["key"], instance, services.reactor,
-                   settings["block"], settings["batch"], settings["instance_ttl"],
-                   lambda: release(services, conn))
-        source.faults = Faults(services, settings["name"], cls.kind, conn)
-        return source
+    def build(cls, table: Mapping[str, Any], clock, conn, instance, on_stop) -> RedisListSource:
+        return cls(table["name"], conn, table["key"], instance, clock, table["block"],
+                   table["batch"], table["instance_ttl"], on_stop)
 
     def start(self):
         """

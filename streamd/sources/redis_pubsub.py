@@ -31,7 +31,7 @@ from streamd.message import Message
 from streamd.redis import settings as redis_settings
 from streamd.redis.connection import RedisConnection
 from streamd.redis.hub import Hub
-from streamd.redis.shared import Faults, acquire, release
+from streamd.redis.shared import Faults, RedisKind
 from streamd.redis.values import as_json, param
 from streamd.sources.memory import MemorySubscription
 
@@ -49,7 +49,7 @@ class PubSubSubscription(MemorySubscription):
 
 
 @implementer(ISource)
-class RedisPubSubSource:
+class RedisPubSubSource(RedisKind):
     """
     One pub/sub stream: its channels and patterns, and its clients.
 
@@ -83,14 +83,11 @@ class RedisPubSubSource:
                               "give channels and/or patterns to subscribe to")
 
     @classmethod
-    def from_config(cls, settings: Mapping[str, Any], services) -> RedisPubSubSource:
-        conn = acquire(services, settings["connection"],
-                       f"streams.{settings['name']}.connection")
-        source = cls(settings["name"], conn, settings["channels"], settings["patterns"],
-                     services.reactor, lambda: release(services, conn),
-                     settings["coalesce_ms"] / 1000)
-        source.faults = Faults(services, settings["name"], cls.kind, conn)
-        return source
+    def build(cls, table: Mapping[str, Any], clock, conn, instance,
+              on_stop) -> RedisPubSubSource:
+        # No per-instance state: a subscriber holds nothing in Redis.
+        return cls(table["name"], conn, table["channels"], table["patterns"], clock, on_stop,
+                   table["coalesce_ms"] / 1000)
 
     def start(self):
         """Open the subscriber connection; fires once up (or after connect_timeout)."""

@@ -36,7 +36,7 @@ from streamd.message import Message
 from streamd.redis import settings as redis_settings
 from streamd.redis.connection import RedisConnection
 from streamd.redis.read_loop import Reader, share_out
-from streamd.redis.shared import Faults, acquire, default_instance, release
+from streamd.redis.shared import Faults, RedisKind
 from streamd.redis.values import as_json, json_object, param
 
 log = Logger()
@@ -181,7 +181,7 @@ class StreamSubscription(Reader):
 
 
 @implementer(ISource)
-class RedisStreamSource:
+class RedisStreamSource(RedisKind):
     """One Redis stream, in cursor or group mode (see the module doc)."""
 
     kind = "redis-stream"
@@ -219,17 +219,12 @@ class RedisStreamSource:
         self.refresher.clock = clock
 
     @classmethod
-    def from_config(cls, settings: Mapping[str, Any], services) -> RedisStreamSource:
-        conn = acquire(services, settings["connection"],
-                       f"streams.{settings['name']}.connection")
-        instance = settings["instance"] or default_instance(services.settings)
-        source = cls(settings["name"], conn, settings["key"], services.reactor,
-                   group=settings["group"], instance=instance, start=settings["start"],
-                   block=settings["block"], batch=settings["batch"],
-                   claim_idle=settings["claim_idle"], maxlen=settings["maxlen"],
-                   field=settings["field"], on_stop=lambda: release(services, conn))
-        source.faults = Faults(services, settings["name"], cls.kind, conn)
-        return source
+    def build(cls, table: Mapping[str, Any], clock, conn, instance,
+              on_stop) -> RedisStreamSource:
+        return cls(table["name"], conn, table["key"], clock, group=table["group"],
+                   instance=instance, start=table["start"], block=table["block"],
+                   batch=table["batch"], claim_idle=table["claim_idle"],
+                   maxlen=table["maxlen"], field=table["field"], on_stop=on_stop)
 
     def start(self):
         """Create the group if needed; fires once Redis answers (or after connect_timeout)."""

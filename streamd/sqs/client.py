@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import attrs
 from twisted.application.internet import backoffPolicy
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -143,6 +144,7 @@ def _cancelled(e: Exception) -> bool:
     return any(r.check(CancelledError) for r in getattr(e, "reasons", ()))
 
 
+@attrs.define(eq=False, slots=False)
 class SQSClient:
     """
     The calls the SQS source needs, each an C{async def}.
@@ -153,24 +155,23 @@ class SQSClient:
     @ivar calls: how many requests were sent, by operation (retries included).
     """
 
-    def __init__(self, http, protocol: SQSProtocol, credentials: Credentials, clock, *,
-                 max_attempts: int = 6, base_delay: float = 0.1, max_delay: float = 5.0,
-                 timeout: float = 30.0, random: Callable[[], float] = random.random,
-                 metrics=None) -> None:
-        self.http = http
-        self.protocol = protocol
-        self.credentials = credentials
-        self.clock = clock
-        self.max_attempts = max_attempts
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        # backoffPolicy's own jitter is added to the delay; full jitter scales it
-        # instead (see backoff()), so its jitter is zero here.
-        self._curve = backoffPolicy(base_delay, max_delay, 2.0, jitter=lambda: 0.0)
-        self.timeout = timeout
-        self.random = random
-        self.metrics = metrics  # streamd.metrics.Metrics, or None
-        self.calls: Counter[str] = Counter()
+    http: Any
+    protocol: SQSProtocol
+    credentials: Credentials
+    clock: Any
+    max_attempts: int = attrs.field(default=6, kw_only=True)
+    base_delay: float = attrs.field(default=0.1, kw_only=True)
+    max_delay: float = attrs.field(default=5.0, kw_only=True)
+    timeout: float = attrs.field(default=30.0, kw_only=True)
+    random: Callable[[], float] = attrs.field(default=random.random, kw_only=True)
+    metrics: Any = attrs.field(default=None, kw_only=True)  # streamd.metrics.Metrics
+    calls: Counter[str] = attrs.field(init=False, factory=Counter)
+    # backoffPolicy's own jitter is added to the delay; full jitter scales it instead
+    # (see backoff()), so its jitter is zero here.
+    _curve: Callable[[int], float] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._curve = backoffPolicy(self.base_delay, self.max_delay, 2.0, jitter=lambda: 0.0)
 
     @classmethod
     def connect(cls, reactor, queue_url: str, region: str | None = None,

@@ -59,14 +59,14 @@ class StreamdApp:
 
     def identify(self, request, action: str | None = None, name: str | None = None):
         """Who is asking (401 if that cannot be told); with C{action}, 403 unless allowed."""
-        identity = self.auth.identify(request, self.reactor.seconds())
+        identity = self.auth.identify(request)
         if action is not None:
             identity.require(action, name)
         return identity
 
     def operator(self, request, endpoint: str) -> None:
         """401 or 403 unless the operational C{endpoint} is public or the caller an admin."""
-        self.auth.operator(request, endpoint, self.reactor.seconds())
+        self.auth.operator(request, endpoint)
 
     def is_admin(self, request) -> bool:
         """Whether the caller is an admin (no error if it cannot be told)."""
