@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -134,6 +135,10 @@ def _finish(_result, request) -> None:
         request.finish()
 
 
+def _gone(failure) -> None:
+    failure.trap(CancelledError)  # the connection went: nothing to finish, nothing to say
+
+
 def responding(stream: Stream, done):
     """
     What a route returns for a started stream: a resource that leaves the response open,
@@ -149,7 +154,7 @@ def responding(stream: Stream, done):
     if done.called:
         return done  # it ended at once (limit=0, a source that ended): klein finishes
     request = stream.request
-    done.addCallback(_finish, request)
+    done.addCallbacks(_finish, _gone, callbackArgs=(request,))
     if stream.outbox is None:
         request.notifyFinish().addErrback(lambda _: done.cancel())
     return _STREAMING
