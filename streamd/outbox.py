@@ -131,6 +131,12 @@ class StreamingChannel(HTTPChannel):
     """
 
     outbox: Outbox | None = None  # set when a stream starts on this connection
+    _host = None  # the local address: one getsockname per connection, not per request
+
+    def getHost(self):
+        if self._host is None:
+            self._host = self.transport.getHost()
+        return self._host
 
     def write(self, data: bytes) -> None:
         if self.outbox is None:
