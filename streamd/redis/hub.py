@@ -72,6 +72,7 @@ class Hub:
         self.conn = conn
         self.outage_since: float | None = None
         self.waiting: list[Deferred] = []
+        self.subscribed = False  # the current connection's SUBSCRIBEs are confirmed
         self.factory = conn.subscriber(_Protocol)
         self.factory.hub = self
 
@@ -85,7 +86,7 @@ class Hub:
 
     @property
     def up(self) -> bool:
-        return self.proto is not None
+        return self.proto is not None and self.subscribed
 
     def _change(self, table: dict, names: list[bytes], member, add: bool) -> list[bytes]:
         """Update the reference counts; return the names whose count left or hit 0."""
@@ -134,19 +135,25 @@ class Hub:
 
     def connected(self, proto: _Protocol) -> None:
         self.proto = proto
-        self.conn.changed()
         sent = []
         if self.channels:
             sent.append(_quiet(proto.subscribe(list(self.channels))))
         if self.patterns:
             sent.append(_quiet(proto.psubscribe(list(self.patterns))))
-        waiting, self.waiting = self.waiting, []
-        if waiting:
-            gatherResults(sent).addBoth(lambda _: [d.callback(None) for d in waiting])
+        gatherResults(sent).addBoth(lambda _: self._subscribed(proto))
+
+    def _subscribed(self, proto: _Protocol) -> None:
+        # Up only once Redis confirmed the SUBSCRIBE: a message published after that is
+        # one we receive, so a member that looks in its store now misses nothing.
+        if proto is not self.proto:
+            return  # lost again meanwhile
+        self.subscribed = True
+        self.conn.changed()
         since, self.outage_since = self.outage_since, None
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
         if since is not None:
-            # Sent as the SUBSCRIBE goes out: every message after the notice is one
-            # published after the reconnection.
             now = self.clock.seconds()
             for member in self._members():
                 member.outage(since, now)
@@ -154,7 +161,9 @@ class Hub:
     def lost(self, proto: _Protocol) -> None:
         if proto is self.proto:
             self.proto = None
-            self.outage_since = self.clock.seconds()
+            self.subscribed = False
+            if self.outage_since is None:  # not when lost again before resubscribing
+                self.outage_since = self.clock.seconds()
 
     def _members(self) -> set[Member]:
         out: set[Member] = set()
