@@ -250,10 +250,11 @@ def check_hs256(token: str, secret: bytes, leeway: float = 0.0,
                 audience: str | None = None) -> tuple[dict[str, Any] | None, str]:
     """
     The claims of an HS256 JWT that is valid now, or None and why not (one of
-    L{TOKEN_PROBLEMS}). PyJWT checks the signature, then C{exp}, C{nbf} and C{iat}
-    against the system clock (give or take C{leeway} seconds) and, given an
-    C{audience}, C{aud}; the time claims are told apart only for a token whose
-    signature is ours.
+    L{TOKEN_PROBLEMS}). PyJWT checks the signature, then C{exp} and C{nbf} against
+    the system clock (give or take C{leeway} seconds) and, given an C{audience},
+    C{aud}; the time claims are told apart only for a token whose signature is ours.
+    C{iat} is information, not a condition (as before PyJWT): a token minted by a
+    host whose clock runs a little ahead is not refused for it.
     """
     if not secret:
         return None, INVALID
@@ -267,10 +268,11 @@ def check_hs256(token: str, secret: bytes, leeway: float = 0.0,
             # checked (as before PyJWT, which would refuse every token that has one).
             claims = jwt.decode(token, secret, algorithms=[JWT_ALGORITHM], leeway=leeway,
                                 audience=audience,
-                                options={"require": ["sub"], "verify_aud": audience is not None})
+                                options={"require": ["sub"], "verify_aud": audience is not None,
+                                         "verify_iat": False})
     except jwt.ExpiredSignatureError:
         return None, EXPIRED
-    except jwt.ImmatureSignatureError:  # nbf, or iat, in the future
+    except jwt.ImmatureSignatureError:  # nbf in the future
         return None, NOT_YET_VALID
     except jwt.InvalidTokenError:  # also malformed JSON (NaN times, deep nesting)
         return None, INVALID

@@ -7,7 +7,7 @@ import jwt
 import pytest
 import pytest_twisted
 import treq
-from conftest import StreamReader, open_stream, settings, within
+from conftest import StreamReader, open_stream, settings, stub, within
 
 from streamd import config
 from streamd.auth import Auth, check_hs256, sign_hs256, verify_hs256
@@ -99,10 +99,15 @@ async def test_jwt_mode_claims_and_expiry(serve):
     reader.close()
 
 
+async def stub_status(http, method, url, **kw):
+    r = await getattr(http, method)(url, **kw)
+    return r, await r.json()
+
+
 @ensure
-async def test_jwt_says_expired_or_not_yet_valid(serve):
-    server = await serve(settings(auth={"mode": "jwt", "jwt_secret": SECRET}))
-    url = server.url + "/streams/orders"
+async def test_jwt_says_expired_or_not_yet_valid():
+    _, http, _ = stub(settings(auth={"mode": "jwt", "jwt_secret": SECRET}))
+    url = "http://streamd/streams/orders"
     now = time.time()
     cases = [
         ({"exp": now - 1}, "token expired"),
@@ -111,13 +116,14 @@ async def test_jwt_says_expired_or_not_yet_valid(serve):
     ]
     for claims, why in cases:
         token = sign_hs256({"sub": "svc", "read": ["*"], **claims}, SECRET.encode())
-        r, body = await status("get", url, headers={"Authorization": f"Bearer {token}"})
+        r, body = await stub_status(http, "get", url,
+                                    headers={"Authorization": f"Bearer {token}"})
         assert r.code == 401 and body["error"]["message"] == why
         assert r.headers.getRawHeaders("www-authenticate") == [
             f'Bearer realm="streamd", error="invalid_token", error_description="{why}"']
     # An expired token signed with another secret is just invalid: say nothing more.
     forged = sign_hs256({"sub": "svc", "exp": now - 1}, b"another-secret-entirely")
-    r, body = await status("get", url, headers={"Authorization": f"Bearer {forged}"})
+    r, body = await stub_status(http, "get", url, headers={"Authorization": f"Bearer {forged}"})
     assert body["error"]["message"] == "invalid token"
 
 
@@ -125,18 +131,23 @@ OPS = {"/metrics": {}, "/openapi.json": {}, "/": {},
        "/ ": {"Accept": "text/html"}}  # "/ ": the live page
 
 
-async def get(url, headers=None):
-    r = await within(treq.get(url, headers=headers or {}))
-    return r, await treq.content(r)
+def getter(s):
+    """A GET of a path of a StreamdApp built from C{s}, in memory (StubTreq)."""
+    _, http, _ = stub(s)
+
+    async def get(path, headers=None):
+        r = await http.get("http://streamd" + path, headers=headers or {})
+        return r, await r.content()
+    return get
 
 
 @ensure
-async def test_with_auth_on_only_health_answers_anyone(serve):
-    server = await serve(settings(auth=TOKENS))
+async def test_with_auth_on_only_health_answers_anyone():
+    get = getter(settings(auth=TOKENS))
     alice = {"Authorization": "Bearer alice-token"}
     ops = {"Authorization": "Bearer ops-token"}
     for path, headers in OPS.items():
-        url = server.url + path.strip()
+        url = path.strip()
         r, body = await get(url, headers)
         assert r.code == 401, (path, body)
         assert r.headers.getRawHeaders("www-authenticate") == ['Bearer realm="streamd"']
@@ -145,37 +156,37 @@ async def test_with_auth_on_only_health_answers_anyone(serve):
         r, body = await get(url, {**headers, **ops})
         assert r.code == 200, (path, body)
     # /health: anyone learns up or down, and nothing of the setup.
-    r, body = await get(server.url + "/health")
+    r, body = await get("/health")
     assert r.code == 200 and json.loads(body) == {"service": "streamd", "status": "ok"}
-    r, body = await get(server.url + "/health", alice)
+    r, body = await get("/health", alice)
     assert json.loads(body) == {"service": "streamd", "status": "ok"}
-    r, body = await get(server.url + "/health", ops)
+    r, body = await get("/health", ops)
     full = json.loads(body)
     assert full["status"] == "ok" and "sources" in full and "version" in full
 
 
 @ensure
-async def test_public_lists_the_endpoints_that_answer_anyone(serve):
-    server = await serve(settings(auth={**TOKENS, "public": ["metrics", "status"]}))
-    r, body = await get(server.url + "/metrics")
+async def test_public_lists_the_endpoints_that_answer_anyone():
+    get = getter(settings(auth={**TOKENS, "public": ["metrics", "status"]}))
+    r, body = await get("/metrics")
     assert r.code == 200 and b"streamd_" in body
-    r, body = await get(server.url + "/")
+    r, body = await get("/")
     assert r.code == 200 and "identities" not in json.loads(body)
-    r, body = await get(server.url + "/health")
+    r, body = await get("/health")
     assert r.code == 401  # not listed any more
-    r, body = await get(server.url + "/health", {"Authorization": "Bearer alice-token"})
+    r, body = await get("/health", {"Authorization": "Bearer alice-token"})
     assert r.code == 403
-    r, body = await get(server.url + "/openapi.json")
+    r, body = await get("/openapi.json")
     assert r.code == 401
 
 
 @ensure
-async def test_with_auth_off_every_operational_endpoint_is_public(serve):
-    server = await serve(settings())
+async def test_with_auth_off_every_operational_endpoint_is_public():
+    get = getter(settings())
     for path, headers in {**OPS, "/health": {}}.items():
-        r, body = await get(server.url + path.strip(), headers)
+        r, body = await get(path.strip(), headers)
         assert r.code == 200, (path, body)
-    r, body = await get(server.url + "/health")
+    r, body = await get("/health")
     assert "sources" in json.loads(body)
 
 
@@ -207,8 +218,12 @@ def test_jwt_leeway_iat_and_audience():
     late = sign_hs256({"sub": "a", "exp": now - 5}, secret)
     assert check_hs256(late, secret) == (None, "token expired")
     assert check_hs256(late, secret, leeway=60)[0] is not None  # clock skew forgiven
-    early = sign_hs256({"sub": "a", "iat": now + 600}, secret)
+    early = sign_hs256({"sub": "a", "nbf": now + 600}, secret)
     assert check_hs256(early, secret) == (None, "token not yet valid")
+    assert check_hs256(early, secret, leeway=900)[0] is not None
+    # iat is not a condition: a token from a host whose clock runs ahead is accepted.
+    ahead = sign_hs256({"sub": "a", "iat": now + 600}, secret)
+    assert check_hs256(ahead, secret)[0]["sub"] == "a"
     for_us = sign_hs256({"sub": "a", "aud": "streamd"}, secret)
     for_them = sign_hs256({"sub": "a", "aud": "billing"}, secret)
     assert check_hs256(for_us, secret, audience="streamd")[0]["sub"] == "a"
@@ -261,6 +276,7 @@ async def test_cors_preflight_and_stream_for_listed_origin_only(serve):
 
 @ensure
 async def test_cors_any_origin_without_credentials(serve):
+    # CORS wraps the site's resource (streamd.web.site), so this one needs a real socket.
     server = await serve(settings(cors_origins=["*"]))
     r = await within(treq.get(server.url + "/", headers={"Origin": "https://x.example"}))
     assert r.headers.getRawHeaders("access-control-allow-origin") == ["*"]

@@ -287,6 +287,10 @@ async def test_head_of_a_stream_answers_headers_without_opening_it():
     ("application/json, text/event-stream", True),
     ("text/event-stream, */*;q=0.1", True),
     ("*/*", False),
+    # A wildcard is what curl and scripts send: it never chooses SSE (nor did the
+    # first release's substring match).
+    ("text/*", False),
+    ("text/*, application/json;q=0.5", False),
     ("application/x-ndjson", False),
     # q=0 means "not this": it refuses SSE (a substring match used to choose it).
     ("text/event-stream;q=0", False),

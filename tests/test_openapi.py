@@ -21,8 +21,7 @@ import pytest
 import pytest_twisted
 import requests
 import schemathesis
-import treq
-from conftest import settings, within
+from conftest import settings, stub
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from openapi_spec_validator import validate
@@ -95,12 +94,12 @@ def test_document_is_valid_openapi_31_with_streaming_media_types():
 
 
 @pytest_twisted.ensureDeferred
-async def test_served_document(serve):
-    server = await serve(settings())
-    response = await within(treq.get(server.url + "/openapi.json"))
+async def test_served_document():
+    _, http, _ = stub(settings())
+    response = await http.get("http://streamd/openapi.json")
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type") == ["application/json"]
-    assert await treq.json_content(response) == document()
+    assert await response.json() == document()
 
 
 # -- the fuzz run ------------------------------------------------------------------

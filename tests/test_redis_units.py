@@ -51,6 +51,10 @@ def test_url_parser_takes_tls_user_password_and_db():
         "host": "h", "port": 6379, "db": 0, "username": None, "password": "secret",
         "tls": False}
     assert parse_url("redis://h:1/")["password"] is None
+    # The client, as in its first release, takes a URL without a host as 127.0.0.1;
+    # the config and the event store want one named.
+    assert parse_url("redis:///2", default_host="127.0.0.1")["host"] == "127.0.0.1"
+    assert parse_url("redis://h/2", default_host="127.0.0.1")["host"] == "h"
 
 
 @pytest.mark.parametrize(("url", "message"), [

@@ -61,8 +61,9 @@ class RedisLink:
         """
         C{redis://[[user]:password@]host[:port][/db]}, or C{rediss://} for TLS (the
         server's certificate checked against C{tls_ca}, a PEM file, or the system's CAs).
+        Without a host (C{redis:///1}), 127.0.0.1.
         """
-        return cls(reactor, **parse_url(url), tls_ca=tls_ca)
+        return cls(reactor, **parse_url(url, default_host="127.0.0.1"), tls_ca=tls_ca)
 
     def command(self, *args) -> Deferred:
         """Run one command: a Deferred of its reply (bytes, ints, lists)."""

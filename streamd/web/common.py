@@ -121,9 +121,10 @@ def accepted(request) -> MIMEAccept:
 
 def negotiate(request, fmt: str | None):
     """
-    A stream's framing: C{?format=} (ndjson or sse) wins; else the type the C{Accept}
-    header ranks higher (C{text/event-stream;q=0} refuses SSE); on a tie, SSE if the
-    header names it, as a browser's EventSource does; NDJSON otherwise.
+    A stream's framing: C{?format=} (ndjson or sse) wins; else SSE if the C{Accept}
+    header names C{text/event-stream} (as a browser's EventSource does) and ranks it at
+    least as high as NDJSON (C{text/event-stream;q=0} refuses SSE); NDJSON otherwise.
+    A wildcard (C{text/*}, C{*/*}) never selects SSE: it is what curl and scripts send.
     """
     if fmt is not None:
         chosen = framing.FRAMINGS.get(fmt)
@@ -131,10 +132,10 @@ def negotiate(request, fmt: str | None):
             raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
         return chosen
     accept = accepted(request)
-    sse = accept["text/event-stream"]
-    ndjson = accept["application/x-ndjson"]
-    if sse > ndjson or (sse and sse == ndjson and "text/event-stream" in accept.values()):
-        return framing.SSE
+    if "text/event-stream" in accept.values():
+        sse = accept["text/event-stream"]
+        if sse and sse >= accept["application/x-ndjson"]:
+            return framing.SSE
     return framing.NDJSON
 
 
