@@ -135,7 +135,7 @@ class Auth:
     admins: tuple[str, ...] = ()
     max_connections_per_identity: int = 0
     public: frozenset[str] = frozenset({"health"})
-    #: Seconds of clock skew a JWT's exp, nbf and iat are allowed; the audience its
+    #: Seconds of clock skew a JWT's exp and nbf are allowed; the audience its
     #: "aud" must name (None: not checked). Not config keys yet.
     jwt_leeway: float = 0.0
     jwt_audience: str | None = None
