@@ -159,7 +159,7 @@ def render_error(request, failure) -> bytes:
         if status == 404:
             message = "no such resource"
         elif status == 405:
-            allowed = err.valid_methods or []
+            allowed = sorted(err.valid_methods or [])  # werkzeug's order follows a set's
             request.setHeader(b"Allow", ", ".join(allowed).encode())
             message = f"method not allowed (allowed: {', '.join(allowed)})"
     else:
