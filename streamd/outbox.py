@@ -106,22 +106,32 @@ class Outbox(Listeners):
             self.transport.producerPaused = True
 
     def write(self, parts: list[bytes]) -> None:
-        t = self.transport
-        if self.clear() and t.connected and not t.disconnecting:
-            try:
-                taken = t.getHandle().sendmsg(parts)
-            except OSError:
-                taken = 0  # EAGAIN; or an error Twisted's own write will meet and report
-            if taken:
-                for i, part in enumerate(parts):
-                    if taken < len(part):
-                        parts = [part[taken:], *parts[i + 1:]]
-                        break
-                    taken -= len(part)
-                else:
-                    return
-        t.writeSequence(parts)
-        self.watch()  # bytes left behind
+        if not send_now(self.transport, parts):
+            self.watch()  # bytes left behind
+
+
+def send_now(t: tcp.Server, parts: list[bytes]) -> bool:
+    """
+    Write C{parts} to C{t}: straight to the socket (one C{sendmsg}) when nothing is
+    buffered there, and what the kernel would not take through Twisted's buffer. True
+    if every byte went at once.
+    """
+    if not t._tempDataLen and t.offset == len(t.dataBuffer) and t.connected \
+            and not t.disconnecting:
+        try:
+            taken = t.getHandle().sendmsg(parts)
+        except OSError:
+            taken = 0  # EAGAIN; or an error Twisted's own write will meet and report
+        if taken:
+            for i, part in enumerate(parts):
+                if taken < len(part):
+                    parts = [part[taken:], *parts[i + 1:]]
+                    break
+                taken -= len(part)
+            else:
+                return True
+    t.writeSequence(parts)
+    return False
 
 
 class StreamingChannel(HTTPChannel):
@@ -132,23 +142,48 @@ class StreamingChannel(HTTPChannel):
 
     outbox: Outbox | None = None  # set when a stream starts on this connection
     _host = None  # the local address: one getsockname per connection, not per request
+    _head = None  # a response's status line and headers, until its first bytes go
 
     def getHost(self):
         if self._host is None:
             self._host = self.transport.getHost()
         return self._host
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # No Nagle: a stream's small writes (and a response sent at once) must not wait
+        # for the ACK of the previous one (nginx's tcp_nodelay, on by default).
+        with contextlib.suppress(AttributeError, OSError):
+            self.transport.setTcpNoDelay(True)
+
+    def writeHeaders(self, version, code, reason, headers) -> None:
+        # Held, and sent with the response's first bytes in one sendmsg (Request.write
+        # calls this, then write(); L{HeadFirstRequest} sends a head no bytes follow).
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self._head = head
+
+    def send_head(self) -> None:
+        """Send a response head that no write took with it."""
+        if self._head is not None:
+            self.writeSequence(())
+
     def write(self, data: bytes) -> None:
-        if self.outbox is None:
-            self.transport.write(data)
-        else:
-            self.outbox.write([data])
+        self.writeSequence((data,))
 
     def writeSequence(self, iovec) -> None:
-        if self.outbox is None:
-            self.transport.writeSequence(iovec)
-        else:
-            self.outbox.write(list(iovec))
+        parts = list(iovec)
+        if self._head is not None:
+            parts[:0], self._head = self._head, None
+        if self.outbox is not None:
+            self.outbox.write(parts)
+        elif isinstance(self.transport, tcp.Server):
+            send_now(self.transport, parts)
+        else:  # TLS (its layer buffers and encrypts), a test's transport
+            self.transport.writeSequence(parts)
 
     def resumeProducing(self) -> None:
         super().resumeProducing()

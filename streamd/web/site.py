@@ -9,7 +9,7 @@ import json
 
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from streamd.outbox import StreamingChannel
 from streamd.web.access import open_access_log
@@ -23,6 +23,20 @@ ALLOW_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
 EXPOSE_HEADERS = b"Streamd-Session, WWW-Authenticate, Retry-After"
 
 
+class HeadFirstRequest(Request):
+    """
+    A Request whose head goes out with its first bytes (L{StreamingChannel.writeHeaders}
+    holds it), or at the end of the write that started the response when no bytes came
+    with it (HEAD, 204, an empty body).
+    """
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        send_head = getattr(self.channel, "send_head", None)  # not on HTTP/2's streams
+        if send_head is not None:
+            send_head()
+
+
 class StreamdSite(Site):
     """
     The Site: Twisted's, less two costs that every request paid, and with streaming
@@ -33,6 +47,7 @@ class StreamdSite(Site):
     """
 
     access = None
+    requestFactory = HeadFirstRequest
 
     def log(self, request) -> None:
         if self.access is not None:
