@@ -14,6 +14,11 @@ once (C{sendmsg} of the parts, no join), and only what the kernel would not take
 Twisted. A stream that keeps up then costs one C{send} per batch and no epoll
 register/unregister, and its acks need no further reactor turn.
 
+Every other response is written the same way (L{send_now}), its head held back by
+L{StreamingChannel.writeHeaders} to go with its first bytes: a POST's 202 leaves in one
+C{sendmsg} before its handler returns, not in Twisted's next write turn, so the next POSTs
+of busy publishers meet in one reactor turn and their messages in one batch.
+
 The cost per connection is one attribute on the channel, set when a stream starts; the
 channel class (L{StreamingChannel}) carries the rest. The length of Twisted's buffer is
 read from two private attributes in L{Outbox.buffered}: this module is the one place that
