@@ -81,7 +81,8 @@ class Factory(txredisapi.RedisFactory):
       - replaces C{retryDelay} (txredisapi's retry policy for its C{ClientService})
         with Twisted's C{backoffPolicy}, from C{reconnect_initial} to C{reconnect_max};
       - reads C{pool} and C{handler} (the pool's live connections, and the object
-        that runs a command on one of them) for L{command}, L{eval} and L{up}.
+        that runs a command on one of them) for L{command}, L{eval} and L{up}, and
+        C{disconnectCalled} (set by its C{disconnect}) for L{closed}.
 
     Connect it with C{startConnecting(endpoint)}, the only way txredisapi 1.6
     documents (hence C{txredisapi>=1.6}).
