@@ -21,8 +21,9 @@ of busy publishers meet in one reactor turn and their messages in one batch.
 
 The cost per connection is one attribute on the channel, set when a stream starts; the
 channel class (L{StreamingChannel}) carries the rest. The length of Twisted's buffer is
-read from two private attributes in L{Outbox.buffered}: this module is the one place that
-knows.
+read from two private attributes in L{Outbox.buffered} (and L{send_now}, which also reads
+C{_aborting}: after C{abortConnection} nothing more may go out): this module is the one
+place that knows.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def send_now(t: tcp.Server, parts: list[bytes]) -> bool:
     if every byte went at once.
     """
     if not t._tempDataLen and t.offset == len(t.dataBuffer) and t.connected \
-            and not t.disconnecting:
+            and not t.disconnecting and not t._aborting:
         try:
             taken = t.getHandle().sendmsg(parts)
         except OSError:
@@ -163,7 +164,9 @@ class StreamingChannel(HTTPChannel):
 
     def writeHeaders(self, version, code, reason, headers) -> None:
         # Held, and sent with the response's first bytes in one sendmsg (Request.write
-        # calls this, then write(); L{HeadFirstRequest} sends a head no bytes follow).
+        # calls this, then write(); L{HeadFirstRequest} sends a head no bytes follow,
+        # and so does requestDone, for a Request that wrote past HeadFirstRequest).
+        self.send_head()  # never drop one: an earlier head goes first
         head = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:
@@ -181,14 +184,26 @@ class StreamingChannel(HTTPChannel):
 
     def writeSequence(self, iovec) -> None:
         parts = list(iovec)
-        if self._head is not None:
-            parts[:0], self._head = self._head, None
-        if self.outbox is not None:
-            self.outbox.write(parts)
-        elif isinstance(self.transport, tcp.Server):
-            send_now(self.transport, parts)
-        else:  # TLS (its layer buffers and encrypts), a test's transport
-            self.transport.writeSequence(parts)
+        head = self._head
+        if head is not None:
+            parts[:0], self._head = head, None
+        try:
+            if self.outbox is not None:
+                self.outbox.write(parts)
+            elif isinstance(self.transport, tcp.Server):
+                send_now(self.transport, parts)
+            else:  # TLS (its layer buffers and encrypts), a test's transport
+                self.transport.writeSequence(parts)
+        except BaseException:
+            # Nothing went (a handler wrote a str, say): the head goes with the next
+            # write, the error page Twisted writes next.
+            if head is not None:
+                self._head = head
+            raise
+
+    def requestDone(self, request) -> None:
+        self.send_head()
+        super().requestDone(request)
 
     def resumeProducing(self) -> None:
         super().resumeProducing()
