@@ -99,8 +99,7 @@ class Outbox(Listeners):
 
     def clear(self) -> bool:
         """Everything written so far has left the process."""
-        t = self.transport
-        return not t._tempDataLen and t.offset == len(t.dataBuffer)
+        return _clear(self.transport)
 
     def watch(self) -> None:
         """
@@ -116,14 +115,18 @@ class Outbox(Listeners):
             self.watch()  # bytes left behind
 
 
+def _clear(t: tcp.Server) -> bool:
+    """Nothing waits in Twisted's buffer of C{t}."""
+    return not t._tempDataLen and t.offset == len(t.dataBuffer)
+
+
 def send_now(t: tcp.Server, parts: list[bytes]) -> bool:
     """
     Write C{parts} to C{t}: straight to the socket (one C{sendmsg}) when nothing is
     buffered there, and what the kernel would not take through Twisted's buffer. True
     if every byte went at once.
     """
-    if not t._tempDataLen and t.offset == len(t.dataBuffer) and t.connected \
-            and not t.disconnecting and not t._aborting:
+    if _clear(t) and t.connected and not t.disconnecting and not t._aborting:
         try:
             taken = t.getHandle().sendmsg(parts)
         except OSError:
@@ -166,7 +169,6 @@ class StreamingChannel(HTTPChannel):
         # Held, and sent with the response's first bytes in one sendmsg (Request.write
         # calls this, then write(); L{HeadFirstRequest} sends a head no bytes follow,
         # and so does requestDone, for a Request that wrote past HeadFirstRequest).
-        self.send_head()  # never drop one: an earlier head goes first
         head = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:

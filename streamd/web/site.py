@@ -31,6 +31,9 @@ class HeadFirstRequest(Request):
     """
 
     def write(self, data: bytes) -> None:
+        if self.startedWriting:  # a stream's every batch: nothing more to do
+            super().write(data)
+            return
         super().write(data)
         send_head = getattr(self.channel, "send_head", None)  # not on HTTP/2's streams
         if send_head is not None:
