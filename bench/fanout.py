@@ -11,8 +11,10 @@ scenario runs N times per server (interleaved) and one table of medians follows.
 
     python bench/fanout.py --scenario all --server both --repeat 3
     python bench/fanout.py --quick --scenario a,c          # a smoke run
+    python bench/fanout.py --scenario h,w --repeat 3       # the large audience, 2 workers
 
-Scenarios: a, a-sse, b, c, d, e, f, g (see bench/README.md); --scenario a,g or all.
+Scenarios: a, a-sse, b, c, d, e, f, g (all), and by name h, w (w-a, w-b, w-c, w-h); see
+bench/README.md; --scenario a,g, all, or h,w.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,29 +105,42 @@ def wait_quiet(limit: float, cores: float = 0.25) -> float:
 
 
 def run_once(spec, server_name: str, args, opts: Options, runner) -> dict:
-    """One run: fresh server(s), the scenario, the servers stopped; never raises."""
+    """
+    One run: fresh server(s), the scenario, the servers stopped; never raises. A spec
+    with C{pin} false ((w)) runs with nothing pinned, this process included.
+    """
     redis = Redis(args.bench_cpu, args.keep_logs) if spec.source == "redis" else None
-    server = (Streamd if server_name == "streamd" else Nchan)(args.server_cpu, args.keep_logs)
+    server = (Streamd if server_name == "streamd" else Nchan)(
+        args.server_cpu if spec.pin else None, args.keep_logs)
     report: dict = {"scenario": spec.id, "server": server_name}
+    affinity = os.sched_getaffinity(0)
+    if not spec.pin:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        if args.server_cpu is not None and (os.cpu_count() or 1) > 1:
+            opts = replace(opts, server_cpu=0, bench_cpu=1)  # still show each CPU's busy time
     try:
         if redis is not None:
             redis.start()
         if server_name == "streamd":
             env = dict(kv.split("=", 1) for kv in args.server_env)
             server.start(redis_port=redis.port if redis else None, args=args.server_arg,
-                         env=env)
+                         env=env, workers=spec.workers, backlog=args.listen_backlog)
         else:
-            server.start()
+            server.start(workers=spec.workers)
+        up = server.workers_up(server.info()) if spec.workers > 1 else None
         coro = run_idle(spec, server, opts) if spec.idle else run_fanout(spec, server, opts,
                                                                          redis)
         report = runner(asyncio.wait_for(coro, opts.timeout + 60))
+        report["workers_up"] = up
     except Exception as e:  # reported in the table, the other runs go on
         report["error"] = f"{type(e).__name__}: {e}"
     finally:
         report["server_exit"] = server.stop()
         report["command"] = " ".join(server.command)
+        report["pinned"] = spec.pin and args.server_cpu is not None
         if redis is not None:
             redis.stop()
+        os.sched_setaffinity(0, affinity)
     return report
 
 
@@ -162,6 +178,18 @@ def one_line(r: dict) -> str:
                      f"{s['got_in_all']:,} in all; ended {s['ended']}; controls {s['controls']}"
                      + "".join(f"; first {k} line: {v}" for k, v in s["samples"].items()
                                if k != "end"))
+    if r.get("audience"):
+        a = r["audience"]
+        extra.append(
+            f"connected {a['connected']:,} of {r['readers']:,} in {a['connect_s']:.1f} s, listen"
+            f" overflows {a['listen_overflows']} (SYN drops {a['listen_drops']}), "
+            f"{fmt(a['kib_per_reader'], '{:.1f}')} KiB per reader, to the last reader "
+            f"{fmt(a['last_reader_ms'], '{:.0f}')} ms (median of {a['messages_reached']}; max "
+            f"{fmt(a['last_reader_max_ms'], '{:.0f}')}), to the first "
+            f"{fmt(a['first_reader_ms'], '{:.1f}')} ms; server fd limit {a['server_nofile']}, "
+            f"{a['server_pids']} processes, workers up {a['workers_up']}")
+    elif r.get("workers_up") is not None:
+        extra.append(f"workers up (GET /): {r['workers_up']}")
     if r["timed_out"]:
         extra.append("TIMED OUT (--timeout)")
     if r.get("profile"):
@@ -169,6 +197,10 @@ def one_line(r: dict) -> str:
     if r["server_exit"].get("log_problems"):
         extra.append(f"server log problems: {r['server_exit']}")
     return line + "".join(f"\n{' ' * 16}{e}" for e in extra)
+
+
+def fmt(v, spec: str) -> str:
+    return "n/a" if v is None else spec.format(v)
 
 
 def profile_lines(p: dict) -> list[str]:
@@ -186,7 +218,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", default="all",
-                   help="a, a-sse, b, c, d, e, f, g (comma-separated), or all")
+                   help="a, a-sse, b, c, d, e, f, g (comma-separated), or all (those); "
+                   "h (the large audience), w (2 workers against 1: w-a, w-b, w-c, w-h)")
+    p.add_argument("--readers", type=int, help="(h)'s readers (default 15,000; 1,000 with "
+                   "--quick), also in (w)")
+    p.add_argument("--sources", type=int, help="(h): the loopback addresses the readers "
+                   "connect from, 127.0.0.2 on (default 8)")
+    p.add_argument("--listen-backlog", type=int, metavar="N", help="streamd's listen "
+                   "backlog (backlog=N on its --listen endpoint; default: streamd's own)")
     p.add_argument("--server", choices=["streamd", "nchan", "both"], default="both")
     p.add_argument("--repeat", type=int, default=1, help="runs per scenario and server; "
                    "the tables show medians")
@@ -248,7 +287,7 @@ def reprint(path: str, groups) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    groups = select(args.scenario, args.quick)
+    groups = select(args.scenario, args.quick, args.readers, args.sources)
     if args.tables:
         return reprint(args.tables, groups)
     servers = ["streamd", "nchan"] if args.server == "both" else [args.server]
@@ -262,6 +301,8 @@ def main(argv=None) -> int:
                    bench_cpu=args.bench_cpu, profile=args.profile, py_spy=args.py_spy)
     print(machine(), flush=True)
     where = f"CPU {args.server_cpu}" if args.server_cpu is not None else "not pinned"
+    if any(not s.pin for g in groups for s in g):
+        where += " ((w): nothing pinned, the generator included)"
     print(f"generator: {pin_self(args.bench_cpu)}, {loop_name}; servers: {where}; "
           f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {' '.join(sys.argv)}\n", flush=True)
     everything = []

@@ -15,6 +15,7 @@ import time
 from array import array
 from dataclasses import dataclass
 
+from audience import audience_figures, before_burst, bind_source
 from load import Publisher, http_framer, parse_http, parse_resp, resp_framer
 from profile_server import start_profiler, stop_profiler
 from servers import HOST, Redis, cpu_busy
@@ -42,6 +43,17 @@ class Spec:
     slow_rate: float = 20_000
     idle: int = 0  # > 0: the idle-streams scenario, this many streams
     servers: tuple[str, ...] = ("streamd", "nchan")
+    # (h): the readers connect all at once (no OPEN_CONCURRENCY gate), from this many
+    # source addresses (127.0.0.2, ...; 0: the kernel's choice, 127.0.0.1); the run then
+    # reports connected, listen-queue overflows, RSS per reader and when each message
+    # reached its last reader (audience.py)
+    burst: bool = False
+    sources: int = 0
+    # (w): the server's worker processes (streamd --workers N, Nchan worker_processes N)
+    # and whether server and generator are pinned as usual (False: nothing pinned)
+    workers: int = 1
+    pin: bool = True
+    variant: str = ""  # shown beside the server's name in the tables, e.g. "2 workers"
 
 
 @dataclass
@@ -83,17 +95,25 @@ async def wait_subscribers(server, name: str, target: int, timeout: float) -> in
 
 
 async def open_readers(port: int, request: bytes, count: int, total: int, deadline: float,
-                       sse: bool = False, read_rate: float | None = None) -> list[Subscriber]:
-    """Open C{count} streams, at most L{OPEN_CONCURRENCY} connecting at a time."""
+                       sse: bool = False, read_rate: float | None = None,
+                       burst: bool = False, sources: int = 0) -> list[Subscriber]:
+    """
+    Open C{count} streams, at most L{OPEN_CONCURRENCY} connecting at a time (a C{burst}:
+    all at once), each bound to one of C{sources} loopback addresses in turn if > 0.
+    """
     loop = asyncio.get_running_loop()
     subs = [Subscriber(request, total, read_rate, sse) for _ in range(count)]
-    gate = asyncio.Semaphore(OPEN_CONCURRENCY)
+    gate = asyncio.Semaphore(count if burst else OPEN_CONCURRENCY)
+    index = iter(range(count))
 
     async def one(sub: Subscriber) -> None:
         async with gate:
+            sock = None
             try:
                 sock = socket.socket()
                 sock.setblocking(False)
+                if sources:
+                    bind_source(sock, next(index), sources)
                 if read_rate is not None:  # before connecting: it sets the window
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
                 left = deadline - time.monotonic()
@@ -101,7 +121,8 @@ async def open_readers(port: int, request: bytes, count: int, total: int, deadli
                 await loop.create_connection(lambda: sub, sock=sock)
                 await asyncio.wait_for(asyncio.shield(sub.opened), deadline - time.monotonic())
             except (OSError, asyncio.TimeoutError) as e:
-                sock.close()
+                if sock is not None:
+                    sock.close()
                 sub.fail(f"not opened: {type(e).__name__} {e}")
 
     await asyncio.gather(*(one(s) for s in subs))
@@ -123,7 +144,9 @@ async def wait_end(subs: list[Subscriber], quiet: float, deadline: float) -> Non
             last_progress, last_seen = time.monotonic(), seen
         elif time.monotonic() - last_progress > quiet:
             return
-        await asyncio.sleep(0.005)
+        # Each look costs about a microsecond per reader: with thousands, look less often,
+        # so that the generator keeps reading what is still arriving.
+        await asyncio.sleep(max(0.005, 5e-6 * len(waiting)))
 
 
 # --------------------------------------------------------------------------- figures
@@ -229,11 +252,19 @@ async def run_fanout(spec: Spec, server, opts: Options, redis: Redis | None = No
     request = server.sub_request(name, spec.sse)
     total = spec.messages
     rss0 = server.rss()
-    fast = await open_readers(server.port, request, spec.readers, total, deadline, spec.sse)
+    burst = before_burst(server) if spec.burst else None
+    fast = await open_readers(server.port, request, spec.readers, total, deadline, spec.sse,
+                              burst=spec.burst, sources=spec.sources)
+    if burst is not None:
+        burst.opened()
     slow = await open_readers(server.port, request, spec.slow, total, deadline, spec.sse,
                               spec.slow_rate) if spec.slow else []
     opened = live(fast) + live(slow)
-    seen = await wait_subscribers(server, name, opened, min(10, deadline - time.monotonic()))
+    seen = await wait_subscribers(server, name, opened, min(10 + spec.readers / 1000,
+                                                            deadline - time.monotonic()))
+    if burst is not None:
+        await burst.after(server, name, opened, seen, min(opts.settle, deadline -
+                                                          time.monotonic()), get_json)
     if redis is not None:
         await asyncio.get_running_loop().run_in_executor(None, wait_numsub, redis)
     pub = make_publisher(spec, server, name, redis)
@@ -264,6 +295,7 @@ async def run_fanout(spec: Spec, server, opts: Options, redis: Redis | None = No
     m = merge(results, published["accepted_seqs"])
     first_send = published["first_send"]
     window = (m["last_recv"] - first_send) if m["last_recv"] else None
+    extra = audience_figures(burst, fast, published["accepted_seqs"]) if burst else {}
     return {
         "scenario": spec.id, "server": server.name, "stream": name,
         "readers": spec.readers, "opened": opened, "subscribers_seen": seen,
@@ -283,7 +315,7 @@ async def run_fanout(spec: Spec, server, opts: Options, redis: Redis | None = No
         else None,
         "rss_kib": {"start": rss0["VmRSS"], "streams_open": rss_open["VmRSS"],
                     "end": rss_end["VmRSS"], "peak": rss_end["VmHWM"]},
-        "slow": slow_report, "profile": profile,
+        "slow": slow_report, "profile": profile, "workers": server.workers, **extra,
     }
 
 

@@ -24,6 +24,8 @@ def start_profiler(args, server):
     # while they change, and then put most samples on the wrong line.
     cmd = [args.py_spy, "record", "--pid", str(server.pids()[0]), "--rate", "250", "--idle",
            "--format", fmt, "-o", args.profile]
+    if server.workers > 1:  # streamd --workers: its worker processes too
+        cmd.append("--subprocesses")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

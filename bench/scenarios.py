@@ -3,6 +3,8 @@ The scenarios of issue 12, their targets, and the tables of their medians.
 
 Each scenario runs against streamd and against nginx + Nchan (except (e), Redis pub/sub,
 which is streamd's alone); every message is its own request (POST, or PUBLISH for (e)).
+(h), a large audience, and (w), 2 server workers against 1, are run by name only (not by
+"all"); their tables and targets are in C{scaling.py}.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import statistics
 from dataclasses import replace
 
 from harness import Spec
+from scaling import audience_medians, audience_table, audience_targets, ms, num, pct, worker_targets
 
 SCENARIOS = [
     Spec("a", "(a) 100 NDJSON readers, 5,000 x 200 B, one per POST, 4 POST connections, "
@@ -31,30 +34,56 @@ SCENARIOS = [
          "per POST, 4 POST connections, full speed", readers=10, messages=20000),
     Spec("g", "(g) the same 10 readers plus 1 reading at 20 KB/s", readers=10,
          messages=20000, slow=1, slow_rate=20_000),
+    Spec("h", "(h) 15,000 NDJSON readers connecting at once, then 1 msg/s for 10 s",
+         readers=15000, messages=10, rate=1, burst=True, sources=8),
 ]
+#: (w): (a), (b), (c) and (h) with 1 and with 2 server workers, nothing pinned.
+WORKER_BASES = ("a", "b", "c", "h")
+SCENARIOS += [replace(s, id=f"{s.id}-w{n}", title=f"(w) {s.title}, {n} worker"
+                      f"{'s' if n > 1 else ''}, nothing pinned", workers=n, pin=False,
+                      variant=f"{n} worker{'s' if n > 1 else ''}")
+              for s in SCENARIOS if s.id in WORKER_BASES for n in (1, 2)]
 BY_ID = {s.id: s for s in SCENARIOS}
 #: The scenarios printed together as one table.
 GROUPS = {"a": ["a"], "a-sse": ["a-sse"], "b": ["b"], "c": ["c"], "d": ["d"], "e": ["e"],
-          "f": ["f"], "g": ["g-base", "g"]}
-#: What --scenario X selects: (a) is NDJSON and SSE.
-NAMES = {"a": ["a", "a-sse"], "all": list(GROUPS), **{k: [k] for k in GROUPS if k != "a"}}
+          "f": ["f"], "g": ["g-base", "g"], "h": ["h"],
+          **{f"w-{b}": [f"{b}-w1", f"{b}-w2"] for b in WORKER_BASES}}
+#: What "all" runs: issue 12's scenarios; (h) and (w) are run by name.
+ALL = ["a", "a-sse", "b", "c", "d", "e", "f", "g"]
+#: What --scenario X selects: (a) is NDJSON and SSE; w is (w) of (a), (b), (c) and (h).
+NAMES = {"a": ["a", "a-sse"], "all": ALL, "w": [f"w-{b}" for b in WORKER_BASES],
+         **{k: [k] for k in GROUPS if k != "a"}}
 #: --quick: the same shapes, smaller (a smoke run, not figures).
 QUICK = {"a": dict(readers=20, messages=1000), "a-sse": dict(readers=20, messages=1000),
          "b": dict(messages=1000), "c": dict(messages=2000), "d": dict(readers=200,
                                                                      messages=100),
          "e": dict(readers=20, messages=1000), "f": dict(idle=500),
-         "g-base": dict(messages=2000), "g": dict(messages=2000)}
+         "g-base": dict(messages=2000), "g": dict(messages=2000),
+         "h": dict(readers=1000, messages=3)}
+QUICK.update({f"{b}-w{n}": QUICK[b] for b in WORKER_BASES for n in (1, 2)})
 
 
-def select(names: str, quick: bool) -> list[list[Spec]]:
-    """The groups of scenarios named (comma-separated ids, or "all")."""
+def select(names: str, quick: bool, readers: int | None = None,
+           sources: int | None = None) -> list[list[Spec]]:
+    """
+    The groups of scenarios named (comma-separated ids, or "all"); C{readers} and
+    C{sources}, when given, replace those of (h) (and of (h) in (w)).
+    """
     wanted = []
     for n in names.split(","):
         if n.strip() not in NAMES:
             raise SystemExit(f"unknown scenario {n!r}: one of {', '.join(NAMES)}")
         wanted += [g for g in NAMES[n.strip()] if g not in wanted]
-    return [[replace(BY_ID[i], **QUICK[i]) if quick else BY_ID[i] for i in GROUPS[g]]
-            for g in wanted]
+
+    def spec(i: str) -> Spec:
+        s = replace(BY_ID[i], **QUICK[i]) if quick else BY_ID[i]
+        if s.burst and readers:
+            s = replace(s, readers=readers)
+        if s.burst and sources:
+            s = replace(s, sources=sources)
+        return s
+
+    return [[spec(i) for i in GROUPS[g]] for g in wanted]
 
 
 # --------------------------------------------------------------------------- medians
@@ -82,6 +111,8 @@ def medians(runs: list[dict]) -> dict:
            "errors": [r["error"] for r in runs if "error" in r]}
     if not ok:
         return out
+    ups = [r["workers_up"] for r in ok if r.get("workers_up") is not None]
+    out["workers_up"] = min(ups) if ups else None
     if "kib_per_idle_stream" in ok[0]:
         out["kib_per_idle_stream"] = median_of(ok, lambda r: r["kib_per_idle_stream"])
         out["opened"] = min(r["opened"] for r in ok)
@@ -98,6 +129,8 @@ def medians(runs: list[dict]) -> dict:
         out[key] = sum(r[key] for r in ok)
     out["gen_bound"] = sum(1 for r in ok if r["gen_cpu_pct"] >= BOUND_PCT)
     out["peak_rss_mib"] = median_of(ok, lambda r: r["rss_kib"]["peak"] / 1024)
+    if "audience" in ok[0]:
+        out.update(audience_medians(ok), workers_up=out["workers_up"])
     slow = [r["slow"] for r in ok if r.get("slow")]
     if slow:
         out["slow_during"] = median_of(slow, lambda s: s["got_during_run"])
@@ -115,22 +148,12 @@ def medians(runs: list[dict]) -> dict:
 # --------------------------------------------------------------------------- tables
 
 
-def num(v, fmt="{:,.0f}") -> str:
-    return "n/a" if v is None else fmt.format(v)
-
-
-def ms(v) -> str:
-    return num(v, "{:.1f}")
-
-
-def pct(v) -> str:
-    return num(v, "{:.0f}%")
-
-
 def table(group: list[Spec], results: dict) -> str:
     """One markdown table of medians for a group; C{results[(id, server)]} = runs."""
     spec = group[0]
     lines = []
+    if spec.burst:
+        return audience_table(group, {k: medians(v) for k, v in results.items()})
     if spec.idle:
         lines += [f"{spec.title}", "",
                   "| server | KiB per idle stream | streams opened | runs |",
@@ -151,12 +174,13 @@ def table(group: list[Spec], results: dict) -> str:
             if sid != s.id:
                 continue
             m = medians(runs)
+            name = f"{srv}, {s.variant}" if s.variant else srv
             if "p99" not in m:
-                lines.append(f"| {srv} | {readers(s)} | failed: {m['errors'][:1]} |")
+                lines.append(f"| {name} | {readers(s)} | failed: {m['errors'][:1]} |")
                 continue
             least = "≥ " if m["gen_bound"] else ""
             lines.append(
-                f"| {srv} | {readers(s)} | {least}{num(m['delivered_per_s'])} | "
+                f"| {name} | {readers(s)} | {least}{num(m['delivered_per_s'])} | "
                 f"{least}{num(m['publish_per_s'])} | {ms(m['p50'])} | {ms(m['p99'])} | "
                 f"{ms(m['max'])} | {m['lost']} | {m['duplicated']} | "
                 f"{pct(m['server_cpu_pct'])} | {num(m['server_us_per_delivery'], '{:.1f}')} | "
@@ -253,4 +277,8 @@ def targets(group: list[Spec], results: dict) -> list[str]:
                   slow["lost"] + base["lost"] + slow["duplicated"] + base["duplicated"] == 0,
                   f"lost {base['lost']} / {slow['lost']}, duplicated "
                   f"{base['duplicated']} / {slow['duplicated']}")
+    if group[0].burst:
+        out += audience_targets(group, med)
+    if any(s.variant for s in group):
+        out += worker_targets(group, med)
     return out

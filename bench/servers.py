@@ -7,6 +7,8 @@ benchmark reads from /proc: CPU seconds, RSS, per-CPU busy time.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import resource
 import shutil
@@ -65,11 +67,68 @@ def cpu_busy() -> dict[str, float]:
 
 
 def children(pid: int) -> list[int]:
+    """The direct children of a process (of any of its threads)."""
+    out: list[int] = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return []
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split() if int(x) not in out]
+        except OSError:
+            pass
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (nginx's workers, streamd's --workers)."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        tree += [c for c in children(tree[i]) if c not in tree]
+        i += 1
+    return tree
+
+
+def nofile_limit(pid: int) -> int | None:
+    """A process's soft limit of open files (C{/proc/PID/limits}), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    value = line.split()[3]
+                    return -1 if value == "unlimited" else int(value)
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+#: TcpExt counters of C{/proc/net/netstat} read around a burst of connections: how often
+#: a listen queue overflowed (C{netstat -s}: "times the listen queue of a socket
+#: overflowed") and the SYNs to listening sockets dropped. System-wide counters.
+LISTEN_COUNTERS = ("ListenOverflows", "ListenDrops")
+
+
+def tcp_ext(names=LISTEN_COUNTERS) -> dict[str, int]:
+    """Some TcpExt counters of C{/proc/net/netstat} (missing ones are left out)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:"):
+            table = dict(zip(head.split()[1:], map(int, values.split()[1:]), strict=False))
+            return {n: table[n] for n in names if n in table}
+    return {}
+
+
+def raise_nofile() -> None:
+    """In a server about to start: its soft limit of open files up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def free_port() -> int:
@@ -112,19 +171,27 @@ class Process:
         self.log_path = os.path.join(self.dir, "server.log")
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.workers = 1
         self.command: list[str] = []
 
     def spawn(self, cmd: list[str], env: dict | None = None) -> None:
+        """Start it (pinned); its soft limit of open files raised to the hard one."""
         self.command = pinned(self.cpu, cmd)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
+                                         stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
+                                         preexec_fn=raise_nofile)
 
     def pids(self) -> list[int]:
-        """The process and its children (nginx's worker)."""
+        """The process and its descendants (nginx's workers, streamd's --workers)."""
         if self.proc is None:
             return []
-        return [self.proc.pid, *children(self.proc.pid)]
+        return process_tree(self.proc.pid)
+
+    def nofile(self) -> int | None:
+        """The least soft limit of open files among its processes."""
+        limits = [n for n in map(nofile_limit, self.pids()) if n is not None]
+        return min(limits, key=lambda n: n if n >= 0 else 1 << 62) if limits else None
 
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.pids())
@@ -136,6 +203,17 @@ class Process:
             for k, v in rss_kib(pid).items():
                 out[k] += v
         return out
+
+    def info(self, name: str = "-") -> dict:
+        """The server's status page (C{info_path}) as JSON; {} if it gives none."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=10)
+        try:
+            conn.request("GET", self.info_path(name), headers=self.info_headers)
+            return json.loads(conn.getresponse().read())
+        except (OSError, ValueError, http.client.HTTPException):
+            return {}
+        finally:
+            conn.close()
 
     def log_tail(self, n: int = 20) -> str:
         try:
@@ -186,7 +264,11 @@ class Streamd(Process):
     ndjson_suffix = b""
 
     def start(self, redis_port: int | None = None, args: list[str] = (),
-              env: dict | None = None) -> None:
+              env: dict | None = None, workers: int = 1, backlog: int | None = None) -> None:
+        """
+        Start it. C{workers} > 1 adds C{--workers N} (1 adds nothing: streamd as it always
+        ran); C{backlog}, the listen backlog of its endpoint (None: streamd's default).
+        """
         conf = os.path.join(self.dir, "streamd.toml")
         with open(conf, "w") as f:
             f.write("heartbeat = 0\ndynamic_streams = true\n")
@@ -194,8 +276,12 @@ class Streamd(Process):
                 f.write(f'[redis]\nurl = "redis://{HOST}:{redis_port}/0"\n'
                         '[streams.redis]\nsource = "redis-pubsub"\nchannels = ["bench"]\n')
         self.port = free_port()
+        self.workers = workers
+        listen = f"tcp:{self.port}:interface={HOST}" + (f":backlog={backlog}" if backlog
+                                                          else "")
+        extra = ["--workers", str(workers)] if workers != 1 else []
         self.spawn([*twistd_command(), "-n", "--pidfile=", "streamd", "--config", conf,
-                    "--listen", f"tcp:{self.port}:interface={HOST}", *args],
+                    "--listen", listen, *extra, *args],
                    env=dict(os.environ, **(env or {})))
         marker = f"streamd listening on tcp:{HOST}:{self.port}"
 
@@ -225,8 +311,19 @@ class Streamd(Process):
         return "/"
 
     def subscribers(self, info: dict) -> int:
-        """Open streams, from C{GET /} (a fresh server holds only this run's)."""
+        """
+        Open streams, from C{GET /} (a fresh server holds only this run's); with
+        C{--workers}, the parent's sum over its workers.
+        """
         return info.get("open_streams", -1)
+
+    @staticmethod
+    def workers_up(info: dict) -> int | None:
+        """How many workers C{GET /} says are up (None: no C{workers} list, one process)."""
+        workers = info.get("workers")
+        if not isinstance(workers, list):
+            return None
+        return sum(1 for w in workers if isinstance(w, dict) and w.get("up"))
 
     def log_problems(self) -> int:
         try:
@@ -244,7 +341,7 @@ NGINX_CONF = """\
 load_module {module};
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile {nofile};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
@@ -285,24 +382,25 @@ def nchan_missing() -> str | None:
 
 
 class Nchan(Process):
-    """nginx with Nchan: one worker, in the foreground, a temp prefix and config."""
+    """nginx with Nchan: one worker (or C{workers}), in the foreground, a temp prefix."""
 
     name = "nchan"
     ndjson_suffix = b"\n"  # a message is sent as one chunk, as published: end it with a line end
 
-    def start(self, **_) -> None:
+    def start(self, workers: int = 1, **_) -> None:
         self.port = free_port()
+        self.workers = workers
         conf = os.path.join(self.dir, "nginx.conf")
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         nofile = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
         with open(conf, "w") as f:
             f.write(NGINX_CONF.format(module=nchan_module(), dir=self.dir, host=HOST,
-                                      port=self.port, nofile=nofile,
+                                      port=self.port, nofile=nofile, workers=workers,
                                       connections=max(1024, nofile - 1000)))
         self.spawn(["nginx", "-p", self.dir, "-c", conf, "-e", os.path.join(self.dir,
                                                                             "error.log")])
         try:
-            wait_for(lambda: accepts(self.port) and children(self.proc.pid), 15,
+            wait_for(lambda: accepts(self.port) and len(children(self.proc.pid)) >= workers, 15,
                      "nginx to listen", self.proc)
         except RuntimeError as e:
             tail = self.log_tail() + self.error_log()
@@ -335,6 +433,10 @@ class Nchan(Process):
 
     def subscribers(self, info: dict) -> int:
         return info.get("subscribers", 0)
+
+    @staticmethod
+    def workers_up(info: dict) -> int | None:
+        return None
 
     def log_problems(self) -> int:
         log = self.error_log()

@@ -183,8 +183,13 @@ class Subscriptions:
         self.by_id: dict[str, ChannelSubscription] = {}
         self._sweep = None
 
-    def create(self, channels: Iterable[str]) -> ChannelSubscription:
-        sub = ChannelSubscription(secrets.token_urlsafe(12), channels, self.store, self.clock)
+    def make(self, id: str, channels: Iterable[str]) -> ChannelSubscription:
+        return ChannelSubscription(id, channels, self.store, self.clock)
+
+    def create(self, channels: Iterable[str], owner: str | None = None) -> ChannelSubscription:
+        sub = self.make(secrets.token_urlsafe(12), channels)
+        if owner is not None:
+            sub.owner = owner  # type: ignore[attr-defined]
         self.by_id[sub.id] = sub
         if self._sweep is None:
             self._schedule()

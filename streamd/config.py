@@ -17,6 +17,7 @@ import time.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -184,6 +185,10 @@ class Settings(StreamKeys):
     # Loopback only: open to the network is a choice (--listen tcp:8080), not a default.
     listen: tuple[str, ...] = setting(
         "list", ["tcp:8080:interface=127.0.0.1"], "endpoint to listen on (repeatable)")
+    # "auto" becomes the number of cores in load_settings.
+    workers: int = setting(
+        "int", 1, "worker processes serving the listen endpoints, sharing one broker "
+        "(auto: one per core)", minimum=1, maximum=256, choices=("auto",))
     max_body_bytes: int = setting(
         "int", 8 * 1024 * 1024, "largest publish request body", minimum=1)
     # At most 500: json.loads and json.dumps recurse once per level, within Python's
@@ -276,6 +281,9 @@ def load_settings(file_values: dict[str, Any], cli_values: dict[str, Any]) -> Se
     streams = {name: _stream(name, table, top) for name, table in streams_table.items()}
     if top["dynamic_streams"] is None:
         top["dynamic_streams"] = not streams
+    if top["workers"] == "auto":
+        top["workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
     return Settings(**{name: frozen(v) for name, v in top.items()}, **read,
                     streams=MappingProxyType(streams))
 

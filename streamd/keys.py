@@ -33,6 +33,7 @@ class Key:
 
     name: str
     type: str  # "int", "number", "bool", "str", "list", "enum"
+    # An enum's values; for an int, words it takes besides numbers ("auto").
     default: Any = None
     help: str = ""
     minimum: float | None = None
@@ -45,6 +46,8 @@ class Key:
     def parse_cli(self, text: str) -> Any:
         """Turn a command-line string into this key's type (then L{validate})."""
         if self.type == "int":
+            if text in self.choices:  # a word an int key also takes ("auto")
+                return text
             try:
                 return int(text)
             except ValueError:
@@ -76,6 +79,8 @@ class Key:
 
     def _validate(self, value: Any, where: str) -> Any:
         t = self.type
+        if t == "int" and value in self.choices:
+            return value
         if t == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(where, f"expected an integer, got {value!r}")

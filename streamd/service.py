@@ -43,27 +43,48 @@ class Service:
     @ivar channels: the channel store; C{subscriptions} the channel subscriptions.
     """
 
-    def __init__(self, settings: Settings, reactor) -> None:
+    def __init__(self, settings: Settings, reactor, broker=None,
+                 worker: int | None = None) -> None:
+        """
+        @param broker: in a worker of several, its link to the parent
+            (L{streamd.workers.remote.BrokerClient}), which holds the memory streams,
+            channel values and channel subscriptions that all workers share.
+        @param worker: in a worker, its index (its durable sources' names carry it).
+        """
         self.settings = settings
         self.reactor = reactor
+        self.broker = broker
         self.started_at = reactor.seconds()
         self.metrics = Metrics()
-        self.services = Services(reactor=reactor, settings=settings, metrics=self.metrics)
+        self.services = Services(reactor=reactor, settings=settings, metrics=self.metrics,
+                                 broker=broker, worker=worker)
         self.stream_settings: dict[str, StreamSettings] = dict(settings.streams)
         self.sources: dict[str, Any] = {
             name: make_source(s, self.services) for name, s in self.stream_settings.items()
         }
         self.dynamic: set[str] = set()  # names of the memory streams made on first use
-        self.store = make_store(settings, reactor)
+        if broker is not None and settings.store.backend != "redis":
+            from streamd.workers.store import RemoteStore
+
+            self.store = RemoteStore(broker, settings.store.backend, settings.store.keys)
+        else:
+            self.store = make_store(settings, reactor)
         self.channels = self._channel_store(settings.channels)
-        self.subscriptions = Subscriptions(self.channels, reactor,
-                                           settings.channels.expire,
-                                           settings.channels.max_channels)
+        if broker is None:
+            self.subscriptions = Subscriptions(self.channels, reactor,
+                                               settings.channels.expire,
+                                               settings.channels.max_channels)
+        else:
+            from streamd.workers.remote import SharedSubscriptions
+
+            self.subscriptions = SharedSubscriptions(broker, self.channels, reactor,
+                                                     settings.channels.expire,
+                                                     settings.channels.max_channels)
         self._reaper = None
 
     def _channel_store(self, table: ChannelSettings):
         if table.backend != "redis":
-            return MemoryChannels()
+            return MemoryChannels() if self.broker is None else self.broker.channels
         from streamd.redis.channels import RedisChannels
         from streamd.redis.shared import acquire
 

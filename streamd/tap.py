@@ -27,6 +27,7 @@ from streamd import __version__, config, logs
 from streamd.service import Service
 from streamd.web import StreamdApp
 from streamd.web.site import make_site
+from streamd.workers.listening import DEFAULT_BACKLOG
 
 log = Logger()
 
@@ -139,8 +140,11 @@ class StreamdService(service.Service):
     def startService(self) -> None:
         super().startService()
         defer.ensureDeferred(self.app.start())
+        self.listen()
+
+    def listen(self) -> None:
         for desc in self.settings.listen:
-            d = serverFromString(self.reactor, desc).listen(self.site)
+            d = serverFromString(self.reactor, with_backlog(desc)).listen(self.site)
             d.addCallbacks(self._listening, self._listen_failed,
                            callbackArgs=(desc,), errbackArgs=(desc,))
 
@@ -202,6 +206,18 @@ class StreamdService(service.Service):
             yield deferLater(self.reactor, 0.02, lambda: None)
 
 
+def with_backlog(desc: str) -> str:
+    """
+    C{desc} with a listen queue of 1,024 (Twisted's default is 50, which overflows when
+    thousands of readers reconnect at once; the kernel caps it at somaxconn), unless
+    it says otherwise or is not a TCP or TLS endpoint.
+    """
+    kind = desc.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in desc:
+        return desc
+    return f"{desc}:backlog={DEFAULT_BACKLOG}"
+
+
 def stop_on_sigterm(reactor) -> None:
     """
     Make SIGTERM a normal stop: the reactor stops (the services stop gracefully) and
@@ -236,9 +252,24 @@ def exit_status_at_exit(status: int) -> None:
     atexit.register(leave)
 
 
+def worker_options(options) -> dict[str, Any]:
+    """The command line's options as the workers read them again (JSON, paths absolute)."""
+    out = {k: v for k, v in options.items()
+           if k != "settings" and isinstance(v, (str, int, float, bool, list, type(None)))}
+    if out.get("config"):
+        out["config"] = os.path.abspath(out["config"])
+    return out
+
+
 def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
     stop_on_sigterm(reactor)
-    app = StreamdApp(Service(options["settings"], reactor))
+    settings = options["settings"]
+    if settings.workers > 1:
+        from streamd.workers.supervisor import Supervisor
+
+        return Supervisor(settings, worker_options(options), reactor,
+                          on_fatal=exit_status_at_exit)
+    app = StreamdApp(Service(settings, reactor))
     return StreamdService(app, reactor, on_fatal=exit_status_at_exit)

@@ -7,6 +7,7 @@ Integration helpers wait on events with a bound (C{within}), never on fixed dela
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from typing import Any
@@ -81,9 +82,19 @@ class Server:
 
 
 async def wait_until(predicate, seconds: float = TIMEOUT, interval: float = 0.01) -> None:
-    """Poll C{predicate} on the reactor until true, or fail after C{seconds}."""
+    """
+    Poll C{predicate} on the reactor until true, or fail after C{seconds}; it may be
+    a coroutine function or return a Deferred (an HTTP request, say).
+    """
     deadline = reactor.seconds() + seconds
-    while not predicate():
+
+    async def met() -> bool:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        return bool(result)
+
+    while not await met():
         if reactor.seconds() > deadline:
             raise AssertionError(f"condition not met within {seconds} s")
         await defer.Deferred.fromCoroutine(_tick(interval))

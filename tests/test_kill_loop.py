@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pytest
 from sqs_server import moto  # noqa: F401  (fixture)
 from test_sqs_process import StreamdProcess, processes, stream_config  # noqa: F401
 
@@ -99,9 +100,9 @@ class Sink:
             return self.changed.wait_for(lambda: predicate(self), seconds)
 
 
-def serve(tmp_path, config: str, started: list, got: Counter) -> tuple:
+def serve(tmp_path, config: str, started: list, got: Counter, workers: int = 1) -> tuple:
     """A streamd process and its readers of stream "jobs", all reading."""
-    proc = StreamdProcess(tmp_path, config)
+    proc = StreamdProcess(tmp_path, config, workers)
     started.append(proc)
     proc.wait_started(WAIT)
     healthy(proc)
@@ -138,27 +139,28 @@ def finish(proc: StreamdProcess, sink: Sink, readers: list[Reader]) -> None:
     assert not sink.errors, sink.errors
 
 
-def kill_loop(tmp_path, started: list, config: str, n: int, left) -> dict:
+def kill_loop(tmp_path, started: list, config: str, n: int, left, workers: int = 1) -> dict:
     """
     Serve n messages (numbered 0..n-1) under KILLS SIGKILLs, then drain them; the
-    counts (see L{check}). C{left()} returns the numbers still in the source.
+    counts (see L{check}). C{left()} returns the numbers still in the source. With
+    C{workers}, each SIGKILL hits the parent and every worker at once.
     """
     rng = random.Random(SEED)
     got: Counter[int] = Counter()
     t0 = time.monotonic()
     idle_kills = 0
     for round_ in range(KILLS):
-        proc, sink, readers = serve(tmp_path, config, started, got)
+        proc, sink, readers = serve(tmp_path, config, started, got, workers)
         # Spread the kill points so that messages are left for every round.
         unread = n - len(got)
         k = rng.randint(1, max(1, 2 * unread // (KILLS - round_ + 1)))
         if not sink.wait(lambda s, k=k: len(s.numbers) >= k or not s.running, ROUND_WAIT):
             idle_kills += 1  # nothing more to read: killed all the same
-        proc.proc.kill()
+        proc.crash()
         finish(proc, sink, readers)
         got.update(sink.numbers)
 
-    proc, sink, readers = serve(tmp_path, config, started, got)
+    proc, sink, readers = serve(tmp_path, config, started, got, workers)
     sink.wait(lambda s: len(s.seen) >= n, DRAIN)
     proc.proc.terminate()
     finish(proc, sink, readers)
@@ -198,7 +200,8 @@ def numbers(values) -> list[int]:
 REDIS_N = 2000
 
 
-def test_redis_list_loses_nothing_under_sigkill(tmp_path, redis, processes):  # noqa: F811
+@pytest.mark.parametrize("workers", [1, 2])
+def test_redis_list_loses_nothing_under_sigkill(tmp_path, redis, processes, workers):  # noqa: F811
     for start in range(0, REDIS_N, 500):
         redis.command("RPUSH", "jobs", *payloads(REDIS_N)[start:start + 500])
     config = (f'[redis]\nurl = "{redis.url}"\n'
@@ -209,7 +212,8 @@ def test_redis_list_loses_nothing_under_sigkill(tmp_path, redis, processes):  # 
         keys = [b"jobs", *redis.command("KEYS", "jobs:streamd:processing:*")]
         return [n for key in keys for n in numbers(redis.command("LRANGE", key, 0, -1))]
 
-    check("redis-list", kill_loop(tmp_path, processes, config, REDIS_N, left))
+    check(f"redis-list, {workers} worker(s)",
+          kill_loop(tmp_path, processes, config, REDIS_N, left, workers))
 
 
 #: XADD every ARGV as the "data" field of a new entry.
@@ -243,7 +247,8 @@ SQS_N = 300
 SQS_VISIBILITY = 3
 
 
-def test_sqs_loses_nothing_under_sigkill(tmp_path, moto, processes):  # noqa: F811
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sqs_loses_nothing_under_sigkill(tmp_path, moto, processes, workers):  # noqa: F811
     queue = moto.create_queue()
     moto.send(queue, payloads(SQS_N))
     config = stream_config(queue, moto.endpoint, "jobs", visibility_timeout=SQS_VISIBILITY,
@@ -254,5 +259,6 @@ def test_sqs_loses_nothing_under_sigkill(tmp_path, moto, processes):  # noqa: F8
         messages = moto.receive_all(queue, sum(moto.counts(queue)), SQS_VISIBILITY + WAIT)
         return numbers(m["Body"] for m in messages)
 
-    check("sqs", kill_loop(tmp_path, processes, config, SQS_N, left))
+    check(f"sqs, {workers} worker(s)",
+          kill_loop(tmp_path, processes, config, SQS_N, left, workers))
 

@@ -6,6 +6,7 @@ and stream contents, each with a bound.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,16 +29,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class StreamdProcess:
     """C{twistd -n streamd --config FILE} with this checkout on the path."""
 
-    def __init__(self, tmp_path, config: str) -> None:
+    def __init__(self, tmp_path, config: str, workers: int = 1) -> None:
         self.port = free_port()
+        self.workers = workers
         path = tmp_path / f"streamd-{self.port}.toml"
-        path.write_text(f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n' + config)
+        path.write_text(f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n'
+                        f"workers = {workers}\n" + config)
         env = dict(os.environ, PYTHONPATH=ROOT, AWS_ACCESS_KEY_ID="testing",
                    AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         self.proc = subprocess.Popen(
             [twistd, "-n", "--pidfile=", "streamd", "--config", str(path)],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            # Its own process group: crash() kills the parent and its workers at once.
+            start_new_session=True,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self.log: list[str] = []
@@ -69,10 +74,21 @@ class StreamdProcess:
     async def exited(self, seconds: float = 20.0) -> int:
         return await deferToThread(self.proc.wait, seconds)
 
+    def crash(self) -> None:
+        """SIGKILL to the process and, with workers, to every worker at the same instant."""
+        if self.workers > 1:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        else:
+            self.proc.kill()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.crash()
             self.proc.wait(10)
+        elif self.workers > 1:  # workers left behind by a parent that died alone
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture

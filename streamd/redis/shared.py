@@ -30,6 +30,18 @@ def default_instance(settings: Settings) -> str:
     return f"{socket.gethostname()}-{listen[0]}"
 
 
+def instance_name(table: Mapping[str, Any], services: Services) -> str:
+    """
+    The stream's C{instance} key, or L{default_instance}; in a worker of several,
+    followed by C{-w} and the worker's index, so that the workers never share a
+    processing list or a consumer name, and a worker restarted in the same place
+    takes its own back at once.
+    """
+    instance = table.get("instance") or default_instance(services.settings)
+    worker = getattr(services, "worker", None)
+    return instance if worker is None else f"{instance}-w{worker}"
+
+
 def acquire(services: Services, name: str, key: str) -> RedisConnection:
     """
     The shared connection to the C{[redis.NAME]} named C{name} (by the config key
@@ -104,7 +116,7 @@ class RedisKind:
     @classmethod
     def from_config(cls, table: Mapping[str, Any], services: Services):
         conn = acquire(services, table["connection"], f"streams.{table['name']}.connection")
-        instance = table.get("instance") or default_instance(services.settings)
+        instance = instance_name(table, services)
         source = cls.build(table, services.reactor, conn, instance,
                            lambda: release(services, conn))
         source.faults = Faults(services, table["name"], cls.kind, conn)

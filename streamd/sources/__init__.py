@@ -39,6 +39,10 @@ class Services:
     settings: Settings  # the whole service's (a stream's own table is from_config's)
     shared: dict[str, Any] = field(default_factory=dict)  # e.g. named Redis connections
     metrics: Any = None  # streamd.metrics.Metrics: sources count errors, reconnects, requests
+    # A worker's link to its parent (streamd.workers.remote.BrokerClient): memory streams
+    # live there. None in one process.
+    broker: Any = None
+    worker: int | None = None  # a worker's index (0, 1, ...), for per-worker names
 
 
 #: Kinds registered in this process (tests, embedding): name -> kind object.

@@ -66,7 +66,10 @@ class MemorySource:
         self.outgoing = Coalescer(clock, self._deliver, coalesce)
 
     @classmethod
-    def from_config(cls, settings: Mapping[str, Any], services) -> MemorySource:
+    def from_config(cls, settings: Mapping[str, Any], services):
+        broker = getattr(services, "broker", None)
+        if broker is not None:  # a worker: the stream lives in the parent's broker
+            return broker.memory_source(settings["name"])
         return cls(settings["name"], services.reactor, settings["buffer"],
                    settings["buffer_ttl"], settings["coalesce_ms"] / 1000)
 
@@ -102,40 +105,65 @@ class MemorySource:
         return [m.id for m in batch]
 
     def _deliver(self, batch) -> None:
-        # A consumer may end its stream (limit, slow policy) while we deliver.
-        for sub in list(self.subscribers):
-            try:
-                sub.consumer.deliver(batch)
-            except Exception:
-                # A bug in one stream must not cost the publisher or other readers.
-                log.failure("stream of {name} failed; detaching it", name=self.name)
-                self.subscribers.discard(sub)
+        fan_out(self.name, self.subscribers, batch)
 
     def subscribe(self, consumer, since: str | None = None) -> MemorySubscription:
+        sub, gap, replay = self.attach(consumer, since)
+        if gap is not None:
+            consumer.gap(gap)
+        if replay:
+            consumer.deliver(replay)
+        return sub
+
+    def attach(self, consumer, since: str | None = None, subscribe: bool = True):
+        """
+        What L{subscribe} does, with the resume's gap notice and replay returned rather
+        than delivered: C{(subscription or None, gap or None, replay)}. The parent of
+        several workers answers a worker's subscription with them (only the first of a
+        worker's readers of this stream subscribes, C{subscribe}).
+        """
         # What was published before this subscriber came is not for it (a resume
         # replays it from the buffer): deliver it to the others first.
         self.outgoing.flush()
-        sub = MemorySubscription(self, consumer)
-        if since is not None:
-            self._replay(consumer, since)
-        self.subscribers.add(sub)
-        return sub
+        gap, replay = (None, []) if since is None else self.replay(since)
+        sub = None
+        if subscribe:
+            sub = MemorySubscription(self, consumer)
+            self.subscribers.add(sub)
+        return sub, gap, replay
 
-    def _replay(self, consumer, since: str) -> None:
-        try:
-            after = int(since)
-        except ValueError:
-            raise BadRequest(f"since: {since!r} is not a message id of this stream") from None
+    def replay(self, since: str) -> tuple[dict | None, list[Message]]:
+        """The gap notice (or None) and the buffered messages after id C{since}."""
+        check_since(since)
+        after = int(since)
         self.expire()
         if after > self.seq:
             # An id from before a restart (ids start again at 1): what followed it
             # cannot be known, so say so rather than pretend nothing was missed.
-            consumer.gap({"since": since, "missed": None, "reason": "unknown id"})
-            return
+            return {"since": since, "missed": None, "reason": "unknown id"}, []
         first_kept = self.recent[0][0] if self.recent else self.seq + 1
+        gap = None
         if first_kept > after + 1:
-            consumer.gap({"since": since, "missed": first_kept - after - 1,
-                          "reason": "no longer buffered"})
-        replay = [m for seq, _, m in self.recent if seq > after]
-        if replay:
-            consumer.deliver(replay)
+            gap = {"since": since, "missed": first_kept - after - 1,
+                   "reason": "no longer buffered"}
+        return gap, [m for seq, _, m in self.recent if seq > after]
+
+
+def fan_out(name: str, subscribers: set, batch) -> None:
+    """Hand C{batch} to every subscriber's consumer; one that fails is detached."""
+    # A consumer may end its stream (limit, slow policy) while we deliver.
+    for sub in list(subscribers):
+        try:
+            sub.consumer.deliver(batch)
+        except Exception:
+            # A bug in one stream must not cost the publisher or other readers.
+            log.failure("stream of {name} failed; detaching it", name=name)
+            subscribers.discard(sub)
+
+
+def check_since(since: str) -> None:
+    """A memory stream's ids are integers: anything else is a bad request."""
+    try:
+        int(since)
+    except ValueError:
+        raise BadRequest(f"since: {since!r} is not a message id of this stream") from None

@@ -34,9 +34,11 @@ class StreamdApp:
         # Readers and messages per second of each stream, for GET / and the live page.
         self.activity = Activity(self.reactor, lambda: self.open_streams,
                                  lambda: service.sources)
+        broker = service.broker
         self.open_streams = OpenStreams(self.reactor,
                                         self.auth.max_connections_per_identity,
-                                        on_ended=self.activity.ended)
+                                        on_ended=self.activity.ended,
+                                        reserve=broker.reserve if broker else None)
         self._publish_metrics: dict[tuple[str, str], tuple] = {}  # bound children
 
     def resource(self):

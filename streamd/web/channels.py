@@ -93,11 +93,13 @@ def create_subscription(web, request):
     channels = _channel_list(web, body.get("channels"), "channels")
     for c in channels:
         identity.require("read", c)
-    sub = web.service.subscriptions.create(channels)
-    sub.owner = identity.name
+    sub = web.service.subscriptions.create(channels, owner=identity.name)
     request.addCookie(COOKIE, sub.id.encode(), path=b"/", httpOnly=True,
                       sameSite="lax")
     request.setHeader(b"Location", f"/subscriptions/{sub.id}".encode())
+    announced = getattr(sub, "announced", None)  # several workers: every one knows it
+    if announced is not None:
+        return announced.addCallback(lambda _: json_response(request, 201, _describe(sub)))
     return json_response(request, 201, _describe(sub))
 
 

@@ -5,6 +5,8 @@ browser), C{GET /health} and C{GET /metrics}.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from streamd import __version__, metrics, sources
@@ -27,33 +29,57 @@ def info(web) -> dict[str, Any]:
     }
 
 
+async def info_of_all(web) -> dict[str, Any]:
+    """
+    L{info}, for the whole server: with several workers, their open streams, readers
+    and rates added up, a C{workers} list (index, pid, open streams, up), and the
+    identities' open streams over all of them (C{identities}, shown to admins).
+    """
+    body = info(web)
+    broker = web.service.broker
+    if broker is None:
+        body["workers"] = [{"index": 0, "pid": os.getpid(), "open_streams": len(web.open_streams),
+                            "up": True}]
+        body["identities"] = dict(web.open_streams.per_identity)
+        return body
+    merged = json.loads(await broker.gather("status"))
+    for key in ("open_streams", "sources", "workers", "identities"):
+        body[key] = merged[key]
+    return body
+
+
 @routes.route("/", methods=["GET"])
-def index(web, request):
+async def index(web, request):
     if page.prefers_html(request):
         web.operator(request, "page")
         return page.render_page(request)
     web.operator(request, "status")
-    body = info(web)
+    body = await info_of_all(web)
+    identities = body.pop("identities")
     if web.is_admin(request):
-        body["identities"] = dict(web.open_streams.per_identity)
+        body["identities"] = identities
     return json_response(request, 200, body)
 
 
 @routes.route("/metrics", methods=["GET"])
-def metrics_page(web, request):
+async def metrics_page(web, request):
     web.operator(request, "metrics")
     request.setHeader(b"Content-Type", metrics.CONTENT_TYPE.encode())
+    broker = web.service.broker
+    if broker is not None:  # one scrape for every worker: their series summed
+        return await broker.gather("metrics")
     return web.service.metrics.render()
 
 
 @routes.route("/health", methods=["GET"])
-def health(web, request):
+async def health(web, request):
     """
     200 when every source is up, else 503. Only those who may see the status
     (C{GET /}) learn more than that: source names and reasons describe the setup.
     """
     web.operator(request, "health")
-    body = info(web)
+    body = await info_of_all(web)
+    body.pop("identities")
     up = all(s["status"] == "ok" for s in body["sources"].values())
     up = up and body["events"]["status"] == "ok"
     status = "ok" if up else "down"

@@ -28,15 +28,19 @@ class OpenStreams:
     @ivar sessions: C{Streamd-Session} -> the client-ack L{Stream} it names.
     """
 
-    def __init__(self, reactor, max_per_identity: int, on_ended=None) -> None:
+    def __init__(self, reactor, max_per_identity: int, on_ended=None, reserve=None) -> None:
         """
         @param max_per_identity: open streams one identity may hold (0: no limit);
             past it, a new one is refused with 429.
         @param on_ended: called with each L{Stream} that ended (after it is forgotten).
+        @param reserve: with several workers, C{reserve(identity, delta, limit)} counts
+            an identity's streams across all of them (a Deferred that fires with
+            whether one more is allowed); None in one process.
         """
         self.reactor = reactor
         self.max_per_identity = max_per_identity
         self.on_ended = on_ended
+        self.reserve = reserve if max_per_identity else None
         self.streams: set[Stream] = set()
         self.per_identity: Counter[str] = Counter()
         self.sessions: dict[str, Stream] = {}
@@ -58,8 +62,33 @@ class OpenStreams:
         """
         limit_open = self.max_per_identity
         if limit_open and self.per_identity[identity.name] >= limit_open:
-            raise HTTPError(f"{identity.name!r} already has {limit_open} open streams",
-                            429, {b"Retry-After": b"10"})
+            raise self._too_many(identity.name)
+        args = (request, source, framing, identity, settings)
+        kw = dict(name=name, metrics=metrics, limit=limit, heartbeat=heartbeat, since=since,
+                  ack=ack, session=session, filter=filter, stall_warnings=stall_warnings)
+        if self.reserve is None:
+            return self._open(*args, **kw)
+        # Several workers: the parent counts the identity's streams on all of them.
+        d = self.reserve(identity.name, 1, limit_open)
+        return d.addCallback(self._reserved, args, kw)
+
+    def _reserved(self, allowed: bool, args, kw):
+        if not allowed:
+            raise self._too_many(args[3].name)
+        try:
+            return self._open(*args, **kw)
+        except Exception:
+            self.reserve(args[3].name, -1, 0)
+            raise
+
+    def _too_many(self, identity: str) -> HTTPError:
+        return HTTPError(f"{identity!r} already has {self.max_per_identity} open streams",
+                         429, {b"Retry-After": b"10"})
+
+    def _open(self, request, source, framing, identity, settings: StreamKeys, *,
+              name: str, metrics, limit: int | None, heartbeat: float,
+              since: str | None, ack: str, session: str | None, filter,
+              stall_warnings: bool):
         stream = Stream(
             request,
             source,
@@ -90,6 +119,8 @@ class OpenStreams:
             self.streams.add(stream)
             if stream.session is not None:
                 self.sessions[stream.session] = stream
+        elif self.reserve is not None:
+            self.reserve(identity.name, -1, 0)
         return responding(stream, done)
 
     def _ended(self, stream: Stream) -> None:
@@ -107,6 +138,8 @@ class OpenStreams:
             self.per_identity[stream.identity] -= 1
             if not self.per_identity[stream.identity]:
                 del self.per_identity[stream.identity]
+            if self.reserve is not None:
+                self.reserve(stream.identity, -1, 0)
         if stream.session is not None:
             self.sessions.pop(stream.session, None)
         if self.on_ended is not None:

@@ -1,0 +1,119 @@
+"""
+The listening sockets of several workers: bound once by the parent, served by every
+worker (L{bind} in the parent, L{adopt} in a worker).
+
+A C{tcp:} or C{ssl:} endpoint gets one socket per worker, all bound to the same address
+with C{SO_REUSEPORT}: the kernel spreads new connections evenly over them (a shared
+socket lets whichever worker wakes first take a whole burst), and since the parent keeps
+every socket open, connections that arrive while a worker restarts wait in its queue
+instead of being refused. A C{unix:} endpoint is one socket that every worker accepts on.
+
+Twisted parses the endpoint string as for one process, so every option it documents
+means the same; reading the parsed endpoint's fields (C{_interface}, C{_port},
+C{_backlog}, C{_sslContextFactory}, C{_address}: private, stable since Twisted 10) is
+the one use of Twisted internals here. A listener's backlog is 1,024 unless the string
+sets C{backlog=} (Twisted's default of 50 overflows in a reconnect storm; the kernel caps
+it at C{net.core.somaxconn}).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import endpoints
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.protocol import Factory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+DEFAULT_BACKLOG = 1024
+
+
+@dataclass
+class Listener:
+    """One C{listen} endpoint, bound: its kind, address family and sockets' descriptors."""
+
+    desc: str
+    kind: str  # "tcp", "ssl" or "unix"
+    family: int
+    fds: list[int] = field(default_factory=list)
+    address: str = ""  # what the log says it listens on
+    port: Any = None  # the parent's own Twisted port of a unix socket (it unlinks the path)
+
+    def fd_for(self, worker: int) -> int:
+        return self.fds[worker % len(self.fds)]
+
+
+def backlog_of(desc: str, parsed: int) -> int:
+    return parsed if "backlog=" in desc else DEFAULT_BACKLOG
+
+
+def bind(reactor, desc: str, workers: int, shared: bool = False) -> Listener:
+    """
+    Bind C{desc} for C{workers} workers: one socket each for TCP and TLS (or, with
+    C{shared}, one socket they all accept on, as bench/spread.py compares), one for UNIX.
+    """
+    endpoint = endpoints.serverFromString(reactor, desc)
+    if isinstance(endpoint, endpoints.UNIXServerEndpoint):
+        endpoint._backlog = backlog_of(desc, endpoint._backlog)
+        port = endpoint._reactor.listenUNIX(
+            endpoint._address, Factory(), backlog=endpoint._backlog, mode=endpoint._mode,
+            wantPID=endpoint._wantPID)
+        port.stopReading()  # the workers accept; the parent only holds it
+        return Listener(desc, "unix", socket.AF_UNIX, [port.fileno()],
+                        f"unix:{endpoint._address}", port)
+    if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        kind = "ssl"
+    elif isinstance(endpoint, (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint)):
+        kind = "tcp"
+    else:
+        raise ValueError(f"{desc!r}: workers serve tcp:, ssl: and unix: endpoints")
+    interface = endpoint._interface
+    family = socket.AF_INET6 if isIPv6Address(interface) else socket.AF_INET
+    if isinstance(endpoint, endpoints.TCP6ServerEndpoint) and not interface:
+        interface, family = "::", socket.AF_INET6
+    listener = Listener(desc, kind, family)
+    port = endpoint._port
+    backlog = backlog_of(desc, endpoint._backlog)
+    try:
+        for _ in range(1 if shared else workers):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((interface, port))
+            port = s.getsockname()[1]  # port 0: the others take the one the first got
+            s.listen(backlog)
+            s.setblocking(False)
+            fd = s.detach()
+            os.set_inheritable(fd, True)
+            listener.fds.append(fd)
+    except OSError:
+        close(listener)
+        raise
+    host = f"[{interface}]" if family == socket.AF_INET6 else interface
+    listener.address = f"{kind}:{host or '0.0.0.0'}:{port}"
+    return listener
+
+
+def close(listener: Listener) -> None:
+    if listener.port is not None:
+        listener.port.stopListening()
+        return
+    for fd in listener.fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    listener.fds.clear()
+
+
+def adopt(reactor, desc: str, kind: str, family: int, fd: int, site):
+    """Serve C{site} on descriptor C{fd} that the parent bound; TLS as C{desc} says."""
+    factory = site
+    if kind == "ssl":
+        endpoint = endpoints.serverFromString(reactor, desc)
+        factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, site)
+    port = reactor.adoptStreamPort(fd, family, factory)
+    os.close(fd)  # adoptStreamPort took a duplicate
+    return port
