@@ -30,7 +30,7 @@ class Parent:
 
     def worker(self, index: int) -> BrokerClient:
         client, _, pump = iosim.connectedServerAndClient(
-            lambda: BrokerProtocol(self.broker), lambda: BrokerClient(index))
+            lambda: BrokerProtocol(self.broker), lambda: BrokerClient(index, self.clock))
         self.pumps.append(pump)
         hello = defer.ensureDeferred(client.hello())
         self.run()

@@ -232,9 +232,15 @@ class BrokerProtocol(amp.AMP):
                 "store": {"status": state, "reason": reason}}
 
     @wire.Publish.responder
-    def publish(self, stream: str, payloads: bytes):
-        ids = self.broker.source(stream).publish(wire.split(payloads))
-        return {"first": int(ids[0]) if ids else 0}
+    def publish(self, streams: list, payloads: bytes):
+        every = wire.split(payloads)
+        firsts = []
+        start = 0
+        for name, count in streams:
+            ids = self.broker.source(name).publish(every[start:start + count])
+            start += count
+            firsts.append(int(ids[0]) if ids else 0)
+        return {"firsts": firsts}
 
     @wire.Subscribe.responder
     def subscribe(self, stream: str, since: str | None):

@@ -23,6 +23,7 @@ from twisted.protocols import amp
 from zope.interface import implementer
 
 from streamd.channels import ChannelSubscription, Subscriptions, Watched
+from streamd.coalesce import Coalescer
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message, SharedBatch
 from streamd.sources.memory import check_since, fan_out
@@ -67,11 +68,15 @@ class RemoteMemorySource:
         self.client = client
         self.subscribers: set[RemoteSubscription] = set()
         self.waiting = 0
+        # The parent's batches that one read of its socket brings reach each reader as
+        # one batch: a worker that was busy writes once per reader, not once per batch.
+        self.incoming = Coalescer(client.clock, self.deliver)
 
     def start(self) -> None:
         pass
 
     def stop(self) -> None:
+        self.incoming.flush()
         for sub in list(self.subscribers):
             sub.consumer.source_ended("shutdown")
 
@@ -82,15 +87,11 @@ class RemoteMemorySource:
         pass
 
     def publish(self, payloads: list[bytes], params=None):
-        d = self.client.callRemote(wire.Publish, stream=self.name,
-                                   payloads=wire.join(payloads))
-        count = len(payloads)
-        return d.addCallback(lambda answer: [str(answer["first"] + i) for i in range(count)])
+        return self.client.publish(self.name, payloads)
 
-    def messages(self, first: int, payloads: list[bytes]) -> SharedBatch:
+    def messages(self, first: int, payloads: list[bytes]) -> list[Message]:
         name = self.name
-        return SharedBatch([Message(str(first + i), name, data)
-                            for i, data in enumerate(payloads)])
+        return [Message(str(first + i), name, data) for i, data in enumerate(payloads)]
 
     def deliver(self, batch: SharedBatch) -> None:
         fan_out(self.name, self.subscribers, batch)
@@ -107,12 +108,14 @@ class RemoteMemorySource:
 
     def _subscribed(self, answer: dict, sub: RemoteSubscription) -> None:
         self.waiting -= 1
+        # What came before the answer is not for this reader (the replay has it).
+        self.incoming.flush()
         if not sub.cancelled:
             if answer["gap"] is not None:
                 sub.consumer.gap(answer["gap"])
             replay = wire.split(answer["payloads"])
             if replay and not sub.cancelled:
-                sub.consumer.deliver(self.messages(answer["first"], replay))
+                sub.consumer.deliver(SharedBatch(self.messages(answer["first"], replay)))
             if not sub.cancelled:
                 self.subscribers.add(sub)
                 return
@@ -232,9 +235,11 @@ class BrokerClient(amp.AMP):
     @ivar lost: fires when the parent is gone (the worker then stops).
     """
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, clock) -> None:
         super().__init__()
         self.index = index
+        self.clock = clock
+        self.outgoing: list[tuple[str, list[bytes], defer.Deferred]] = []
         self.connected = False
         self.sources: dict[str, RemoteMemorySource] = {}
         self.channels = RemoteChannels(self)
@@ -264,6 +269,33 @@ class BrokerClient(amp.AMP):
         self.initial_subscriptions = state["subscriptions"]
         self.store_status = (state["store"]["status"], state["store"]["reason"])
 
+    def publish(self, stream: str, payloads: list[bytes]) -> defer.Deferred:
+        """
+        Publish to a memory stream: the ids, once the parent gave them. The publishes of
+        one reactor turn go to the parent in one box, at the end of the turn.
+        """
+        d: defer.Deferred = defer.Deferred()
+        if not self.outgoing:
+            self.clock.callLater(0, self._send_publishes)
+        self.outgoing.append((stream, payloads, d))
+        return d
+
+    def _send_publishes(self) -> None:
+        sent, self.outgoing = self.outgoing, []
+        answer = self.callRemote(
+            wire.Publish, streams=[[name, len(p)] for name, p, _ in sent],
+            payloads=wire.join([data for _, p, _ in sent for data in p]))
+
+        def answered(result: dict) -> None:
+            for (_, p, d), first in zip(sent, result["firsts"], strict=True):
+                d.callback([str(first + i) for i in range(len(p))])
+
+        def failed(failure) -> None:
+            for _, _, d in sent:
+                d.errback(failure)
+
+        answer.addCallbacks(answered, failed)
+
     def memory_source(self, name: str) -> RemoteMemorySource:
         source = self.sources.get(name)
         if source is None:
@@ -291,13 +323,14 @@ class BrokerClient(amp.AMP):
     def _deliver(self, stream: str, first: int, payloads: bytes):
         source = self.sources.get(stream)
         if source is not None and source.subscribers:
-            source.deliver(source.messages(first, wire.split(payloads)))
+            source.incoming.add(source.messages(first, wire.split(payloads)))
         return {}
 
     @wire.Ended.responder
     def _ended(self, stream: str, reason: str):
         source = self.sources.get(stream)
         if source is not None:
+            source.incoming.flush()
             for sub in list(source.subscribers):
                 sub.consumer.source_ended(reason)
         return {}

@@ -82,10 +82,15 @@ class Hello(amp.Command):
 
 
 class Publish(amp.Command):
-    """Publish payloads to a memory stream; the answer is the first id (they are consecutive)."""
+    """
+    The publishes of one reactor turn of a worker: C{streams} is C{[[name, count], ...]},
+    C{payloads} all their payloads in that order. The answer: each one's first id (a
+    publish's ids are consecutive). One box for many POSTs: the parent handles them in
+    one turn, so they reach the readers as one batch.
+    """
 
-    arguments = [(b"stream", amp.Unicode()), (b"payloads", Blob())]
-    response = [(b"first", amp.Integer())]
+    arguments = [(b"streams", Json()), (b"payloads", Blob())]
+    response = [(b"firsts", Json())]
     errors = _ERRORS
 
 

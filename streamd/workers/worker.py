@@ -44,7 +44,7 @@ class WorkerService(StreamdService):
 async def run(reactor, spec: dict) -> None:
     index = spec["index"]
     settings = settings_from_options(spec["options"])
-    client = BrokerClient(index)
+    client = BrokerClient(index, reactor)
     factory = Factory.forProtocol(lambda: client)
     factory.noisy = False
     await UNIXClientEndpoint(reactor, spec["broker"]).connect(factory)
