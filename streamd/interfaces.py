@@ -52,17 +52,22 @@ class ISubscription(Interface):
       - B{Nothing is lost}: a message delivered to the consumer stays the source's
         (held, or kept by the broker) until C{ack}ed; C{nack}, C{cancel} of what was not
         given back, C{stop()}, a lost connection or a crash of streamd make it
-        available again (at once for C{nack}; for the others as soon as the source's
+        available again (at once for C{nack}; after C{cancel}, once the source stops
+        waiting for late acks, see below; for the others as soon as the source's
         broker notices). Duplicates are allowed (at least once), loss is not.
       - B{Demand is obeyed}: after C{pause()}, no new read is started for this
         subscription; at most one read already under way (the source's in-flight
         bound, such as a receive batch or an AMQP prefetch window) may still be
         delivered, so a paused client costs bounded memory.
       - B{Acks are accepted at any time} after delivery, in any order, in any
-        grouping, including after C{cancel()} and after the connection that
-        delivered the message was lost (then they are no-ops: the broker has already
-        taken the message back). An ack or nack for a message already settled is
-        ignored, never an error.
+        grouping, including after C{cancel()}: what the consumer had not settled
+        when it cancelled stays the source's, out of other clients' reach, until it
+        is settled, for a while at least (streamd's sources: SQS and AMQP 30 s, a
+        Redis stream group 2/3 of C{claim_idle}, a Redis list until settled), so an ack then
+        still counts (deleted, not delivered again) and a nack gives it back at once.
+        An ack after that while, or after the connection that delivered the message
+        was lost, is a no-op (the broker has taken the message back: at least once).
+        An ack or nack for a message already settled is ignored, never an error.
       - B{Give-backs are exact}: a message nacked is delivered again (to this client
         or another); a message acked is not delivered again, not even after a
         restart of streamd (unless streamd died before the ack reached the server).
@@ -100,7 +105,8 @@ class ISubscription(Interface):
         Detach from the source: no C{deliver} after this returns. Messages delivered
         but neither acked nor nacked are given back by the caller first, or acked or
         nacked later (see the class doc); a source releases its resources for the
-        subscription once they are settled, or once it gives up waiting.
+        subscription once they are settled, or once it gives up waiting, and then
+        makes what is still unsettled available again.
         """
 
 

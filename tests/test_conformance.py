@@ -9,18 +9,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import pytest_twisted
 from sqs_server import moto  # noqa: F401  (fixture)
 from twisted.internet import reactor
 
 from streamd import config
 from streamd.sources import Services, make_source
-from streamd.testing.conformance import (
-    SourceConformance,
-    SourceHarness,
-    check_limit_is_exact,
-    check_settle_after_cancel,
-)
+from streamd.testing.conformance import SourceConformance, SourceHarness
 from streamd.testing.redis import redis_fixture  # noqa: F401  (fixture)
 
 
@@ -55,22 +49,6 @@ class TestRedisStreamGroup(SourceConformance):
              "instance": "conf", "block": 0.2, "batch": 5, "start": "0"},
             {"redis": {"url": redis.url}}, in_flight=5)
 
-    # Found by this suite, left to the redis-stream source's owner: a consumer name
-    # freed by a client that left is reused by the next one, whose first reads (its
-    # XAUTOCLAIM, then XREADGROUP from 0 over the name's pending entries) can hand it
-    # an entry twice when it acks the first copy before the second read (XACK goes
-    # over the pool connection, the read over the reader's own).
-    @pytest.mark.xfail(reason="redis-stream group: an entry given back can be delivered "
-                       "twice to the next client (see the comment above)", strict=False)
-    @pytest_twisted.ensureDeferred
-    async def test_limit_is_exact(self, source_harness):
-        await check_limit_is_exact(source_harness)
-
-    @pytest.mark.xfail(reason="redis-stream group: as test_limit_is_exact", strict=False)
-    @pytest_twisted.ensureDeferred
-    async def test_settle_after_cancel(self, source_harness):
-        await check_settle_after_cancel(source_harness)
-
 
 class TestSQS(SourceConformance):
     @pytest.fixture
@@ -84,12 +62,3 @@ class TestSQS(SourceConformance):
              # moto, answers it anyway): it comes back after this many seconds.
              "visibility_timeout": 2},
             in_flight=5)
-
-    # The SQS source gives back, at cancel(), what the stream has not settled yet: an
-    # ack that comes after cancel() is ignored and the message is delivered again (a
-    # duplicate, not a loss). Left to whoever makes streams ack after the bytes leave.
-    @pytest.mark.xfail(reason="sqs: acks after cancel() are ignored (redelivered)",
-                       strict=True)
-    @pytest_twisted.ensureDeferred
-    async def test_settle_after_cancel(self, source_harness):
-        await check_settle_after_cancel(source_harness)

@@ -6,7 +6,11 @@ import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
 from test_redis_list import idle, reads
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
+from streamd.sources import Services, make_source
+from streamd.testing import Recorder
 from streamd.testing.redis import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
 
 ensure = pytest_twisted.ensureDeferred
@@ -262,3 +266,147 @@ async def test_group_acks_across_a_redis_restart(tmp_path, serve):
         assert sorted(m["id"] for m in again.items) == [ids[2], later]
     finally:
         redis.stop()
+
+
+# -- group mode: a consumer name freed by one client and reused by the next ----------
+
+
+async def group_source(redis):
+    """A started redis-stream source on C{events}, group C{g}, built as streamd does."""
+    s = config(redis, group="g", instance="t", batch=5, start="0")
+    source = make_source(s.streams["events"], Services(reactor=reactor, settings=s))
+    await source.start()
+    return source
+
+
+class SlowPool:
+    """Holds the source's pool commands named C{names} until L{release} (a slow pool)."""
+
+    def __init__(self, source, *names: str) -> None:
+        self.conn = source.conn
+        self.real = source.conn.command
+        self.names = names
+        self.waiting: list = []
+        self.conn.command = self.command
+
+    def command(self, *args):
+        if args[0] not in self.names:
+            return self.real(*args)
+        d: Deferred = Deferred()
+        self.waiting.append((args, d))
+        return d
+
+    def release(self) -> None:
+        """Send what was held, and from now on every command at once."""
+        del self.conn.command
+        waiting, self.waiting = self.waiting, []
+        for args, d in waiting:
+            self.real(*args).chainDeferred(d)
+
+
+async def only_these_then_a_marker(redis, recorder, expected: list[bytes]) -> None:
+    """C{recorder} gets C{expected}, then a marker added now, and nothing else."""
+    xadd(redis, '"marker"')
+    await wait_until(lambda: b'"marker"' in recorder.data())
+    assert sorted(recorder.data()) == sorted([*expected, b'"marker"'])
+
+
+@ensure
+async def test_group_name_goes_to_the_next_client_once_done_and_its_acks_answered(redis):
+    source = await group_source(redis)
+    try:
+        for n in range(3):
+            xadd(redis, str(n))
+        a = Recorder()
+        sub = a.attach(source)
+        await wait_until(lambda: len(a.messages) == 3)
+        name = sub.consumer_name
+        sub.cancel()
+        await wait_until(lambda: not sub.reading)  # its last read has ended
+        assert source.free_names == []  # it still holds 3: acks may still come
+        slow = SlowPool(source, "XACK")
+        sub.ack(a.messages)  # acks after cancel() count...
+        assert source.free_names == [name] and len(slow.waiting) == 1
+        waiting: list[str] = []
+        settled = source.settled
+        source.settled = lambda n: (waiting.append(n), settled(n))[1]
+        b = Recorder(auto_ack=True)
+        assert b.attach(source).consumer_name == name
+        # ...and the next client reads the name's pending entries only once they are in.
+        await wait_until(lambda: waiting == [name])
+        assert b.messages == []
+        slow.release()
+        await only_these_then_a_marker(redis, b, [])
+        assert redis.command("XPENDING", "events", "g")[0] == 0
+    finally:
+        await source.stop()
+
+
+@ensure
+async def test_group_entry_given_back_goes_once_to_the_client_reusing_the_name(redis):
+    # The redis-stream case of the conformance suite's "limit is exact": the next client
+    # takes the given-back entries with XAUTOCLAIM under the reused name and acks them
+    # at once; reading the name's pending entries then must not hand them out again.
+    source = await group_source(redis)
+    try:
+        for n in range(5):
+            xadd(redis, str(n))
+        a = Recorder()
+        sub = a.attach(source)
+        await wait_until(lambda: len(a.messages) == 5)
+        sub.ack(a.messages[:3])
+        sub.nack(a.messages[3:])
+        sub.cancel()
+        await wait_until(lambda: source.free_names == [sub.consumer_name])
+        slow = SlowPool(source, "XACK")
+        b = Recorder(auto_ack=True)
+        assert b.attach(source).consumer_name == sub.consumer_name
+        await wait_until(lambda: len(b.messages) >= 2 and slow.waiting)
+        slow.release()
+        await only_these_then_a_marker(redis, b, [b"3", b"4"])
+        await wait_until(lambda: redis.command("XPENDING", "events", "g")[0] == 0)
+    finally:
+        await source.stop()
+
+
+@ensure
+async def test_group_settling_twice_is_ignored(redis):
+    source = await group_source(redis)
+    try:
+        for n in range(2):
+            xadd(redis, str(n))
+        a = Recorder()
+        sub = a.attach(source)
+        await wait_until(lambda: len(a.messages) == 2)
+        sub.nack(a.messages[:1])
+        sub.ack(a.messages[:1])  # nacked already: no XACK (it is up for another client)
+        sub.ack(a.messages[1:])
+        sub.cancel()
+        b = Recorder(auto_ack=True)
+        b.attach(source)
+        await only_these_then_a_marker(redis, b, [b"0"])
+    finally:
+        await source.stop()
+
+
+@ensure
+async def test_group_entry_a_filter_refuses_is_the_other_clients_at_once(redis):
+    source = await group_source(redis)
+    try:
+        a = Recorder()
+        sub_a = a.attach(source)
+        xadd(redis, "0")
+        await wait_until(lambda: len(a.messages) == 1)
+        b = Recorder()
+        sub_b = b.attach(source)
+        sub_a.skip(a.messages)
+        assert b.data() == [b"0"]
+        # In the group now, not at b's next refresh: a's name may be reused before.
+        await source.settled(sub_a.consumer_name)
+        ((_, owner, _, _),) = redis.command("XPENDING", "events", "g", "-", "+", 10)
+        assert owner.decode() == sub_b.consumer_name
+        sub_b.ack(b.messages)
+        sub_a.cancel()
+        sub_b.cancel()
+    finally:
+        await source.stop()

@@ -23,7 +23,7 @@ from streamd.sources.sqs import (
     SQSSource,
     body_json,
 )
-from streamd.sources.sqs_held import ACK_LINGER
+from streamd.sources.sqs_held import ACK_LINGER, LINGER
 from streamd.sqs.aws import SQSError
 from streamd.stream import Stream
 from streamd.testing import FakeRequest, Recorder
@@ -150,24 +150,86 @@ def test_broadcast_nacked_by_all_is_given_back():
     a.subscription.resume()
     assert a.ids() == b.ids() == ["m1"]  # broadcast: paused clients get it queued too
     a.subscription.nack(a.messages)
-    b.subscription.cancel()  # gone without acking: counts as given back
-    clock.advance(ACK_LINGER)
+    b.subscription.cancel()  # gone without settling: given back once it is no use waiting
+    clock.advance(LINGER)
     assert fake.released == ["m1"] and fake.deleted == []
 
 
-def test_cancel_gives_back_what_was_not_acked_and_last_client_gone_releases_held():
-    source, fake, clock = make()
+def test_cancel_waits_for_late_acks_then_gives_back_what_was_not_settled():
+    source, fake, clock = make(visibility_timeout=20)
     r = attach(source)
-    fake.put("1", "2")
+    fake.put("1", "2", "3", "4")
     r.subscription.ack(r.messages[:1])
     r.subscription.cancel()
     clock.advance(ACK_LINGER)
-    assert fake.deleted == ["m1"] and fake.released[0] == "m2"
-    # The poll in flight when the last client left received m2 again (and will get
-    # m3): a batch that finds no client goes straight back.
-    fake.put("3")
+    assert fake.deleted == ["m1"] and fake.released == []  # m2-m4 wait for their acks
+    clock.advance(15)
+    assert ("m2", 20) in fake.extended  # still held: kept hidden, its handle valid
+    # The stream's bytes left the process after cancel(): the ack deletes.
+    r.subscription.ack(r.messages[1:2])
+    r.subscription.nack(r.messages[2:3])  # a nack after cancel gives back at once
     clock.advance(ACK_LINGER)
-    assert fake.counts() == (2, 0)
+    # (m3 is received again by the poll in flight, which has no client for it.)
+    assert fake.deleted == ["m1", "m2"] and set(fake.released) == {"m3"}
+    clock.advance(LINGER - 0.1 - clock.seconds())  # LINGER after cancel(), nearly
+    assert set(fake.released) == {"m3"}
+    clock.advance(0.2)  # no ack for m4 within LINGER: given back
+    assert set(fake.released) == {"m3", "m4"} and fake.counts() == (2, 0)
+    r.subscription.ack(r.messages[3:])  # too late (given back): ignored
+    r.subscription.ack(r.messages[1:2])  # settled twice: ignored
+    clock.advance(LINGER)
+    assert fake.deleted == ["m1", "m2"] and fake.calls["DeleteMessageBatch"] == 2
+
+
+def test_a_client_gone_that_settles_everything_is_not_waited_for():
+    source, fake, clock = make()
+    r = attach(source)
+    fake.put("1", "2")
+    r.subscription.pause()
+    r.subscription.cancel()
+    timers = len(clock.getDelayedCalls())
+    r.subscription.ack(r.messages)
+    clock.advance(ACK_LINGER)
+    assert fake.deleted == ["m1", "m2"]
+    assert len(clock.getDelayedCalls()) == timers - 1  # the LINGER timer went with them
+
+
+def test_stop_gives_back_at_once_what_a_client_gone_has_not_settled():
+    source, fake, clock = make()
+    r = attach(source)
+    fake.put("1", "2")
+    r.subscription.pause()
+    r.subscription.cancel()
+    d = source.stop()
+    clock.advance(ACK_LINGER)
+    assert d.called and set(fake.released) == {"m1", "m2"} and fake.counts() == (2, 0)
+    assert not [c for c in clock.getDelayedCalls() if c.getTime() >= LINGER]
+
+
+def test_broadcast_late_ack_of_a_client_gone_completes_the_delete():
+    source, fake, clock = make(delivery="broadcast")
+    a, b = attach(source, 2)
+    fake.put("1")
+    a.subscription.ack(a.messages)
+    b.subscription.cancel()
+    clock.advance(ACK_LINGER)
+    assert fake.deleted == [] and fake.released == []  # waiting for b
+    b.subscription.ack(b.messages)
+    clock.advance(ACK_LINGER)
+    assert fake.deleted == ["m1"]
+
+
+def test_last_client_gone_a_batch_that_finds_no_client_goes_straight_back():
+    source, fake, clock = make()
+    r = attach(source)
+    fake.put("1")
+    r.subscription.ack(r.messages)
+    r.subscription.cancel()
+    # The poll in flight when the last client left gets m2: no client, straight back.
+    fake.put("2")
+    clock.advance(ACK_LINGER)
+    assert fake.deleted == ["m1"] and fake.released == ["m2"]
+    assert fake.counts() == (1, 0)
     assert fake.calls["ReceiveMessage"] == 2  # and no client: no further polls
 
 

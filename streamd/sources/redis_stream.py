@@ -16,6 +16,11 @@ streamd that died) are taken over with XAUTOCLAIM.
 
 Each client reads on a connection of its own (XREAD BLOCK holds it), and a paused
 client issues no reads.
+
+A group consumer's name (C{INSTANCE:N}) goes to the next client once its client is done
+with it (no read in flight, nothing held); that client first reads the name's pending
+entries (a restarted streamd's), once the XACKs and give-backs sent for the name (over
+the pool) were answered, so that none is handed out twice.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -81,11 +86,19 @@ class StreamSubscription(Reader):
         self.last_claim = float("-inf")
         #: group mode: ids (bytes) delivered to the client and not yet acked or nacked
         self.held: set[bytes] = set()
+        #: group mode, while re-reading pending entries: ids delivered so far (an entry
+        #: claimed or offered to us, then settled, may still show up there)
+        self.seen: set[bytes] = set()
+        self.name_freed = False
 
     async def read_once(self) -> list:
-        if self.source.group:
+        if not self.source.group:
+            return await self._read_cursor()
+        try:
             return await self._read_group()
-        return await self._read_cursor()
+        finally:
+            if self.cancelled:  # the last read: what it took is given back at once
+                self._free_name(last_read=True)
 
     def recover(self, error) -> bool:
         if "NOGROUP" not in str(error):
@@ -102,11 +115,18 @@ class StreamSubscription(Reader):
             # An entry this client already holds (claimed back from itself) is not
             # sent twice.
             entries = [e for e in entries if e[0] not in self.held]
-            self.held.update(e[0] for e in entries)
+            self.took(e[0] for e in entries)
         self.consumer.deliver([src.message(eid, fields) for eid, fields in entries])
 
+    def took(self, ids) -> None:
+        """We hold these entries (ids as bytes) now."""
+        ids = set(ids)
+        self.held.update(ids)
+        if self.history is not None:
+            self.seen.update(ids)
+
     def returned(self, entries: list) -> None:
-        self.source.give_back([e[0] for e in entries])
+        self.source.give_back([e[0] for e in entries], self.consumer_name)
 
     async def _read_cursor(self):
         src = self.source
@@ -136,15 +156,20 @@ class StreamSubscription(Reader):
             if claimed:
                 return claimed
         if self.history is not None:
+            # What was acked or given back under this name (by us, or by the client
+            # that had it before us) must have left its pending entries first.
+            await src.settled(self.consumer_name)
             reply = await self.reader.command(
                 "XREADGROUP", "GROUP", src.group, self.consumer_name, "COUNT", src.batch,
                 "STREAMS", src.key, self.history)
             entries = reply[0][1] if reply else []
             if entries:
                 self.history = entries[-1][0].decode()
-                # Entries deleted since they were read come back without fields.
-                return [e for e in entries if e[1] is not None]
+                # Entries deleted since they were read come back without fields; one
+                # delivered and settled while this read was under way is not sent again.
+                return [e for e in entries if e[1] is not None and e[0] not in self.seen]
             self.history = None
+            self.seen = set()
         reply = await self.reader.command(
             "XREADGROUP", "GROUP", src.group, self.consumer_name, "COUNT", src.batch,
             "BLOCK", int(src.block * 1000), "STREAMS", src.key, ">")
@@ -152,31 +177,51 @@ class StreamSubscription(Reader):
 
     def ack(self, messages) -> None:
         if self.source.group:
-            self._release(messages)
-            self.source.remove([m.handle for m in messages])
+            mine = self._release(messages)
+            self.source.remove([m.handle for m in mine], self.consumer_name)
+            self._free_name()
 
     def nack(self, messages) -> None:
         if self.source.group:
-            self._release(messages)
-            self.source.give_back([m.handle for m in messages])
+            mine = self._release(messages)
+            self.source.give_back([m.handle for m in mine], self.consumer_name)
+            self._free_name()
 
     def skip(self, messages) -> None:
         """Filtered out: group mode offers them to the other clients (cursor mode: done)."""
         if self.source.group:
-            self._release(messages)
-            self.source.skip(self, messages)
+            mine = self._release(messages)
+            if mine:
+                self.source.skip(self, mine)
+            self._free_name()
 
-    def _release(self, messages) -> None:
+    def _release(self, messages) -> list:
+        """The messages still held (settling one twice is ignored), held no more."""
         held = self.held
+        mine = []
         for m in messages:
-            held.discard(m.handle.encode())
+            handle = m.handle.encode()
+            if handle in held:
+                held.discard(handle)
+                mine.append(m)
         if self.source.refused:
-            for m in messages:
+            for m in mine:
                 self.source.refused.pop(m.id, None)
+        return mine
 
     def leave(self) -> None:
         super().leave()
-        if self.consumer_name is not None:
+        self._free_name()
+
+    def _free_name(self, last_read: bool = False) -> None:
+        """
+        Group mode: hand our consumer name to the next client once we are done with it:
+        gone, no read in flight (it may still take entries under the name), nothing
+        held (acks may still come, see L{ISubscription.cancel}).
+        """
+        if (self.cancelled and (last_read or not self.reading) and not self.held
+                and not self.name_freed and self.consumer_name is not None):
+            self.name_freed = True
             self.source.free_names.append(self.consumer_name)
 
 
@@ -215,6 +260,8 @@ class RedisStreamSource(RedisKind):
         self.subscribers: set[StreamSubscription] = set()
         #: message id -> clients whose filter refused it (group mode, see L{skip})
         self.refused: dict[str, set] = {}
+        #: consumer name -> its XACKs and give-backs not answered yet (L{settled})
+        self.settling: dict[str, set[Deferred]] = {}
         self.refresher = LoopingCall(self._refresh)
         self.refresher.clock = clock
 
@@ -367,19 +414,38 @@ class RedisStreamSource(RedisKind):
                       for k, v in pairs.items()} or None
         return Message(eid, self.name, as_json(data), attributes, eid)
 
-    def remove(self, ids: list[str]) -> None:
-        """Group mode, acked: XACK."""
+    def remove(self, ids: list[str], name: str | None = None) -> None:
+        """Group mode, acked (by the consumer C{name}): XACK."""
         if ids:
-            self.conn.command("XACK", self.key, self.group, *ids).addErrback(
-                self._lost, "XACK")
+            self._settling(name, self.conn.command("XACK", self.key, self.group, *ids),
+                           "XACK")
 
-    def give_back(self, ids: list[str]) -> None:
+    def give_back(self, ids: list, name: str | None = None) -> None:
         """Group mode, not written: claimable by the next XAUTOCLAIM of any client."""
         if ids and self.group:
-            self.conn.command(
+            self._settling(name, self.conn.command(
                 "XCLAIM", self.key, self.group, f"{self.instance}:returned", 0, *ids,
-                "IDLE", RETURNED_IDLE_MS, "JUSTID",
-            ).addErrback(self._lost, "give back")
+                "IDLE", RETURNED_IDLE_MS, "JUSTID"), "give back")
+
+    def _settling(self, name: str | None, d: Deferred, what: str) -> None:
+        """C{d} takes entries out of C{name}'s pending ones: L{settled} waits for it."""
+        d.addErrback(self._lost, what)
+        if name is None:
+            return
+        ops = self.settling.setdefault(name, set())
+        ops.add(d)
+
+        def done(_) -> None:
+            ops.discard(d)
+            if not ops and self.settling.get(name) is ops:
+                del self.settling[name]
+
+        d.addCallback(done)
+
+    def settled(self, name: str) -> Deferred:
+        """Fires once what was sent so far to settle C{name}'s entries was answered."""
+        ops = self.settling.get(name)
+        return DeferredList(list(ops)) if ops else succeed(None)
 
     def skip(self, sub: StreamSubscription, messages) -> None:
         """
@@ -389,14 +455,18 @@ class RedisStreamSource(RedisKind):
         """
         offers, unwanted = share_out(sub, self.subscribers, messages, self.refused)
         for target, msgs in offers.items():
-            # Its refresh makes the entry the target's in the group.
-            target.held.update(m.handle.encode() for m in msgs)
+            # The entry becomes the target's in the group now (not at its next refresh:
+            # our name may go to another client before that).
+            ids = [m.handle for m in msgs]
+            target.took(i.encode() for i in ids)
+            self._settling(sub.consumer_name, self.conn.command(
+                "XCLAIM", self.key, self.group, target.consumer_name, 0, *ids, "JUSTID"),
+                "skip")
             target.consumer.deliver(msgs)
         if unwanted:
-            self.conn.command(
+            self._settling(sub.consumer_name, self.conn.command(
                 "XCLAIM", self.key, self.group, f"{self.instance}:returned", 0,
-                *[m.handle for m in unwanted], "JUSTID",
-            ).addErrback(self._lost, "skip")
+                *[m.handle for m in unwanted], "JUSTID"), "skip")
 
     def _lost(self, failure, what: str) -> None:
         if self.faults is not None:

@@ -5,10 +5,10 @@ Polling follows demand: a poller receives only while some client is connected an
 paused, so messages wait in SQS rather than in streamd's memory; a batch that arrives
 when every client has just paused is held (one per poller at most) until one resumes.
 A message is deleted only when the stream acks it (written, or acknowledged by the
-client in C{ack = "client"} mode); one given back (client gone, C{limit} reached,
-shutdown) is made visible again at once. Messages held longer than half the
-visibility timeout have it extended. What is held, and the SQS calls that settle it,
-are in L{streamd.sources.sqs_held}.
+client in C{ack = "client"} mode), also after the stream's C{cancel()}; one given back
+(client gone, C{limit} reached, shutdown) is made visible again at once. Messages held
+longer than half the visibility timeout have it extended. What is held, and the SQS
+calls that settle it, are in L{streamd.sources.sqs_held}.
 
 Shutdown lets the receives in flight finish and gives back what they bring: SQS goes
 on with a long poll whose caller hung up, and what that poll receives stays hidden
@@ -382,10 +382,9 @@ class SQSSource:
     def _unsubscribe(self, sub: SQSSubscription) -> None:
         if sub in self.subscribers:
             self.subscribers.remove(sub)
-        # Anything the stream neither acked nor gave back is given back now.
-        mine = self.received.owned_by(sub)
-        if mine:
-            self._settle(sub, mine, written=False)
+        # What the stream neither acked nor gave back yet waits for its acks (a
+        # while: sqs_held.LINGER), then is given back.
+        self.received.leave(sub)
         self._wake()  # a poller holding a batch may now give it back
 
     # -- health ---------------------------------------------------------------------

@@ -8,6 +8,11 @@ back, if at least one wrote it; otherwise it is given back (made visible again a
 once). Give-backs go out at the end of the reactor turn, and so do full batches of
 deletes; a partial batch of deletes waits L{ACK_LINGER} for more acks. Messages held
 longer than half the visibility timeout have it extended.
+
+A subscription that leaves (C{cancel()}) may still settle what it was handed: what it
+has not settled stays held (hidden, its receipt handle valid) until it does, for at most
+L{LINGER}, and is given back then. An ack after that is ignored (at least once: the
+message may come again).
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ log = Logger()
 
 #: Seconds a partial batch of deletes waits for more acks before it is sent.
 ACK_LINGER = 0.05
+
+#: Seconds a subscription that left keeps what it has not settled, for acks still to
+#: come, before it is given back (as an AMQP stream keeps its channel).
+LINGER = 30.0
 
 
 class Held:
@@ -71,6 +80,8 @@ class HeldMessages:
         self._flush_call = None
         self._extend_call = None
         self._ops: set = set()
+        #: owners that left, with the call that gives back what they still hold
+        self._leaving: dict[Any, Any] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -107,7 +118,21 @@ class HeldMessages:
             if not held.owners:
                 del entries[msg.handle]
                 (self._to_delete if held.written else self._to_release).append(msg.handle)
+        if owner in self._leaving and not self.owned_by(owner):
+            self._leaving.pop(owner).cancel()  # it settled everything: done waiting
         self._schedule_flush()
+
+    def leave(self, owner) -> None:
+        """
+        C{owner} left: what it has not settled waits for its acks (or nacks), and is
+        given back after L{LINGER}.
+        """
+        if owner not in self._leaving and self.owned_by(owner):
+            self._leaving[owner] = self.clock.callLater(LINGER, self._abandon, owner)
+
+    def _abandon(self, owner) -> None:
+        del self._leaving[owner]
+        self.settle(owner, self.owned_by(owner), written=False)
 
     def give_back(self, messages: Iterable[Message]) -> None:
         """Make C{messages} visible again at once, whoever holds them."""
@@ -121,6 +146,9 @@ class HeldMessages:
         for handle, held in self.entries.items():
             (self._to_delete if held.written else self._to_release).append(handle)
         self.entries.clear()
+        for call in self._leaving.values():
+            call.cancel()
+        self._leaving.clear()
         self.flush()
 
     def release(self, handles: Iterable[str]) -> None:

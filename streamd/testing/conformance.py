@@ -67,6 +67,15 @@ def _reactor():
     return reactor
 
 
+async def next_turns(n: int = 3) -> None:
+    """Let the reactor run C{n} times round (what a source does "at once" is done)."""
+    reactor = _reactor()
+    for _ in range(n):
+        d: Deferred = Deferred()
+        reactor.callLater(0, d.callback, None)
+        await d
+
+
 async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
     """Poll C{predicate} on the reactor until true; AssertionError after C{seconds}."""
     reactor = _reactor()
@@ -234,12 +243,13 @@ async def check_limit_is_exact(h: SourceHarness) -> None:
 async def check_settle_after_cancel(h: SourceHarness) -> None:
     """
     Acks and nacks that come after C{cancel()} still count (a stream may ack once its
-    bytes have left the process): the nacked come back, the acked do not.
+    bytes have left the process, a while later): the nacked come back, the acked do not.
     """
     run = _Run(h)
     try:
         source, a, sub, _ = await run.delivered("late", 4)
         sub.cancel()
+        await next_turns()  # not in the same reactor turn as cancel()
         acked, nacked = a.messages[:2], a.messages[2:4]
         sub.ack(acked)
         sub.nack(nacked)
