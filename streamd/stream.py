@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from streamd.inflight import Inflight
 from streamd.interfaces import IConsumer
-from streamd.message import Message
+from streamd.message import Message, SharedBatch
 from streamd.outbox import outbox_for
 from streamd.slow import SlowReader
 
@@ -34,12 +34,13 @@ class Stream(Inflight, SlowReader):
     """
     One client's stream.
 
-    @ivar pending: what was taken from the source but not yet written: messages,
-        and notices (bytes) in the order they happened. Messages queue while the
-        stream cannot write (paused by Twisted, or its last write has not yet left
-        the process); C{max_pending} and C{max_pending_bytes} bound them under the
-        slow policy.
-    @ivar pending_bytes: the payload bytes of the messages in C{pending}.
+    @ivar pending: what was taken from the source but not yet written, in the order
+        it came: messages, by the delivery they came in (a shared batch queued as it
+        is, see L{streamd.slow}), and notices (bytes). Messages queue while the stream
+        cannot write (paused by Twisted, or its last write has not yet left the
+        process); C{max_pending} and C{max_pending_bytes} bound what of them counts
+        (C{own}, C{own_bytes}) under the slow policy.
+    @ivar queued: the messages in C{pending}; C{pending_bytes} their payload bytes.
     @ivar accepted: messages taken for this client, which C{limit} bounds (surplus is
         given back at once, so C{limit=N} delivers exactly N).
     @ivar unacked: in client-ack mode, written messages awaiting the client's ack, by id.
@@ -60,11 +61,11 @@ class Stream(Inflight, SlowReader):
         "request", "source", "framing", "clock", "limit", "heartbeat", "max_pending",
         "max_pending_bytes", "send_buffer", "slow_policy", "client_ack", "max_unacked",
         "retry", "session", "on_end", "filter", "stall_warnings", "name", "identity",
-        "metrics", "_warned", "pending", "queued", "pending_bytes", "unacked", "accepted",
-        "written", "sent", "bytes_written", "dropped", "dropped_total", "paused", "source_paused",
-        "subscription", "ended", "end_reason", "started_at", "outbox", "inflight",
-        "_cancel_settled", "_last_write", "_starting", "_flushing", "_surplus", "_skipped",
-        "_beat", "done", "__weakref__",
+        "metrics", "_warned", "pending", "queued", "pending_bytes", "own", "own_bytes",
+        "unacked", "accepted", "written", "sent", "bytes_written", "dropped", "dropped_total",
+        "paused", "source_paused", "subscription", "ended", "end_reason", "started_at",
+        "outbox", "inflight", "_cancel_settled", "_last_write", "_starting", "_flushing",
+        "_surplus", "_skipped", "_beat", "_judging", "_stall_call", "done", "__weakref__",
     )
 
     def __init__(
@@ -115,9 +116,11 @@ class Stream(Inflight, SlowReader):
 
         # A deque costs 600 bytes: made when something first queues (most streams of
         # a fast reader never queue).
-        self.pending: deque[Message | bytes] | tuple = ()
+        self.pending: deque = ()
         self.queued = 0  # messages (not notices) in pending
         self.pending_bytes = 0
+        self.own = 0  # what of them counts against the bounds
+        self.own_bytes = 0
         self.unacked: dict[str, Message] = {}
         self.accepted = 0
         self.written = 0
@@ -140,6 +143,8 @@ class Stream(Inflight, SlowReader):
         self._surplus: list[Message] = []
         self._skipped: list[Message] = []
         self._beat = None
+        self._judging = None  # judging at the end of the reactor turn (slow.py)
+        self._stall_call = None  # watching it make progress (slow.py)
         self.done: Deferred[None] = Deferred(self._cancelled)
 
     # -- life cycle -------------------------------------------------------------
@@ -213,12 +218,10 @@ class Stream(Inflight, SlowReader):
         if self._beat is not None and self._beat.active():
             self._beat.cancel()
         self._beat = None
-        giveback = [m for m in self.pending if type(m) is Message]
+        giveback = self._queued_messages()
         giveback.extend(self.unacked.values())
-        self.pending = ()
+        self._forget_queue()
         self.unacked.clear()
-        self.queued = 0
-        self.pending_bytes = 0
         sub = self.subscription
         if sub is not None:
             if giveback:
@@ -244,6 +247,7 @@ class Stream(Inflight, SlowReader):
             if self.subscription is not None:
                 self.subscription.nack(messages)
             return
+        batch = messages if type(messages) is SharedBatch else None
         if self.filter is not None:
             keep = []
             skipped = []
@@ -255,7 +259,7 @@ class Stream(Inflight, SlowReader):
                     self._skipped.extend(skipped)
                 else:
                     self._skip(skipped)
-            messages = keep
+                messages = keep
         if self.limit is not None:
             room = self.limit - self.accepted
             if len(messages) > room:
@@ -272,16 +276,19 @@ class Stream(Inflight, SlowReader):
             encoded = getattr(messages, "encoded", None)
             if encoded is not None and self._write_shared(messages, encoded):
                 return
-        self._queue().extend(messages)
-        n = len(messages)
-        self.queued += n
-        self.accepted += n
-        self.pending_bytes += sum([len(m.data) for m in messages])
+        self.accepted += len(messages)
+        run = self._enqueue(messages, batch)
+        if not self._starting:
+            self._flush()
+        if messages is batch and not self.ended:
+            self._hold(run)
         if self._starting:
             return
-        self._flush()
         if self.queued and not self.ended:  # it could not all be written
-            self._behind()
+            if batch is None:
+                self._behind()
+            else:
+                self._judge_soon()  # once the others have it too
         if not self.ended:
             self._update_demand()
 
@@ -295,8 +302,9 @@ class Stream(Inflight, SlowReader):
         framing = self.framing
         data = encoded.get(framing)
         if data is None:
-            data = encoded[framing] = b"".join([framing.message(m) for m in batch])
-        if len(data) > WRITE_BATCH_BYTES:
+            # b"": too big (found by the first stream, without joining it all).
+            data = encoded[framing] = _joined(framing, batch)
+        if not data:
             return False
         n = len(batch)
         self._warned = False  # nothing is queued: caught up
@@ -415,24 +423,10 @@ class Stream(Inflight, SlowReader):
                 if room == 0:
                     break
                 parts = []
-                batch = []
-                size = 0
-                payload = 0
                 if self.dropped:
                     parts.append(framing.control("dropped", self.dropped))
                     self.dropped = 0
-                while pending and size < WRITE_BATCH_BYTES and len(batch) != room:
-                    item = pending.popleft()
-                    if type(item) is bytes:
-                        frame = item
-                    else:
-                        frame = framing.message(item)
-                        batch.append(item)
-                        payload += len(item.data)
-                    parts.append(frame)
-                    size += len(frame)
-                self.queued -= len(batch)
-                self.pending_bytes -= payload
+                batch, size = self._take(parts, room, WRITE_BATCH_BYTES)
                 self.written += len(batch)
                 self.bytes_written += size
                 self._last_write = self.clock.seconds()
@@ -478,3 +472,16 @@ class Stream(Inflight, SlowReader):
             self._last_write = now
             due = now + self.heartbeat
         self._beat = self.clock.callLater(due - now, self._heartbeat)
+
+
+def _joined(framing, batch: list[Message]) -> bytes:
+    """The frames of C{batch} joined, or b"" if that is more than one write."""
+    frames = []
+    size = 0
+    for m in batch:
+        frame = framing.message(m)
+        size += len(frame)
+        if size > WRITE_BATCH_BYTES:
+            return b""
+        frames.append(frame)
+    return b"".join(frames)

@@ -10,8 +10,8 @@ from streamd.stream import Stream
 from streamd.testing import FakeRequest, FakeSource
 
 
-def make(source=None, framing=NDJSON, **kw):
-    clock = Clock()
+def make(source=None, framing=NDJSON, clock=None, **kw):
+    clock = clock or Clock()
     source = source or FakeSource()
     request = FakeRequest()
     kw.setdefault("heartbeat", 0)
@@ -212,8 +212,8 @@ def test_memory_unknown_future_id_is_a_gap_not_silence():
 def test_one_paused_reader_does_not_hold_back_others():
     clock = Clock()
     mem = MemorySource("m", clock)
-    slow, slow_req, _, _ = make(source=mem, max_pending=5)
-    fast, fast_req, _, _ = make(source=mem)
+    slow, slow_req, _, _ = make(source=mem, clock=clock, max_pending=5)
+    fast, fast_req, _, _ = make(source=mem, clock=clock)
     slow.start()
     fast.start()
     slow.pauseProducing()

@@ -1,0 +1,345 @@
+"""
+Issue 20: a large publish reaches a reader that keeps reading, while readers that read
+nothing stay bounded (L{streamd.slow}: what counts against max_pending and
+max_pending_bytes is what a stream holds beyond what it shares with the others, and a
+stream holding more than that in all must make progress).
+
+The units run streams of a memory source on one L{Clock}, each over a L{FakeOutbox}
+(the kernel: a reader "reads" when the test takes its bytes). The last test is end to
+end: a real C{twistd -n streamd} process with the default bounds (max_pending 1000,
+max_pending_bytes 1 MiB), 20 raw HTTP/1.1 sockets that send a GET and never read, one
+C{curl -N} that reads as fast as it can, and one 6 MB NDJSON publish of 3,000 messages
+of 2 KB; the server's memory is read from /proc (VmRSS before, VmHWM, the peak, after).
+Its waits are on process output and the server's status, each with a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from streamd import slow
+from streamd.framing import NDJSON
+from streamd.slow import SLOW_CLOSE_GRACE
+from streamd.sources.memory import MemorySource
+from streamd.stream import Stream
+from streamd.testing import FakeOutbox, FakeRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+MESSAGES = 3000
+STUCK = 20
+MB = 1024 * 1024
+
+PAYLOAD = b'"' + b"x" * 2000 + b'"'
+
+
+class Reader:
+    """One stream of C{source} on C{clock}, whose bytes leave only when it reads."""
+
+    def __init__(self, source, clock, **kw) -> None:
+        self.request = FakeRequest()
+        self.outbox = FakeOutbox(self.request, open=False)
+        kw.setdefault("heartbeat", 0)
+        self.stream = Stream(self.request, source, NDJSON, clock, outbox=self.outbox, **kw)
+        self.stream.start()
+
+    def read(self, chunks: int | None = None) -> None:
+        """Take what was written, C{chunks} times (default: until nothing more comes)."""
+        while self.outbox.waiting and chunks != 0:
+            self.outbox.take()
+            chunks = None if chunks is None else chunks - 1
+
+    def lines(self) -> list:
+        return [json.loads(line) for line in self.request.lines()]
+
+    def ids(self) -> list[int]:
+        return [int(m["id"]) for m in self.lines() if "id" in m]
+
+
+def holding(*readers) -> bool:
+    """Whether any of C{readers} is still down as holding part of a shared batch."""
+    return any(r.stream in holders for holders in slow._HOLDERS.values() for r in readers)
+
+
+def big_publish(source, clock, n: int = MESSAGES) -> None:
+    source.publish([PAYLOAD] * n)  # 6 MB: one batch
+    clock.advance(0)  # the end of the reactor turn: every stream has it
+
+
+def test_a_reader_that_keeps_reading_gets_all_of_a_publish_far_over_the_bounds():
+    clock = Clock()
+    mem = MemorySource("m", clock)
+    fast = Reader(mem, clock)  # the defaults: 1000 messages, 1 MiB
+    big_publish(mem, clock)
+    assert not fast.stream.ended  # 3,000 messages, 6 MB queued: the publish it is on
+    fast.read()
+    assert fast.ids() == list(range(1, MESSAGES + 1))
+    clock.advance(3 * SLOW_CLOSE_GRACE)
+    assert not fast.stream.ended and not holding(fast)
+
+
+class EvenIds:
+    def matches(self, message) -> bool:
+        return int(message.id) % 2 == 0
+
+
+def test_a_filtered_reader_that_keeps_reading_gets_all_of_its_part_of_a_big_publish():
+    clock = Clock()
+    mem = MemorySource("m", clock)
+    fast = Reader(mem, clock, filter=EvenIds())
+    big_publish(mem, clock)  # its part: 1,500 messages, 3 MB of its own
+    assert not fast.stream.ended
+    fast.read()
+    assert fast.ids() == list(range(2, MESSAGES + 1, 2))
+
+
+def test_20_stuck_readers_share_the_batch_and_are_cut_only_after_no_progress():
+    clock = Clock()
+    mem = MemorySource("m", clock)
+    stuck = [Reader(mem, clock) for _ in range(STUCK)]
+    fast = Reader(mem, clock)
+    big_publish(mem, clock)
+    fast.read()
+    assert fast.ids() == list(range(1, MESSAGES + 1))
+    for r in stuck:  # one chunk written, the rest queued: shared, so nobody's own
+        assert not r.stream.ended and r.stream.queued > 2900 and r.stream.own == 0
+    clock.advance(SLOW_CLOSE_GRACE)  # no progress for the grace period
+    for r in stuck:
+        assert r.stream.ended and r.stream.end_reason == "slow consumer"
+        assert r.lines()[-1] == {"error": {"message": "slow consumer", "max_pending": 1000,
+                                           "max_pending_bytes": 1024 * 1024}}
+        assert r.request.transport.disconnecting  # closed once that line is out
+        assert r.stream.queued == 0  # what it held is let go
+    assert not fast.stream.ended and not holding(fast, *stuck)
+
+
+def test_a_batch_queued_behind_counts_only_for_the_one_left_holding_it():
+    clock = Clock()
+    mem = MemorySource("m", clock)
+    a, b = Reader(mem, clock), Reader(mem, clock)
+    big_publish(mem, clock)
+    a.read(3)
+    b.read(3)
+    big_publish(mem, clock)  # a bulk import's next POST, while both are on the first
+    assert not a.stream.ended and not b.stream.ended  # shared: nobody's own
+    a.read()
+    assert a.ids() == list(range(1, 2 * MESSAGES + 1))
+    clock.advance(0)
+    # b alone holds the second publish now, behind the one it is writing: 6 MB of its
+    # own, far over max_pending_bytes.
+    assert b.stream.ended and b.stream.end_reason == "slow consumer"
+    assert not a.stream.ended
+
+
+def test_progress_keeps_a_reader_over_its_bounds_in_all_stopping_does_not():
+    clock = Clock()
+    mem = MemorySource("m", clock)
+    readers = [Reader(mem, clock) for _ in range(2)]
+    big_publish(mem, clock)
+    for _ in range(10):  # a chunk each every 4 s: slow, but reading
+        clock.advance(SLOW_CLOSE_GRACE * 0.8)
+        for r in readers:
+            r.read(1)
+    assert not any(r.stream.ended for r in readers)
+    clock.advance(SLOW_CLOSE_GRACE)  # then nothing
+    clock.advance(SLOW_CLOSE_GRACE)
+    assert all(r.stream.end_reason == "slow consumer" for r in readers)
+
+
+def test_drop_oldest_drops_a_shared_batch_only_once_its_readers_stop():
+    clock = Clock()
+    mem = MemorySource("m", clock)
+    readers = [Reader(mem, clock, slow_policy="drop-oldest", max_pending=100)
+               for _ in range(2)]
+    big_publish(mem, clock, 500)
+    assert all(r.stream.dropped_total == 0 for r in readers)  # shared: nobody's own
+    readers[0].read()
+    assert readers[0].ids() == list(range(1, 501))
+    clock.advance(0)
+    # The other holds it alone now: down to its bounds at once (the newest 100).
+    other = readers[1]
+    assert other.stream.queued == 100 and not other.stream.ended
+    other.read()
+    lines = other.lines()
+    assert {"dropped": other.stream.dropped_total} in lines
+    assert other.ids()[-100:] == list(range(401, 501))
+
+
+def test_drop_oldest_readers_that_stop_drop_down_to_their_bounds():
+    clock = Clock()
+    mem = MemorySource("m", clock)
+    readers = [Reader(mem, clock, slow_policy="drop-oldest", max_pending=100)
+               for _ in range(2)]
+    big_publish(mem, clock, 500)
+    assert all(r.stream.queued > 400 for r in readers)
+    clock.advance(SLOW_CLOSE_GRACE)
+    for r in readers:
+        assert r.stream.queued == 100 and r.stream.dropped_total > 300
+        assert not r.stream.ended
+
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def wait_for(predicate, seconds: float, what: str, interval: float = 0.05):
+    """Poll C{predicate} until it returns something true, or fail after C{seconds}."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        time.sleep(interval)  # a poll of another process, not a fixed wait
+
+
+class Streamd:
+    """C{twistd -n streamd} on a free port, its output kept."""
+
+    def __init__(self, tmp_path: Path, config: str = "") -> None:
+        self.port = free_port()
+        path = tmp_path / "streamd.toml"
+        path.write_text(f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n'
+                        f'access_log = "off"\n{config}')
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        self.proc = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "streamd", "--config", str(path)], cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log: list[str] = []
+        self.listening = threading.Event()
+        threading.Thread(target=self._drain, daemon=True).start()
+        if not self.listening.wait(30):
+            self.proc.kill()
+            raise AssertionError("streamd did not start:\n" + "".join(self.log[-20:]))
+
+    def _drain(self) -> None:
+        for raw in self.proc.stdout:  # type: ignore[union-attr]
+            line = raw.decode(errors="replace")
+            self.log.append(line)
+            if "streamd listening on" in line:
+                self.listening.set()
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            return r.read()
+
+    def open_streams(self) -> int:
+        return json.loads(self.get("/"))["open_streams"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Curl:
+    """C{curl -sN URL}: every line it prints, as it prints it."""
+
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen(["curl", "-sN", url], stdout=subprocess.PIPE)
+        self.lines: list[bytes] = []
+        self.done = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.append(line)
+            if b'"error"' in line or len(self.lines) >= MESSAGES:
+                self.done.set()
+        self.done.set()  # the response ended
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def streamd(tmp_path):
+    server = Streamd(tmp_path)
+    yield server
+    server.stop()
+    if server.proc.returncode not in (0, -9):
+        print("".join(server.log[-40:]))
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not on PATH")
+def test_a_6mb_publish_reaches_a_fast_reader_whole_while_20_stuck_readers_stay_bounded(
+        streamd):
+    stuck = []
+    curl = None
+    try:
+        for _ in range(STUCK):
+            s = socket.create_connection(("127.0.0.1", streamd.port))
+            s.sendall(b"GET /streams/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            stuck.append(s)  # and never read
+        curl = Curl(streamd.url + "/streams/big")
+        wait_for(lambda: streamd.open_streams() == STUCK + 1, 20, "21 open streams")
+        before = memory_kb(streamd.proc.pid)
+
+        pad = "x" * 2000
+        body = b"".join(json.dumps({"n": i, "pad": pad}).encode() + b"\n"
+                        for i in range(MESSAGES))
+        assert 6 * 10**6 <= len(body) < 8 * MB
+        request = urllib.request.Request(streamd.url + "/streams/big/messages", data=body,
+                                         headers={"Content-Type": "application/x-ndjson"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            assert r.status == 202
+        assert curl.done.wait(60), f"the fast reader got {len(curl.lines)} lines"
+        after = memory_kb(streamd.proc.pid)
+
+        got = [json.loads(line) for line in curl.lines]
+        assert not [line for line in got if "error" in line], got[-1]
+        assert [m["data"]["n"] for m in got] == list(range(MESSAGES))
+        assert [int(m["id"]) for m in got] == list(range(1, MESSAGES + 1))
+        peak = after["VmHWM"] - before["VmRSS"]
+        grown = after["VmRSS"] - before["VmRSS"]
+        print(f"fast reader: {len(got)} messages; streamd RSS {before['VmRSS'] // 1024} MB "
+              f"-> {after['VmRSS'] // 1024} MB (+{grown / 1024:.1f} MB; peak "
+              f"+{peak / 1024:.1f} MB) with {STUCK} readers that read nothing")
+        assert peak <= 50 * 1024, f"RSS peaked {peak / 1024:.0f} MB above where it was"
+
+        # The readers that read nothing made no progress: cut off, the notice first.
+        curl.stop()
+        wait_for(lambda: streamd.open_streams() == 0, 30, "the stuck readers cut off")
+        metrics = streamd.get("/metrics").decode()
+        disconnects = [line for line in metrics.splitlines()
+                       if line.startswith("streamd_slow_policy_actions_total")
+                       and 'action="disconnect"' in line]
+        assert disconnects and float(disconnects[0].split()[-1]) == STUCK, disconnects
+        final = memory_kb(streamd.proc.pid)
+        print(f"after the cut-off: RSS {final['VmRSS'] // 1024} MB")
+    finally:
+        if curl is not None:
+            curl.stop()
+        for s in stuck:
+            with contextlib.suppress(OSError):
+                s.close()
