@@ -70,6 +70,10 @@ class StreamKeys:
     max_message_bytes: int = setting(
         "int", 256 * 1024, "largest message accepted", minimum=1)
     retry: int = setting("int", 3000, "SSE reconnection hint, milliseconds", minimum=0)
+    on_source_down: str = setting(
+        "enum", "wait", "a reader of a stream whose source is down: wait (200, a status "
+        "notice, then the messages once the source is back) or refuse (503 with "
+        "Retry-After)", choices=("wait", "refuse"))
     coalesce_ms: float = setting(
         "number", 0.0, "milliseconds messages may wait to reach a stream together (0: "
         "until the end of the reactor turn)", minimum=0, maximum=1000)

@@ -181,10 +181,10 @@ async def test_client_ack_vanished_client_loses_nothing(serve, broker):  # noqa:
 
 
 @ensure
-async def test_down_at_start_then_503(serve):
+async def test_down_at_start_then_503_when_refused(serve):
     server = await serve(settings({"jobs": {
         "source": "amqp", "url": "amqp://guest:guest@127.0.0.1:1/%2F", "queue": "q",
-        "reconnect_max": 0.2, "connect_timeout": 1}}))
+        "reconnect_max": 0.2, "connect_timeout": 1, "on_source_down": "refuse"}}))
     r = await within(treq.get(server.url + "/health"))
     assert r.code == 503
     reason = (await r.json())["sources"]["jobs"]["reason"]

@@ -141,7 +141,7 @@ async def test_sse_reconnects_with_last_event_id(serve):
 @ensure
 async def test_5xx_is_retried_until_the_stream_is_back(serve):
     server = await serve()
-    source = add_fake_source(server, "orders")
+    source = add_fake_source(server, "orders", on_source_down="refuse")
     source.state = ("down", "maintenance")
     client = make_client(server, "/streams/orders")
     done = client.start(limit=1)

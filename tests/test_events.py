@@ -11,7 +11,7 @@ import json
 import pytest
 import pytest_twisted
 import treq
-from conftest import settings, within
+from conftest import open_stream, settings, within
 from events_helpers import (
     E1,
     E2,
@@ -236,8 +236,10 @@ async def test_store_down_answers_503(serve, tmp_path):
         assert "event store unavailable" in (await treq.json_content(r))["error"]["message"]
         code, body = await get(server)
         assert code == 503
-        r = await within(treq.get(server.url + "/events/stream"))
-        assert r.code == 503
+        tail = await open_stream(server.url + "/events/stream")  # opens, and says why it waits
+        await tail.wait_for(1)
+        assert tail.items[0]["status"]["source"] == "down"
+        tail.close()
         code, answer = await rpc(server, {"id": 1, "method": "items", "args": [],
                                           "kwargs": {}})
         assert answer["result"] is None and "unavailable" in answer["error"]

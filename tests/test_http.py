@@ -237,7 +237,8 @@ async def test_index_and_health(serve):
 
 @ensure
 async def test_health_503_when_a_source_is_down():
-    app, http, _ = stub(settings({"a": {}}, store={"backend": "memory"}))
+    app, http, _ = stub(settings({"a": {"on_source_down": "refuse"}},
+                                 store={"backend": "memory"}))
     from streamd.testing import FakeSource
 
     fake = FakeSource("f")
@@ -248,6 +249,7 @@ async def test_health_503_when_a_source_is_down():
     assert (await r.json())["sources"]["f"]["reason"] == "queue missing"
     r = await http.get("http://streamd/streams/f")
     assert r.code == 503 and "queue missing" in await error_of(r)
+    assert r.headers.getRawHeaders("retry-after") == ["3"]
 
 
 @ensure

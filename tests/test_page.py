@@ -9,6 +9,7 @@ screenshot of the page in C{test-output/}.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import browser
@@ -166,7 +167,8 @@ async def test_overview_in_chromium(serve, chromium):
     server = await serve(settings(streams={"news": {}, "alerts": {}}))
     down = FakeSource("orders")
     down.state = ("down", "queue missing")
-    server.service.add("orders", down, server.service.stream_settings["news"])
+    server.service.add("orders", down, dataclasses.replace(
+        server.service.stream_settings["news"], on_source_down="refuse"))
     readers = [await open_stream(server.url + "/streams/news") for _ in range(2)]
     async with chromium.running("test_overview_in_chromium") as page:
         await page.open(server.url + "/")

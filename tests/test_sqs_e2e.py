@@ -278,15 +278,17 @@ async def test_queue_missing_then_created_down_then_up(serve, moto):  # noqa: F8
     health = await treq.json_content(resp)
     assert resp.code == 503 and health["sources"]["late"]["status"] == "down"
     assert "QueueDoesNotExist" in health["sources"]["late"]["reason"]
-    resp = await within(treq.get(server.url + "/streams/late"))
-    assert resp.code == 503
-    assert (await treq.json_content(resp))["error"]["status"] == 503
+    # A reader that comes while the queue is missing is told, and waits.
+    reader = await open_stream(server.url + "/streams/late")
+    await reader.wait_for(1)
+    assert reader.items[0]["status"]["source"] == "down"
+    assert "QueueDoesNotExist" in reader.items[0]["status"]["reason"]
 
     assert moto.sqs.create_queue(QueueName=name)["QueueUrl"] == url
     await wait_until(lambda: server.service.sources["late"].status() == ("ok", None), 15)
-    reader = await open_stream(server.url + "/streams/late")
     moto.send(url, ['{"back": true}'])
-    await reader.wait_for(1)
+    await wait_until(lambda: reader.messages(), 15)
+    assert {"status": {"source": "up"}} in reader.items
     assert reader.messages()[0]["data"] == {"back": True}
     reader.close()
 

@@ -19,11 +19,11 @@ import attrs
 from streamd.json_input import compact_json
 
 #: streamd's NDJSON notices: one-key objects with these keys.
-NOTICES = frozenset({"heartbeat", "gap", "dropped", "error", "shutdown", "end"})
+NOTICES = frozenset({"heartbeat", "gap", "dropped", "error", "shutdown", "end", "status"})
 
 #: streamd's SSE notice events; "stream-error" is streamd's name for its "error" notice.
 SSE_NOTICES = {"gap": "gap", "dropped": "dropped", "stream-error": "error",
-               "shutdown": "shutdown", "end": "end"}
+               "shutdown": "shutdown", "end": "end", "status": "status"}
 
 
 _decode = json.JSONDecoder().decode

@@ -1,7 +1,7 @@
 """
-What every HTTP module shares: JSON answers, query-parameter parsing, and the one error
+What every HTTP module shares: JSON answers, query-parameter parsing, the one error
 renderer (every error is C{{"error": {"status": ..., "message": ...}}}, never a page or a
-traceback).
+traceback), and what a streaming route does when its source is down (L{readable}).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 from http import HTTPStatus
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES
 from werkzeug.datastructures import MIMEAccept
@@ -17,7 +18,13 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_accept_header
 
 from streamd import framing
-from streamd.errors import BadRequest, HTTPError, PayloadTooLarge, UnsupportedMediaType
+from streamd.errors import (
+    BadRequest,
+    HTTPError,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from streamd.json_input import InvalidJSON, parse
 
 log = Logger()
@@ -209,3 +216,224 @@ def read_body(request, types: tuple[str, ...], limit: int, what: str) -> bytes:
     if len(body) > limit:
         raise PayloadTooLarge(f"body over max_body_bytes ({limit} bytes)")
     return body
+
+
+# -- a stream whose source is down -------------------------------------------------------
+
+#: Seconds between two looks at a down source's status while readers wait for it: one
+#: timer per source, however many readers wait.
+SOURCE_CHECK = 0.25
+
+
+def retry_after(settings) -> dict[bytes, bytes]:
+    """A 503's C{Retry-After}: the stream's C{retry} hint, in whole seconds (at least 1)."""
+    return {b"Retry-After": b"%d" % max(1, -(-settings.retry // 1000))}
+
+
+def readable(source, settings, request, framing, clock, refusal: str):
+    """
+    What a streaming route opens: C{source} itself while it is up. While it is down,
+    a 503 with C{Retry-After} (C{on_source_down = "refuse"}; the message is C{refusal}
+    and the reason), or a L{WaitingSource}: the stream opens anyway (an EventSource
+    never retries a refused connection), says so in a status notice, and takes the
+    source's messages once it is back. Pass what the route opened to L{opened}.
+    """
+    state, reason = source.status()
+    if state == "ok":
+        return source
+    if settings.on_source_down == "refuse":
+        raise Unavailable(f"{refusal}: {reason}", headers=retry_after(settings))
+    return WaitingSource(source, reason, request, framing, clock)
+
+
+def opened(result, source):
+    """
+    What the route returns for the stream it opened on C{source} (from L{readable}):
+    C{result}, once a waiting stream's first status notice is written after its head.
+    """
+    if not isinstance(source, WaitingSource):
+        return result
+    if isinstance(result, Deferred):  # several workers count the identity's streams first
+        return result.addCallback(source.opened)
+    return source.opened(result)
+
+
+class WaitingSource:
+    """
+    A down source as one stream sees it: C{subscribe} succeeds, with a
+    L{WaitingSubscription} that subscribes to the source once its status is C{ok} again
+    (or at once, should it be back by then). Its status notices,
+    C{{"status": {"source": "down", "reason": ...}}} and C{{"status": {"source": "up"}}}
+    (SSE: C{event: status}), go straight to the response, as a stall warning does.
+    """
+
+    def __init__(self, source, reason, request, framing, clock) -> None:
+        self.source = source
+        self.reason = reason or "down"
+        self.request = request
+        self.framing = framing
+        self.clock = clock
+        self.waiting: WaitingSubscription | None = None
+
+    def subscribe(self, consumer, since=None):
+        if self.source.status()[0] == "ok":
+            try:
+                return self.source.subscribe(consumer, since)
+            except Unavailable:
+                pass  # down again already: wait as if it had been all along
+        sub = self.waiting = WaitingSubscription(self.source, consumer, since, self.notify)
+        _SourceChecks.of(self.source, self.clock).add(sub)
+        return sub
+
+    def opened(self, result):
+        sub = self.waiting
+        if sub is not None and sub.real is None and not sub.ended:
+            self.notify({"source": "down", "reason": self.reason})
+        return result
+
+    def notify(self, info) -> None:
+        self.request.write(self.framing.control("status", info))
+
+
+class WaitingSubscription:
+    """
+    A stream's subscription while its source is down. It keeps the stream's demand
+    (pause, resume) until the source's own subscription exists, then hands every call
+    straight to it; calls made while the source's C{subscribe} runs (a replay delivered
+    at once may be acked, paused on, or end the stream) are held and passed on after.
+
+    @ivar real: the source's subscription, once there is one.
+    @ivar ended: the stream ended first (or the source refused it for good).
+    """
+
+    def __init__(self, source, consumer, since, notify) -> None:
+        self.source = source
+        self.consumer = consumer
+        self.since = since
+        self.notify = notify
+        self.real = None
+        self.paused = False
+        self.ended = False
+        self.held: list | None = None  # while the source's subscribe runs
+
+    def _call(self, name: str, *args) -> None:
+        if self.held is not None:
+            self.held.append((name, args))
+        elif name == "pause":
+            self.paused = True
+        elif name == "resume":
+            self.paused = False
+        elif name == "cancel" and not self.ended:
+            self.ended = True
+            _SourceChecks.forget(self.source, self)
+        # ack, nack, skip: nothing was delivered yet
+
+    def pause(self) -> None:
+        self._call("pause")
+
+    def resume(self) -> None:
+        self._call("resume")
+
+    def ack(self, messages) -> None:
+        self._call("ack", messages)
+
+    def nack(self, messages) -> None:
+        self._call("nack", messages)
+
+    def skip(self, messages) -> None:
+        self._call("skip", messages)
+
+    def cancel(self) -> None:
+        self._call("cancel")
+
+    def source_up(self) -> bool:
+        """Subscribe now that the source says it is up; whether to stop waiting."""
+        if self.ended or getattr(self.consumer, "ended", False):
+            return True
+        self.notify({"source": "up"})
+        self.held = []
+        try:
+            real = self.source.subscribe(self.consumer, self.since)
+        except Unavailable as e:
+            self._release_held()
+            self.notify({"source": "down", "reason": e.message})
+            return False
+        except Exception as e:
+            # Refused for good (a C{since} this source cannot read, say): the stream
+            # ends, saying why, as a source that ended would.
+            if not isinstance(e, HTTPError):
+                log.failure("subscribing a waiting reader of {name} failed",
+                            name=getattr(self.source, "name", "?"))
+            self._release_held()
+            self.ended = True
+            self.consumer.source_ended(e.message if isinstance(e, HTTPError)
+                                       else "internal error")
+            return True
+        self.real = real
+        # From now on the stream's calls go straight to the source's subscription.
+        self.pause, self.resume = real.pause, real.resume
+        self.ack, self.nack, self.cancel = real.ack, real.nack, real.cancel
+        self.skip = getattr(real, "skip", None) or real.nack
+        held, self.held = self.held, None
+        if self.paused:
+            real.pause()
+        for name, args in held:
+            getattr(self, name)(*args)
+        return True
+
+    def _release_held(self) -> None:
+        held, self.held = self.held, None
+        for name, args in held or ():
+            self._call(name, *args)
+
+
+class _SourceChecks:
+    """The readers waiting for one down source, and the one timer that looks at it."""
+
+    #: id(source) -> its checks, while any reader waits (the entry holds the source)
+    active: dict[int, _SourceChecks] = {}
+
+    def __init__(self, source, clock) -> None:
+        self.source = source
+        self.clock = clock
+        self.waiting: dict[WaitingSubscription, None] = {}  # in arrival order
+        self.call = None
+
+    @classmethod
+    def of(cls, source, clock) -> _SourceChecks:
+        checks = cls.active.get(id(source))
+        if checks is None:
+            checks = cls.active[id(source)] = cls(source, clock)
+        return checks
+
+    @classmethod
+    def forget(cls, source, sub: WaitingSubscription) -> None:
+        checks = cls.active.get(id(source))
+        if checks is not None:
+            checks.waiting.pop(sub, None)
+            checks._done_if_idle()
+
+    def add(self, sub: WaitingSubscription) -> None:
+        self.waiting[sub] = None
+        if self.call is None:
+            self.call = self.clock.callLater(SOURCE_CHECK, self.check)
+
+    def check(self) -> None:
+        self.call = None
+        if self.source.status()[0] == "ok":
+            for sub in list(self.waiting):
+                if sub in self.waiting and sub.source_up():
+                    self.waiting.pop(sub, None)
+        if self.waiting:
+            self.call = self.clock.callLater(SOURCE_CHECK, self.check)
+        else:
+            self._done_if_idle()
+
+    def _done_if_idle(self) -> None:
+        if self.waiting:
+            return
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+        if self.active.get(id(self.source)) is self:
+            del self.active[id(self.source)]

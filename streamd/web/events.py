@@ -31,7 +31,9 @@ from streamd.web.common import (
     content_type,
     int_arg,
     json_response,
+    opened,
     read_body,
+    readable,
     stream_options,
 )
 from streamd.web.common import query as query_params
@@ -141,18 +143,20 @@ def stream_events(web, request):
         since_id = None if since is None else parse_id(since, "since")
     except QueryError as e:
         raise BadRequest(str(e)) from None
-    check_up(store)
+    # Pages no bigger than max_pending: a paused stream holds at most one.
+    tail = EventTail(store, filters, settings.max_pending)
+    # The store down: 503, or (on_source_down = "wait") the tail all the same.
+    reading = readable(tail, settings, request, chosen, web.reactor,
+                       "event store unavailable")
     if request.method == b"HEAD":
         # Headers only: a tail whose body nobody will read must not be opened.
         request.setHeader(b"Content-Type", chosen.content_type)
         return b""
-    return web.open_streams.open(
-        # Pages no bigger than max_pending: a paused stream holds at most one.
-        request, EventTail(store, filters, settings.max_pending), chosen, identity,
-        settings,
+    return opened(web.open_streams.open(
+        request, reading, chosen, identity, settings,
         name="events",
         metrics=web.service.metrics.for_stream("events", "events"),
         limit=limit,
         heartbeat=heartbeat,
         since=since_id,
-    )
+    ), reading)

@@ -28,8 +28,11 @@ from streamd.web.common import (
     content_type,
     json_body,
     json_response,
+    opened,
     query,
     read_body,
+    readable,
+    retry_after,
     stream_options,
 )
 from streamd.web.routes import routes
@@ -58,7 +61,7 @@ def publish(web, request, name):
         raise BadRequest("no message in the body")
     state, reason = source.status()
     if state != "ok":
-        raise Unavailable(f"stream {name!r} is down: {reason}")
+        raise Unavailable(f"stream {name!r} is down: {reason}", headers=retry_after(settings))
     params = {k: v[-1] for k, v in query(request).items()} if request.args else {}
     started = web.reactor.seconds()
     ids = source.publish(payloads, params)
@@ -116,15 +119,15 @@ def _open(web, request, name: str, params: dict[str, list[str]], sample: bool = 
         raise BadRequest(f"ack: expected write or client, got {ack!r}")
     stream_filter = filters.parse(params, settings, settings.sample if sample else None)
     stall_warnings = bool_arg(params, "stall_warnings")
-    state, reason = source.status()
-    if state != "ok":
-        raise Unavailable(f"stream {name!r} is down: {reason}")
+    # A source that is down: 503, or (on_source_down = "wait") the stream all the same.
+    reading = readable(source, settings, request, chosen, web.reactor,
+                       f"stream {name!r} is down")
     if request.method == b"HEAD":
         # Headers only: a stream whose body nobody will read must not be opened.
         request.setHeader(b"Content-Type", chosen.content_type)
         return b""
-    return web.open_streams.open(
-        request, source, chosen, identity, settings,
+    return opened(web.open_streams.open(
+        request, reading, chosen, identity, settings,
         name=name,
         metrics=web.service.metrics.for_stream(web.service.metrics_label(name),
                                                source.kind),
@@ -135,7 +138,7 @@ def _open(web, request, name: str, params: dict[str, list[str]], sample: bool = 
         session=secrets.token_urlsafe(18) if ack == "client" else None,
         filter=stream_filter,
         stall_warnings=stall_warnings,
-    )
+    ), reading)
 
 
 @routes.route("/streams/<name>/ack", methods=["POST"])
