@@ -1,7 +1,10 @@
 """
 What a stream wrote that is still in this process: acknowledged to the source only once
-the connection's outbox (L{streamd.outbox.Outbox}) says those bytes left, given back to
-the source if the connection is lost first. A crash in between loses nothing.
+the connection's outbox (L{streamd.outbox.Outbox}; over TLS a L{streamd.outbox.TLSOutbox},
+for which the bytes have left once their ciphertext has) says those bytes left, given
+back to the source if the connection is lost first. A crash in between loses nothing.
+The outbox reports a drain before the stream may write again, so what a drain
+acknowledges was all written before it.
 
 L{Inflight} is a part of L{streamd.stream.Stream}, kept apart because it is its own
 concern: it is what the outbox calls.

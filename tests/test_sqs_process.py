@@ -29,12 +29,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class StreamdProcess:
     """C{twistd -n streamd --config FILE} with this checkout on the path."""
 
-    def __init__(self, tmp_path, config: str, workers: int = 1) -> None:
+    tls = False
+
+    def __init__(self, tmp_path, config: str, workers: int = 1,
+                 tls: tuple[str, str] | None = None) -> None:
+        """C{tls}: (key, certificate) files: listen with TLS only (C{ssl:})."""
         self.port = free_port()
         self.workers = workers
+        self.tls = tls is not None
         path = tmp_path / f"streamd-{self.port}.toml"
-        path.write_text(f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n'
-                        f"workers = {workers}\n" + config)
+        listen = f"tcp:{self.port}:interface=127.0.0.1"
+        if tls is not None:
+            listen = f"ssl:{self.port}:interface=127.0.0.1:privateKey={tls[0]}:certKey={tls[1]}"
+        path.write_text(f'listen = ["{listen}"]\nworkers = {workers}\n' + config)
         env = dict(os.environ, PYTHONPATH=ROOT, AWS_ACCESS_KEY_ID="testing",
                    AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -44,7 +51,7 @@ class StreamdProcess:
             # Its own process group: crash() kills the parent and its workers at once.
             start_new_session=True,
         )
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         self.log: list[str] = []
         self._logged = threading.Condition()
         threading.Thread(target=self._drain, daemon=True).start()
