@@ -44,9 +44,9 @@ class Stream(Inflight, SlowReader):
     @ivar accepted: messages taken for this client, which C{limit} bounds (surplus is
         given back at once, so C{limit=N} delivers exactly N).
     @ivar unacked: in client-ack mode, written messages awaiting the client's ack, by id.
-    @ivar outbox: the connection's L{streamd.outbox.Outbox}: whether its bytes have
-        left the process. None where that is not followed (HTTP/2, TLS, tests): a write
-        then counts as sent.
+    @ivar outbox: the connection's L{streamd.outbox.Outbox} (over TLS a
+        C{TLSOutbox}): whether its bytes have left the process. None where that is not
+        followed (HTTP/2, tests): a write then counts as sent.
     @ivar inflight: batches written but still in this process; acked to the source
         once the outbox has drained, given back if the connection is lost first. A
         crash in between loses nothing.
