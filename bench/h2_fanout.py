@@ -14,6 +14,11 @@ C{http2} or C{test} extra: C{pip install -e '.[test]'}).
     python bench/h2_fanout.py                                 # 100 streams, 1 connection
     python bench/h2_fanout.py --streams 100 --connections 10 # 10 streams per connection
     python bench/h2_fanout.py --json                          # the report as JSON
+    python bench/h2_fanout.py --streams 20 --rate 100 --batch 1 --inflight 1  # latency
+
+C{--stalled N} adds N streams to the first connection that never hand their window back
+(the server must pause and end them without holding their bytes); C{--twisted-h2} serves
+HTTP/2 with Twisted's own classes instead of C{streamd.web.h2}'s, for comparison.
 """
 
 from __future__ import annotations
@@ -39,6 +44,16 @@ import h2.settings
 HOST = "127.0.0.1"
 LISTENING_RE = re.compile(r"streamd listening on (ssl|tcp):[0-9.]+:(\d+)")
 SEQ_RE = re.compile(rb'"seq":(\d+),"t":(\d+)')
+#: twistd beside this Python; with STREAMD_TWISTED_H2 set (--twisted-h2), Twisted's HTTP/2.
+TWISTD = [sys.executable, "-c", """
+import os
+if os.environ.get("STREAMD_TWISTED_H2"):
+    from twisted.web import http
+    import streamd.web.site
+    streamd.web.site.HTTPChannelSwitch = http._GenericHTTPChannelProtocol
+from twisted.scripts.twistd import run
+run()
+"""]
 
 
 # --------------------------------------------------------------------------- the server
@@ -65,14 +80,14 @@ class Server:
                         "30", "-subj", "/CN=localhost", "-addext",
                         "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key,
                         "-out", cert], check=True, capture_output=True)
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        cmd = [twistd, "-n", "--pidfile=", "streamd",
+        cmd = [*TWISTD, "-n", "--pidfile=", "streamd",
                "--listen", f"ssl:0:interface={HOST}:privateKey={key}:certKey={cert}",
                "--listen", f"tcp:0:interface={HOST}", *self.args.server_arg]
         self.log_path = os.path.join(self.dir, "server.log")
+        env = dict(os.environ, STREAMD_TWISTED_H2="1" if self.args.twisted_h2 else "")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.dir)
+                                         stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
         self.pid = self.proc.pid
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (self.tls_port and self.port):
@@ -187,11 +202,15 @@ class H2Reader(Reader):
 
     alpn = "h2"
 
-    def __init__(self, path: str, count: int, window: int) -> None:
+    def __init__(self, path: str, count: int, window: int, stalled: int = 0) -> None:
         super().__init__(count)
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
         self.path, self.window = path.encode(), window
+        self.stalled = stalled  # streams that never hand their window back
+        self.stalled_ids: set[int] = set()
+        self.stalled_bytes = 0
+        self.stalled_ended: dict[int, str] = {}
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -200,9 +219,12 @@ class H2Reader(Reader):
         self.conn.initiate_connection()
         self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.window})
         self.conn.increment_flow_control_window(2**30 - 65535)
-        for _ in range(self.count):
+        for i in range(self.count + self.stalled):
             sid = self.conn.get_next_available_stream_id()
-            self.pieces[sid] = []
+            if i < self.count:
+                self.pieces[sid] = []
+            else:
+                self.stalled_ids.add(sid)
             self.conn.send_headers(sid, [
                 (b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
                 (b":path", self.path), (b"accept", b"application/x-ndjson")], end_stream=True)
@@ -211,9 +233,16 @@ class H2Reader(Reader):
     def data_received(self, data: bytes) -> None:
         now = time.time()
         for ev in self.conn.receive_data(data):
+            stalled = getattr(ev, "stream_id", None) in self.stalled_ids
             if isinstance(ev, h2.events.DataReceived):
+                if stalled:
+                    self.stalled_bytes += len(ev.data)
+                    continue
                 self.pieces[ev.stream_id].append((now, ev.data))
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif stalled:
+                if isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    self.stalled_ended[ev.stream_id] = type(ev).__name__
             elif isinstance(ev, h2.events.ResponseReceived):
                 self._head(ev.stream_id, int(dict(ev.headers)[b":status"]))
             elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
@@ -228,7 +257,7 @@ class H1Reader(Reader):
 
     alpn = "http/1.1"
 
-    def __init__(self, path: str, count: int, window: int) -> None:
+    def __init__(self, path: str, count: int, window: int, stalled: int = 0) -> None:
         super().__init__(1)
         self.path = path
         self.pieces[0] = []
@@ -273,15 +302,20 @@ async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
             return body
 
 
-async def post(port: int, path: str, bodies, deadline: float) -> int:
+async def post(port: int, path: str, bodies, deadline: float, pace=None) -> int:
     """
-    POST each C{(lines, body)} of C{bodies} on one keep-alive HTTP/1.1 connection;
-    return the lines the server accepted (202).
+    POST each C{(lines, body)} of C{bodies} on one keep-alive HTTP/1.1 connection,
+    each once C{pace()} lets it (--rate); return the lines the server accepted (202).
     """
     reader, writer = await asyncio.open_connection(HOST, port)
     accepted = 0
     try:
-        for lines, body in bodies:
+        while True:
+            if pace is not None:
+                await pace()
+            lines, body = next(bodies, (0, None))
+            if body is None:
+                break
             writer.write(f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: "
                          f"application/x-ndjson\r\nContent-Length: {len(body)}\r\n\r\n"
                          .encode() + body)
@@ -303,7 +337,15 @@ async def publish(args, server: Server, name: str, deadline: float) -> tuple[int
     bodies = ((len(batch), b"".join(payload(s, args.size) + b"\n" for s in batch))
               for batch in batches)
     start = time.time()
-    lanes = [post(server.port, f"/streams/{name}/messages", bodies, deadline)
+    pace = None
+    if args.rate:  # one POST every batch/rate seconds, on whichever lane is free
+        due = [time.monotonic()]
+
+        async def pace() -> None:
+            due[0] += args.batch / args.rate
+            await asyncio.sleep(max(0.0, due[0] - time.monotonic()))
+
+    lanes = [post(server.port, f"/streams/{name}/messages", bodies, deadline, pace)
              for _ in range(args.inflight)]
     return sum(await asyncio.gather(*lanes)), start
 
@@ -334,9 +376,11 @@ async def measure(args, server: Server) -> dict:
     per_conn = [args.streams // connections + (i < args.streams % connections)
                 for i in range(connections)]
     readers = []
-    for n in per_conn:
+    for i, n in enumerate(per_conn):
+        stalled = 0 if i else args.stalled
         _, reader = await loop.create_connection(
-            lambda n=n: kind(f"/streams/{name}{limit}", n, args.window),
+            lambda n=n, stalled=stalled: kind(f"/streams/{name}{limit}", n, args.window,
+                                              stalled),
             HOST, server.tls_port, ssl=context, server_hostname="localhost")
         readers.append(reader)
     await asyncio.wait_for(asyncio.gather(*(r.opened for r in readers)),
@@ -352,6 +396,15 @@ async def measure(args, server: Server) -> dict:
     except asyncio.TimeoutError:
         timed_out = True
     cpu1, client_cpu = server.cpu(), time.process_time() - client0
+    stalled = None
+    if args.stalled and not args.http1:  # bounded: until the server ended them all
+        first = readers[0]
+        while len(first.stalled_ended) < args.stalled and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        ends = list(first.stalled_ended.values())
+        stalled = {"streams": args.stalled, "bytes_received": first.stalled_bytes,
+                   **{kind: ends.count(kind) for kind in sorted(set(ends))}, "ended_after_s":
+                   round(time.time() - first_send, 1) if len(ends) == args.stalled else None}
     for r in readers:
         r.transport.close()
 
@@ -385,6 +438,7 @@ async def measure(args, server: Server) -> dict:
         "server_us_per_delivery": round(server_cpu / delivered * 1e6, 2)
         if server_cpu and delivered else None,
         "rss_kib": {"streams_open": rss_open, **server.rss_kib()},
+        "stalled": stalled, "http2": "twisted" if args.twisted_h2 else "streamd",
     }
 
 
@@ -401,6 +455,12 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=4, help="POST connections at once")
     p.add_argument("--window", type=int, default=1 << 20,
                    help="the readers' HTTP/2 stream window (SETTINGS_INITIAL_WINDOW_SIZE)")
+    p.add_argument("--rate", type=float, default=0,
+                   help="messages a second, paced (default: as fast as the POSTs go)")
+    p.add_argument("--stalled", type=int, default=0,
+                   help="streams on the first connection that never hand their window back")
+    p.add_argument("--twisted-h2", action="store_true",
+                   help="serve HTTP/2 with Twisted's own classes, not streamd.web.h2's")
     p.add_argument("--http1", action="store_true",
                    help="the baseline: HTTP/1.1 over the same TLS port, a connection a stream")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole run")
@@ -419,7 +479,7 @@ def main() -> None:
         return
     lat = report["latency_ms"]
     print(f"{report['streams']} {report['protocol']} streams on {report['connections']} "
-          f"TLS connection(s), "
+          f"TLS connection(s) ({report['http2']}'s HTTP/2), "
           f"{report['messages']} msgs of {report['size']} B ({report['batch']} per POST, "
           f"{report['inflight']} in flight)")
     print(f"  delivered {report['delivered']}/{report['expected']} in {report['seconds']} s: "
@@ -431,6 +491,8 @@ def main() -> None:
     print(f"  server CPU {report['server_cpu_s']} s "
           f"({report['server_us_per_delivery']} us per delivery), client CPU "
           f"{report['client_cpu_s']} s, server RSS {report['rss_kib']}")
+    if report["stalled"]:
+        print(f"  stalled streams: {report['stalled']}")
 
 
 if __name__ == "__main__":

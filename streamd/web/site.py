@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 
-from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from streamd.outbox import StreamingChannel
 from streamd.web.access import open_access_log
 from streamd.web.common import REASONS, error_body, json_response
+from streamd.web.h2 import HTTPChannelSwitch
 
 #: Request headers a browser may send cross-origin (answering a preflight).
 ALLOW_HEADERS = b"Authorization, Content-Type, Last-Event-ID, Streamd-Identifier"
@@ -21,19 +21,23 @@ ALLOW_METHODS = b"GET, POST, PUT, PATCH, DELETE, OPTIONS"
 #: Response headers a page on another origin may read: beyond the session, why a
 #: request was refused (401) and when to retry (429); a browser hides any other.
 EXPOSE_HEADERS = b"Streamd-Session, WWW-Authenticate, Retry-After"
+#: Every response's Server header: Twisted's would name its exact version.
+SERVER = b"streamd"
 
 
 class HeadFirstRequest(Request):
     """
     A Request whose head goes out with its first bytes (L{StreamingChannel.writeHeaders}
     holds it), or at the end of the write that started the response when no bytes came
-    with it (HEAD, 204, an empty body).
+    with it (HEAD, 204, an empty body). Its Server header is L{SERVER}, whatever set
+    it before (C{Request.process} sets Twisted's name and version).
     """
 
     def write(self, data: bytes) -> None:
         if self.startedWriting:  # a stream's every batch: nothing more to do
             super().write(data)
             return
+        self.responseHeaders.setRawHeaders(b"Server", [SERVER])
         super().write(data)
         send_head = getattr(self.channel, "send_head", None)  # not on HTTP/2's streams
         if send_head is not None:
@@ -129,7 +133,8 @@ class JSONErrorChannel(StreamingChannel):
 
     This is the one place that leans on Twisted's private names: the hook through which
     every refusal goes, the header counters it keeps (documented C{@ivar}s of
-    L{http.HTTPChannel}), and the wrapper that switches a TLS connection to HTTP/2.
+    L{http.HTTPChannel}); the wrapper that switches a TLS connection to HTTP/2 is in
+    L{streamd.web.h2}.
     """
 
     @classmethod
@@ -137,9 +142,10 @@ class JSONErrorChannel(StreamingChannel):
         """
         A new channel for C{Site.protocol}, inside the wrapper Twisted's own default
         (C{http._genericHTTPChannelProtocolFactory}) uses, so that a connection on which
-        TLS negotiated C{h2} is still handed to HTTP/2.
+        TLS negotiated C{h2} is still handed to HTTP/2: to streamd's flow-controlled
+        HTTP/2 connection (L{streamd.web.h2}).
         """
-        return http._GenericHTTPChannelProtocol(cls())
+        return HTTPChannelSwitch(cls())
 
     def lineLengthExceeded(self, line):
         # Nothing of this request counted yet: the over-long line is the request line.
@@ -161,8 +167,9 @@ class JSONErrorChannel(StreamingChannel):
     def _refuse(self, status: int, message: str) -> None:
         body = json.dumps(error_body(status, message)).encode() + b"\n"
         self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (status, REASONS[status], len(body), body))
+            b"HTTP/1.1 %d %s\r\nServer: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (status, REASONS[status], SERVER, len(body), body))
         self.loseConnection()
 
 
