@@ -34,7 +34,6 @@ and its counts, and ends the stream through its public C{end()}.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from streamd.message import Message
@@ -329,10 +328,8 @@ class SlowReader:
             transport.loseConnection()
             left = self.outbox.backlog() if self.outbox is not None else 0
             self.clock.callLater(SLOW_CLOSE_GRACE, self._cut_off_if_stuck, transport, left)
-        elif getattr(self.request, "channel", None) is not None:
-            # HTTP/2: the request's channel is its own stream of the connection;
-            # aborting it resets that stream only.
-            self.clock.callLater(SLOW_CLOSE_GRACE, _abort_quietly, self.request.channel)
+        # HTTP/2: streamd.web.h2 resets a stream whose last bytes go untaken for the
+        # same grace period.
 
     def _cut_off_if_stuck(self, transport, left_before: int) -> None:
         if getattr(transport, "disconnected", False):
@@ -344,8 +341,3 @@ class SlowReader:
             return
         transport.abortConnection()
 
-
-def _abort_quietly(channel) -> None:
-    # An HTTP/2 stream that closed meanwhile raises (h2's StreamClosedError).
-    with contextlib.suppress(Exception):
-        channel.abortConnection()
