@@ -4,15 +4,29 @@ client reads a real streamd over TCP. "Another process" is redis-cli, or a secon
 connection as another process would have.
 """
 
+import pytest
 import pytest_twisted
 from conftest import publish, wait_until, within
 from test_client import add_fake_source, ids, make_client
 from twisted.internet import reactor
 
 from streamd.client import RedisLink, RedisQueue, RedisState
-from streamd.testing.redis import redis_fixture  # noqa: F401 (a fixture)
+from streamd.testing.redis_cluster import PARAMS, either, redis_cluster_fixture  # noqa: F401
 
 ensure = pytest_twisted.ensureDeferred
+
+
+@pytest.fixture(name="redis", params=PARAMS)
+def redis_fixture(request):
+    """One private redis-server, then the cluster with "q:jobs" on each of its shards."""
+    yield from either(request, home="q:jobs")
+
+
+def link_to(redis) -> RedisLink:
+    """The client's link to the server, or to the cluster."""
+    if getattr(redis, "clustered", False):
+        return RedisLink.from_url(reactor, redis.url, cluster=True, urls=redis.cluster.urls)
+    return RedisLink.from_url(reactor, redis.url)
 
 
 def cli(redis, *args: str) -> str:
@@ -24,8 +38,8 @@ def cli(redis, *args: str) -> str:
 async def test_another_process_switches_off_a_running_client_and_reads_an_exact_count(
         serve, redis):
     server = await serve()
-    link = RedisLink.from_url(reactor, redis.url)
-    other = RedisLink.from_url(reactor, redis.url)
+    link = link_to(redis)
+    other = link_to(redis)
     try:
         client = make_client(server, "/streams/news", state=RedisState(link, "tail:news"))
         done = client.start()
@@ -62,8 +76,8 @@ async def test_redis_list_queue_pauses_when_full_and_acks_what_consumers_pop(
         serve, redis):
     server = await serve()
     source = add_fake_source(server, "jobs", ack="client")
-    link = RedisLink.from_url(reactor, redis.url)
-    consumer_link = RedisLink.from_url(reactor, redis.url)
+    link = link_to(redis)
+    consumer_link = link_to(redis)
     try:
         queue = RedisQueue(link, "q:jobs", maxsize=3, poll_interval=0.02)
         client = make_client(server, "/streams/jobs", queue=queue)

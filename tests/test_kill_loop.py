@@ -8,6 +8,9 @@ or still be in its source (counted: the list and the processing lists, the group
 pending and unread entries, SQS's visible and hidden messages). Duplicates are what
 at-least-once allows after a crash: they are counted and shown, not failed.
 
+The Redis list runs over plain TCP and over TLS (an C{ssl:} listener with a certificate
+the tests make, read with C{HTTPSConnection}: issue 20), with one worker and with two.
+
 STREAMD_KILL_SEED makes the kill points repeatable; the seed in use is printed.
 Waits are bounded and on events (lines read, log lines, process exits).
 """
@@ -19,6 +22,7 @@ import http.client
 import json
 import os
 import random
+import ssl
 import subprocess
 import threading
 import time
@@ -26,10 +30,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
+from h2_helpers import certificate
 from sqs_server import moto  # noqa: F401  (fixture)
 from test_sqs_process import StreamdProcess, processes, stream_config  # noqa: F401
 
 from streamd.testing.redis import redis_fixture  # noqa: F401  (fixture)
+from streamd.testing.redis_cluster import redis_cluster_fixture  # noqa: F401  (fixture)
 
 KILLS = int(os.environ.get("STREAMD_KILLS", "20"))
 SEED = int(os.environ.get("STREAMD_KILL_SEED", str(random.randrange(10**6))))
@@ -43,15 +49,27 @@ ROUND_WAIT = 5.0
 DRAIN = 30.0
 
 
+def connection(proc: StreamdProcess, timeout: float) -> http.client.HTTPConnection:
+    """An HTTP/1.1 connection to C{proc}: over TLS (not verified) if it listens so."""
+    if getattr(proc, "tls", False):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the test's self-signed certificate
+        context.set_alpn_protocols(["http/1.1"])
+        return http.client.HTTPSConnection("127.0.0.1", proc.port, timeout=timeout,
+                                           context=context)
+    return http.client.HTTPConnection("127.0.0.1", proc.port, timeout=timeout)
+
+
 class Reader(threading.Thread):
     """One HTTP client reading a stream's NDJSON lines until the connection ends."""
 
-    def __init__(self, port: int, path: str, sink: Sink) -> None:
+    def __init__(self, proc: StreamdProcess, path: str, sink: Sink) -> None:
         super().__init__(daemon=True)
-        self.port, self.path, self.sink = port, path, sink
+        self.proc, self.path, self.sink = proc, path, sink
 
     def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=DRAIN)
+        conn = connection(self.proc, DRAIN)
         try:
             conn.request("GET", self.path)
             response = conn.getresponse()
@@ -100,14 +118,15 @@ class Sink:
             return self.changed.wait_for(lambda: predicate(self), seconds)
 
 
-def serve(tmp_path, config: str, started: list, got: Counter, workers: int = 1) -> tuple:
-    """A streamd process and its readers of stream "jobs", all reading."""
-    proc = StreamdProcess(tmp_path, config, workers)
+def serve(tmp_path, config: str, started: list, got: Counter, workers: int = 1,
+          tls: bool = False) -> tuple:
+    """A streamd process (over TLS: C{tls}) and its readers of stream "jobs", all reading."""
+    proc = StreamdProcess(tmp_path, config, workers, tls=certificate() if tls else None)
     started.append(proc)
     proc.wait_started(WAIT)
     healthy(proc)
     sink = Sink(seen=set(got))
-    readers = [Reader(proc.port, "/streams/jobs", sink) for _ in range(READERS)]
+    readers = [Reader(proc, "/streams/jobs", sink) for _ in range(READERS)]
     for r in readers:
         r.start()
     return proc, sink, readers
@@ -117,7 +136,7 @@ def healthy(proc: StreamdProcess) -> None:
     """Wait (bounded) until the process says its source is up: it listens before that."""
     deadline = time.monotonic() + WAIT
     while True:
-        conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=WAIT)
+        conn = connection(proc, WAIT)
         try:
             conn.request("GET", "/health")
             if conn.getresponse().status == 200:
@@ -139,18 +158,20 @@ def finish(proc: StreamdProcess, sink: Sink, readers: list[Reader]) -> None:
     assert not sink.errors, sink.errors
 
 
-def kill_loop(tmp_path, started: list, config: str, n: int, left, workers: int = 1) -> dict:
+def kill_loop(tmp_path, started: list, config: str, n: int, left, workers: int = 1,
+              tls: bool = False) -> dict:
     """
     Serve n messages (numbered 0..n-1) under KILLS SIGKILLs, then drain them; the
     counts (see L{check}). C{left()} returns the numbers still in the source. With
-    C{workers}, each SIGKILL hits the parent and every worker at once.
+    C{workers}, each SIGKILL hits the parent and every worker at once; with C{tls},
+    the readers read over TLS.
     """
     rng = random.Random(SEED)
     got: Counter[int] = Counter()
     t0 = time.monotonic()
     idle_kills = 0
     for round_ in range(KILLS):
-        proc, sink, readers = serve(tmp_path, config, started, got, workers)
+        proc, sink, readers = serve(tmp_path, config, started, got, workers, tls)
         # Spread the kill points so that messages are left for every round.
         unread = n - len(got)
         k = rng.randint(1, max(1, 2 * unread // (KILLS - round_ + 1)))
@@ -160,7 +181,7 @@ def kill_loop(tmp_path, started: list, config: str, n: int, left, workers: int =
         finish(proc, sink, readers)
         got.update(sink.numbers)
 
-    proc, sink, readers = serve(tmp_path, config, started, got, workers)
+    proc, sink, readers = serve(tmp_path, config, started, got, workers, tls)
     sink.wait(lambda s: len(s.seen) >= n, DRAIN)
     proc.proc.terminate()
     finish(proc, sink, readers)
@@ -201,7 +222,9 @@ REDIS_N = 2000
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_redis_list_loses_nothing_under_sigkill(tmp_path, redis, processes, workers):  # noqa: F811
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_redis_list_loses_nothing_under_sigkill(tmp_path, redis, processes, scheme,  # noqa: F811
+                                                 workers):
     for start in range(0, REDIS_N, 500):
         redis.command("RPUSH", "jobs", *payloads(REDIS_N)[start:start + 500])
     config = (f'[redis]\nurl = "{redis.url}"\n'
@@ -212,8 +235,26 @@ def test_redis_list_loses_nothing_under_sigkill(tmp_path, redis, processes, work
         keys = [b"jobs", *redis.command("KEYS", "jobs:streamd:processing:*")]
         return [n for key in keys for n in numbers(redis.command("LRANGE", key, 0, -1))]
 
-    check(f"redis-list, {workers} worker(s)",
-          kill_loop(tmp_path, processes, config, REDIS_N, left, workers))
+    check(f"redis-list over {scheme}, {workers} worker(s)",
+          kill_loop(tmp_path, processes, config, REDIS_N, left, workers, scheme == "https"))
+
+
+def test_redis_list_on_a_cluster_loses_nothing_under_sigkill(tmp_path, redis_cluster,  # noqa: F811
+                                                             processes):  # noqa: F811
+    # The same on a Redis Cluster (issue 22): each batch RPUSHed, then WAIT 1 1000.
+    for node in redis_cluster.primaries():
+        node.command("FLUSHALL")
+    for start in range(0, REDIS_N, 500):
+        redis_cluster.push_replicated("jobs", *payloads(REDIS_N)[start:start + 500])
+    config = (redis_cluster.toml() + '[streams.jobs]\nsource = "redis-list"\nkey = "jobs"\n'
+              'instance = "kill-loop"\n')
+
+    def left() -> list[int]:
+        node = redis_cluster.primary_of("jobs")  # the list's keys share its slot
+        keys = [b"jobs", *node.command("KEYS", "{jobs}:streamd:processing:*")]
+        return [n for key in keys for n in numbers(node.command("LRANGE", key, 0, -1))]
+
+    check("redis-list on a cluster", kill_loop(tmp_path, processes, config, REDIS_N, left))
 
 
 #: XADD every ARGV as the "data" field of a new entry.

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 import treq
 from conftest import (
@@ -21,10 +22,35 @@ from conftest import (
 from test_daemon import start as start_daemon
 from twisted.internet import defer
 
-from streamd.testing.redis import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
+from streamd.testing.redis import RedisServer, needs_redis_server
+from streamd.testing.redis_cluster import PARAMS, either, redis_cluster_fixture  # noqa: F401
 
 ensure = pytest_twisted.ensureDeferred
-PROCESSING = "jobs:streamd:processing:test"
+
+
+@pytest.fixture(name="redis", params=PARAMS)
+def redis_fixture(request):
+    """One private redis-server, then the cluster with "jobs" on each of its shards."""
+    yield from either(request)
+
+
+def base(redis, key="jobs") -> str:
+    """Where the list's own keys start: on a cluster, the key as a hash tag."""
+    return f"{{{key}}}" if getattr(redis, "clustered", False) else key
+
+
+def processing(redis, instance="test") -> str:
+    return f"{base(redis)}:streamd:processing:{instance}"
+
+
+def single_only(redis) -> None:
+    """A test that stops and starts the server: its cluster counterpart is a failover."""
+    if getattr(redis, "clustered", False):
+        pytest.skip("stops the server; on a cluster see test_redis_cluster_live")
+
+
+def redis_table(redis) -> dict:
+    return getattr(redis, "table", None) or {"url": redis.url}
 
 
 def config(redis, **stream):
@@ -32,7 +58,7 @@ def config(redis, **stream):
     stream.setdefault("key", "jobs")
     stream.setdefault("instance", "test")
     stream.setdefault("block", 0.2)
-    return settings({"jobs": stream}, redis={"url": redis.url})
+    return settings({"jobs": stream}, redis=redis_table(redis))
 
 
 def llen(redis, key="jobs") -> int:
@@ -59,7 +85,7 @@ async def test_round_trip_ndjson_and_sse_published_over_http_and_by_redis_cli(re
         {"via": "http"}, {"n": 2}, {"code": "007", "price": 1.5}]
     assert b'"data":{"code":"007","price":1.50}' in reader.raw
     # Written, so removed: nothing left in the list or the processing list.
-    await wait_until(lambda: llen(redis) == 0 and llen(redis, PROCESSING) == 0)
+    await wait_until(lambda: llen(redis) == 0 and llen(redis, processing(redis)) == 0)
 
     sse = await open_stream(server.url + "/streams/jobs?format=sse&limit=1", sse=True)
     redis.cli("RPUSH", "jobs", "plain text")
@@ -80,7 +106,7 @@ async def test_two_clients_share_the_queue_each_message_once(redis, serve):
     got2 = [m["data"] for m in r2.messages()]
     assert got1 and got2
     assert sorted(got1 + got2) == list(range(40))
-    await wait_until(lambda: llen(redis, PROCESSING) == 0)
+    await wait_until(lambda: llen(redis, processing(redis)) == 0)
     r1.close()
     r2.close()
 
@@ -92,9 +118,9 @@ async def test_unacknowledged_messages_of_a_killed_client_go_back(redis, serve):
     reader = await open_stream(server.url + "/streams/jobs")
     items = await reader.wait_for(5)
     assert (await ack(server, reader, [items[0]["id"], items[1]["id"]]))["acked"] == 2
-    await wait_until(lambda: llen(redis, PROCESSING) == 3)
+    await wait_until(lambda: llen(redis, processing(redis)) == 3)
     reader.close()  # killed before acknowledging the other three
-    await wait_until(lambda: llen(redis) == 3 and llen(redis, PROCESSING) == 0)
+    await wait_until(lambda: llen(redis) == 3 and llen(redis, processing(redis)) == 0)
     # Back at the head of the list, in order, for the next client.
     again = await open_stream(server.url + "/streams/jobs?ack=write&limit=3")
     await within(again.done)
@@ -132,7 +158,7 @@ async def test_paused_client_issues_no_reads_and_gives_back_when_killed(redis, s
     await server.wait_open_streams(0)
     # What was taken but never left the process went back; only those whose bytes
     # reached the kernel are gone.
-    await wait_until(lambda: llen(redis, PROCESSING) == 0)
+    await wait_until(lambda: llen(redis, processing(redis)) == 0)
     assert llen(redis) + stream.sent == 3000
     assert stream.sent < stream.written  # some were written, never sent, and given back
 
@@ -156,6 +182,7 @@ def idle(redis, reader) -> int:
 
 @ensure
 async def test_redis_restart_during_a_stream(redis, serve):
+    single_only(redis)
     server = await serve(config(redis, heartbeat=0))
     reader = await open_stream(server.url + "/streams/jobs")
     redis.command("RPUSH", "jobs", "1")
@@ -191,16 +218,16 @@ async def test_acks_across_a_redis_restart_nothing_lost_nothing_dropped(tmp_path
         reader = await open_stream(server.url + "/streams/jobs")
         items = await reader.wait_for(4)
         await ack(server, reader, [items[0]["id"]])
-        await wait_until(lambda: llen(redis, PROCESSING) == 3)
+        await wait_until(lambda: llen(redis, processing(redis)) == 3)
         redis.restart()
         await wait_until(lambda: server.service.sources["jobs"].status()[0] == "ok")
         # Acknowledged after the restart: removed; the reader goes on where it was.
         await ack(server, reader, [items[1]["id"], items[2]["id"]])
-        await wait_until(lambda: llen(redis, PROCESSING) == 1)
+        await wait_until(lambda: llen(redis, processing(redis)) == 1)
         redis.command("RPUSH", "jobs", "5")
         assert (await reader.wait_for(5))[4]["data"] == 5
         reader.close()  # 4 and 5 were never acknowledged: back in the list, in order
-        await wait_until(lambda: llen(redis, PROCESSING) == 0)
+        await wait_until(lambda: llen(redis, processing(redis)) == 0)
         assert redis.command("LRANGE", "jobs", 0, -1) == [b"4", b"5"]
     finally:
         redis.stop()
@@ -208,6 +235,7 @@ async def test_acks_across_a_redis_restart_nothing_lost_nothing_dropped(tmp_path
 
 @ensure
 async def test_shutdown_while_redis_is_down_does_not_hang(redis, serve):
+    single_only(redis)
     server = await serve(config(redis))
     reader = await open_stream(server.url + "/streams/jobs")
     await server.wait_open_streams(1)
@@ -218,15 +246,16 @@ async def test_shutdown_while_redis_is_down_does_not_hang(redis, serve):
 
 @ensure
 async def test_processing_list_of_a_dead_instance_is_taken_back(redis, serve):
-    redis.command("RPUSH", "jobs:streamd:processing:ghost", "41", "42")
-    redis.command("SADD", "jobs:streamd:instances", "ghost")  # its heartbeat key expired
+    redis.command("RPUSH", processing(redis, "ghost"), "41", "42")
+    redis.command("SADD", f"{base(redis)}:streamd:instances", "ghost")  # its heartbeat key expired
     server = await serve(config(redis))
     reader = await open_stream(server.url + "/streams/jobs?limit=2")
     await within(reader.done)
     assert [m["data"] for m in reader.items] == [41, 42]
     # The dead instance leaves the registry once its list is taken back (the messages
     # may reach the reader first: another connection reads them).
-    await wait_until(lambda: redis.command("SMEMBERS", "jobs:streamd:instances") == [b"test"])
+    registry = f"{base(redis)}:streamd:instances"
+    await wait_until(lambda: redis.command("SMEMBERS", registry) == [b"test"])
 
 
 async def healthy(port: int) -> None:
@@ -249,8 +278,10 @@ async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
     # The daemon imports this checkout's streamd, whatever is installed.
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     conf = tmp_path / "streamd.toml"
+    redis_toml = redis.cluster.toml() if getattr(redis, "clustered", False) else (
+        f'[redis]\nurl = "{redis.url}"\n')
     conf.write_text(
-        f'[redis]\nurl = "{redis.url}"\n'
+        redis_toml +
         '[streams.jobs]\nsource = "redis-list"\nkey = "jobs"\ninstance = "test"\n'
         'ack = "client"\n')
     redis.command("RPUSH", "jobs", "1", "2", "3", "4")
@@ -259,7 +290,7 @@ async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
         await healthy(port)
         reader = await open_stream(f"http://127.0.0.1:{port}/streams/jobs")
         await reader.wait_for(4)  # held, never acknowledged
-        assert llen(redis, PROCESSING) == 4 and llen(redis) == 0
+        assert llen(redis, processing(redis)) == 4 and llen(redis) == 0
         reader.close()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -267,7 +298,7 @@ async def test_restarted_streamd_takes_back_its_processing_list_after_sigkill(
         if proc.poll() is None:
             proc.kill()
     # Whatever the killed streamd was doing, its processing list is still in Redis...
-    assert llen(redis, PROCESSING) == 4
+    assert llen(redis, processing(redis)) == 4
     again = tmp_path / "again"  # a fresh log file to find the new port in
     again.mkdir()
     proc, port = start_daemon(again, "--config", str(conf))
@@ -297,8 +328,8 @@ async def test_filtered_clients_share_the_queue_by_filter(redis, serve):
     assert sorted(m["data"]["n"] for m in ra.messages()) == list(range(0, 20, 2))
     assert sorted(m["data"]["n"] for m in rb.messages()) == list(range(1, 20, 2))
     # The one nobody wants is held back (not lost, not spun on), then returned to the list.
-    await wait_until(lambda: llen(redis, PROCESSING) + llen(redis) == 1)
-    assert b'"kind": "c"' in (redis.command("LRANGE", PROCESSING, 0, -1) or [b""])[0] + (
+    await wait_until(lambda: llen(redis, processing(redis)) + llen(redis) == 1)
+    assert b'"kind": "c"' in (redis.command("LRANGE", processing(redis), 0, -1) or [b""])[0] + (
         redis.command("LRANGE", "jobs", 0, -1) or [b""])[0]
     ra.close()
     rb.close()

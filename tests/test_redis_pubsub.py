@@ -6,15 +6,23 @@ import pytest
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
+from test_redis_list import redis_table, single_only
 
-from streamd.testing.redis import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
+from streamd.testing.redis import RedisServer, needs_redis_server
+from streamd.testing.redis_cluster import PARAMS, either, redis_cluster_fixture  # noqa: F401
 
 ensure = pytest_twisted.ensureDeferred
 
 
+@pytest.fixture(name="redis", params=PARAMS)
+def redis_fixture(request):
+    """One private redis-server, then the cluster (classic pub/sub: any node)."""
+    yield from either(request, home="news")
+
+
 def config(redis, **stream):
     stream.setdefault("source", "redis-pubsub")
-    return settings({"news": stream}, redis={"url": redis.url})
+    return settings({"news": stream}, redis=redis_table(redis))
 
 
 def numsub(redis, channel: str) -> int:
@@ -83,6 +91,7 @@ async def test_redis_subscribed_while_a_client_wants_the_channel(redis, serve):
 
 @ensure
 async def test_redis_restart_resubscribes_with_a_gap_notice(redis, serve):
+    single_only(redis)
     server = await serve(config(redis, channels=["news"], heartbeat=0))
     reader = await open_stream(server.url + "/streams/news")
     await wait_until(lambda: numsub(redis, "news") == 1)

@@ -2,25 +2,33 @@
 
 import json
 
+import pytest
 import pytest_twisted
 import treq
 from conftest import open_stream, publish, settings, wait_until, within
-from test_redis_list import idle, reads
+from test_redis_list import idle, reads, redis_table, single_only
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from streamd.sources import Services, make_source
 from streamd.testing import Recorder
-from streamd.testing.redis import RedisServer, needs_redis_server, redis_fixture  # noqa: F401
+from streamd.testing.redis import RedisServer, needs_redis_server
+from streamd.testing.redis_cluster import PARAMS, either, redis_cluster_fixture  # noqa: F401
 
 ensure = pytest_twisted.ensureDeferred
+
+
+@pytest.fixture(name="redis", params=PARAMS)
+def redis_fixture(request):
+    """One private redis-server, then the cluster with "events" on each of its shards."""
+    yield from either(request, home="events")
 
 
 def config(redis, **stream):
     stream.setdefault("source", "redis-stream")
     stream.setdefault("key", "events")
     stream.setdefault("block", 0.2)
-    return settings({"events": stream}, redis={"url": redis.url})
+    return settings({"events": stream}, redis=redis_table(redis))
 
 
 def xadd(redis, data: str, *more: str) -> str:
@@ -190,6 +198,7 @@ async def test_paused_client_issues_no_reads(redis, serve):
 
 @ensure
 async def test_redis_restart_during_a_stream_cursor_and_group(redis, serve):
+    single_only(redis)
     events = {"source": "redis-stream", "key": "events", "block": 0.2, "heartbeat": 0}
     s = settings({"events": events, "jobs": {**events, "key": "jobs", "group": "workers"}},
                  redis={"url": redis.url})

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 
-from streamd.redis.connection import DEFAULTS, RedisConnection
+from streamd.redis.cluster import open_connection
+from streamd.redis.connection import DEFAULTS
 from streamd.redis.hub import Hub
 from streamd.redis.settings import RedisConnectionSettings
 from streamd.redis.url import parse_url
@@ -47,23 +48,29 @@ class RedisLink:
 
     def __init__(self, reactor, host: str = "127.0.0.1", port: int = 6379,
                  db: int = 0, password: str | None = None, username: str | None = None,
-                 tls: bool = False, tls_ca: str = "") -> None:
+                 tls: bool = False, tls_ca: str = "", cluster: bool = False,
+                 urls=()) -> None:
         self.reactor = reactor
-        self._conn = RedisConnection(RedisConnectionSettings(**{
+        # On a cluster (cluster=True; urls: more seed nodes), commands go to the
+        # primary of their key's slot (L{streamd.redis.cluster}).
+        self._conn = open_connection(RedisConnectionSettings(**{
             **DEFAULTS, **CLIENT, "host": host, "port": port, "db": db,
             "username": username, "password": password, "tls": tls, "tls_ca": tls_ca,
             "url": "",  # not made from a URL
+            "cluster": cluster, "urls": tuple(urls),
         }), reactor)
         self._hub: Hub | None = None
 
     @classmethod
-    def from_url(cls, reactor, url: str, tls_ca: str = "") -> RedisLink:
+    def from_url(cls, reactor, url: str, tls_ca: str = "", cluster: bool = False,
+                 urls=()) -> RedisLink:
         """
         C{redis://[[user]:password@]host[:port][/db]}, or C{rediss://} for TLS (the
         server's certificate checked against C{tls_ca}, a PEM file, or the system's CAs).
         Without a host (C{redis:///1}), 127.0.0.1.
         """
-        return cls(reactor, **parse_url(url, default_host="127.0.0.1"), tls_ca=tls_ca)
+        return cls(reactor, **parse_url(url, default_host="127.0.0.1"), tls_ca=tls_ca,
+                   cluster=cluster, urls=urls)
 
     def command(self, *args) -> Deferred:
         """Run one command: a Deferred of its reply (bytes, ints, lists)."""

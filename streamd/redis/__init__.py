@@ -7,6 +7,9 @@ Every use of Redis in streamd, over txredisapi (replies read by hiredis):
     (plain data, no Twisted);
   - L{streamd.redis.connection}: connections and pools (L{RedisConnection}), the one
     place a txredisapi factory is set up;
+  - L{streamd.redis.cluster}: a Redis Cluster under the same API (C{cluster = true}):
+    the slot map, a pool per primary, MOVED/ASK/TRYAGAIN/CLUSTERDOWN, failover;
+    L{streamd.redis.slots}: key slots and hash tags (plain data);
   - L{streamd.redis.hub}: the pub/sub hub, one subscriber connection shared by every
     subscriber on a connection, resubscribing after a reconnection;
   - L{streamd.redis.shared}, L{streamd.redis.values}, L{streamd.redis.read_loop}: what

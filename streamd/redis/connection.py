@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "reconnect_initial": 0.1,
     "reconnect_max": 0.5,
     "pool_size": 1,
+    "cluster": False,
+    "urls": (),
 }
 
 
@@ -136,6 +138,16 @@ class Factory(txredisapi.RedisFactory):
         # txredisapi's eval sends EVALSHA once the script is known to the connection.
         return self.handler.eval(script, keys, args)
 
+    def asking(self, *args) -> Deferred:
+        """
+        C{ASKING} then C{args} on one connection of the pool, back to back (Redis
+        Cluster's ASK redirection: the flag holds for the next command only).
+        """
+        def send(conn):
+            conn.execute_command("ASKING").addErrback(lambda _: None)
+            return conn.execute_command(*args)
+        return self.getConnection(peek=True).addCallback(send)
+
     def local_ports(self) -> list[int]:
         """The local ports of the live connections (to find them in CLIENT LIST)."""
         return [conn.transport.getHost().port for conn in self.pool]
@@ -177,6 +189,10 @@ class RedisConnection:
     @ivar users: sources holding this connection (see L{streamd.redis.shared}).
     """
 
+    #: a Redis Cluster (L{streamd.redis.cluster.ClusterConnection}): keys a command
+    #: uses together must share a slot (hash tags)
+    clustered = False
+
     def __init__(self, settings: RedisConnectionSettings, reactor) -> None:
         self.settings = settings
         self.name = settings.name
@@ -190,17 +206,24 @@ class RedisConnection:
         self.closing = False
         #: objects built on this connection (the pub/sub hub), closed and dropped with it
         self.shared: dict[str, Any] = {}
-        self.pool = self._factory(settings.pool_size, settings.command_timeout)
+        self._connect()
+
+    def _connect(self) -> None:
+        """Open the command pool (a cluster opens one per primary instead)."""
+        self.pool = self._factory(self.settings.pool_size, self.settings.command_timeout)
 
     @property
     def where(self) -> str:
         return address(self.settings)
 
-    def _factory(self, poolsize: int, reply_timeout: float | None, protocol=None) -> Factory:
+    def _factory(self, poolsize: int, reply_timeout: float | None, protocol=None,
+                 host: str | None = None, port: int | None = None,
+                 endpoint=None) -> Factory:
+        """A new txredisapi factory to C{host:port} (default: the settings'), or C{endpoint}."""
         s = self.settings
         factory = Factory(s, poolsize, reply_timeout, self._changed, protocol)
-        factory.startConnecting(client_endpoint(
-            self.reactor, s.host, s.port, s.connect_timeout, s.tls, s.tls_ca))
+        factory.startConnecting(endpoint or client_endpoint(
+            self.reactor, host or s.host, port or s.port, s.connect_timeout, s.tls, s.tls_ca))
         self.factories.append(factory)
         return factory
 

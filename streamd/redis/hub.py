@@ -7,6 +7,12 @@ A channel is subscribed while at least one member wants it and unsubscribed when
 last leaves. txredisapi does not restore subscriptions after a reconnect: the hub
 subscribes again, and tells each member of the outage (what was published meanwhile
 is gone: pub/sub is at-most-once).
+
+Sharded pub/sub (C{SSUBSCRIBE}, Redis 7; L{Hub.sharded}): a hub per channel slot, whose
+connection goes to the primary that serves the slot (on a cluster). When that primary
+dies, or the slot moves away (Redis then ends the subscription with C{sunsubscribe}),
+the hub reconnects to the slot's new primary, subscribes again, and tells its members
+of the outage.
 """
 
 from __future__ import annotations
@@ -34,8 +40,13 @@ class Member(Protocol):
 
 
 def _quiet(d: Deferred) -> Deferred:
-    # A (un)subscribe cut short by a lost connection is redone on reconnection.
-    return d.addErrback(lambda f: f.trap(txredisapi.ConnectionError))
+    # A (un)subscribe cut short by a lost connection is redone on reconnection, and so
+    # is an SSUBSCRIBE sent to a node that no longer serves the slot (MOVED).
+    def trap(f):
+        if f.check(txredisapi.ResponseError) and str(f.value).startswith("MOVED"):
+            return None
+        return f.trap(txredisapi.ConnectionError)
+    return d.addErrback(trap)
 
 
 class _Protocol(txredisapi.SubscriberProtocol):
@@ -54,6 +65,37 @@ class _Protocol(txredisapi.SubscriberProtocol):
         self.factory.hub.message(pattern, channel, message)
 
 
+class _ShardProtocol(_Protocol):
+    """SSUBSCRIBE / SUNSUBSCRIBE, C{smessage}; a slot that moved away drops the link."""
+
+    def replyReceived(self, reply):
+        if isinstance(reply, list) and len(reply) >= 3:
+            kind = reply[-3]
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            if kind == "smessage":
+                self.messageReceived(None, reply[-2], reply[-1])
+                return
+            if kind == "sunsubscribe" and reply[-2] in self.factory.hub.channels:
+                # Not ours: the slot moved (or its node became a replica).
+                self.transport.loseConnection()
+                return
+            if kind in ("ssubscribe", "sunsubscribe"):
+                if not self.replyQueue.waiting:
+                    return
+                self.replyQueue.put(reply[-3:])
+                return
+        if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("MOVED"):
+            self.moved = True  # not subscribed here: reconnect to the slot's primary
+            self.transport.loseConnection()
+        super().replyReceived(reply)
+
+    def subscribe(self, channels):
+        return self.execute_command("SSUBSCRIBE", *channels, apply_timeout=False)
+
+    def unsubscribe(self, channels):
+        return self.execute_command("SUNSUBSCRIBE", *channels)
+
+
 class Hub:
     """
     The subscriber connection of one Redis connection (L{of}), shared by its members.
@@ -64,7 +106,7 @@ class Hub:
     @ivar waiting: Deferreds of L{add} calls made while the connection was down.
     """
 
-    def __init__(self, conn: RedisConnection, clock) -> None:
+    def __init__(self, conn: RedisConnection, clock, factory=None) -> None:
         self.clock = clock
         self.channels: dict[bytes, set[Member]] = {}
         self.patterns: dict[bytes, set[Member]] = {}
@@ -73,7 +115,7 @@ class Hub:
         self.outage_since: float | None = None
         self.waiting: list[Deferred] = []
         self.subscribed = False  # the current connection's SUBSCRIBEs are confirmed
-        self.factory = conn.subscriber(_Protocol)
+        self.factory = factory or conn.subscriber(_Protocol)
         self.factory.hub = self
 
     @classmethod
@@ -82,6 +124,20 @@ class Hub:
         hub = conn.shared.get("pubsub")
         if hub is None:
             hub = conn.shared["pubsub"] = cls(conn, clock)
+        return hub
+
+    @classmethod
+    def sharded(cls, conn: RedisConnection, clock, slot: int) -> Hub:
+        """
+        The sharded pub/sub hub of the channels in C{slot} (all of them on one Redis):
+        on a cluster, connected to the slot's primary.
+        """
+        key = f"spubsub:{slot}" if conn.clustered else "spubsub"
+        hub = conn.shared.get(key)
+        if hub is None:
+            factory = (conn.shard_subscriber(_ShardProtocol, slot) if conn.clustered
+                       else conn.subscriber(_ShardProtocol))
+            hub = conn.shared[key] = cls(conn, clock, factory)
         return hub
 
     @property
@@ -145,8 +201,8 @@ class Hub:
     def _subscribed(self, proto: _Protocol) -> None:
         # Up only once Redis confirmed the SUBSCRIBE: a message published after that is
         # one we receive, so a member that looks in its store now misses nothing.
-        if proto is not self.proto:
-            return  # lost again meanwhile
+        if proto is not self.proto or getattr(proto, "moved", False):
+            return  # lost again meanwhile, or (sharded) the wrong node
         self.subscribed = True
         self.conn.changed()
         since, self.outage_since = self.outage_since, None

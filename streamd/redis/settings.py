@@ -37,6 +37,14 @@ def _check_url(value: str) -> str | None:
     return None
 
 
+def _check_urls(value: list[str]) -> str | None:
+    for url in value:
+        problem = _check_url(url)
+        if problem:
+            return problem
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class RedisConnectionSettings:
     """
@@ -61,8 +69,13 @@ class RedisConnectionSettings:
     reconnect_max: float = setting(
         "number", 0.5, "longest wait between reconnection attempts", minimum=0.01)
     pool_size: int = setting(
-        "int", 2, "connections shared by ordinary (non-blocking) commands", minimum=1,
-        maximum=64)
+        "int", 2, "connections shared by ordinary (non-blocking) commands (per primary, "
+        "on a cluster)", minimum=1, maximum=64)
+    cluster: bool = setting(
+        "bool", False, "a Redis Cluster: url (and urls) are seed nodes; commands go to "
+        "the primary of their key's slot")
+    urls: tuple = setting(
+        "list", [], "more seed nodes of a cluster (url is the first)", check=_check_urls)
     # From the URL (see parse_url), and the connection's name.
     host: str = "127.0.0.1"
     port: int = 6379
@@ -98,6 +111,11 @@ def read_redis_table(table: Any, where: str) -> Mapping[str, RedisConnectionSett
         if conn["reconnect_max"] < conn["reconnect_initial"]:
             raise ConfigError(f"{prefix}.reconnect_max",
                               "must be at least reconnect_initial")
+        if conn["urls"] and not conn["cluster"]:
+            raise ConfigError(f"{prefix}.urls", "several urls are for a cluster: "
+                              "set cluster = true, or give one url")
+        if conn["cluster"] and any(parse_url(u)["db"] for u in [conn["url"], *conn["urls"]]):
+            raise ConfigError(f"{prefix}.url", "a Redis Cluster has only database 0")
         out[name] = RedisConnectionSettings(
             **{k: frozen(v) for k, v in conn.items()}, **parse_url(conn["url"]), name=name)
     return MappingProxyType(out)
@@ -133,6 +151,8 @@ PUBSUB_KEYS = [
     _CONNECTION,
     Key("channels", "list", [], "channels to subscribe to (SUBSCRIBE)"),
     Key("patterns", "list", [], "glob patterns to subscribe to (PSUBSCRIBE)"),
+    Key("sharded", "bool", False, "sharded pub/sub (SSUBSCRIBE, SPUBLISH; Redis 7): on a "
+        "cluster, each channel is served by the primary of its slot; no patterns"),
 ]
 LIST_KEYS = [
     _CONNECTION, _INSTANCE, _BLOCK, _BATCH,

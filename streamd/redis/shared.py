@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from streamd.keys import ConfigError
+from streamd.redis.cluster import open_connection
 from streamd.redis.connection import RedisConnection
 
 if TYPE_CHECKING:  # streamd.config imports streamd.redis.settings
@@ -54,7 +55,7 @@ def acquire(services: Services, name: str, key: str) -> RedisConnection:
     shared = services.shared.setdefault("redis", {})
     conn = shared.get(name)
     if conn is None:
-        conn = shared[name] = RedisConnection(declared[name], services.reactor)
+        conn = shared[name] = open_connection(declared[name], services.reactor)
     conn.users += 1
     return conn
 

@@ -15,10 +15,18 @@ with the same C{instance} name when it starts, or by any streamd on the same key
 once the crashed one's heartbeat key (C{KEY:streamd:alive:INSTANCE}, refreshed every
 C{instance_ttl}/3 seconds) has expired. Each client reads on a connection of its
 own (BLMOVE blocks it) and a paused client issues no reads.
+
+On a Redis Cluster the instance's keys carry the list's key as a hash tag
+(C{{KEY}:streamd:processing:INSTANCE}, C{{KEY}:streamd:alive:INSTANCE},
+C{{KEY}:streamd:instances}), so that they share its slot and LMOVE, BLMOVE and the
+scripts stay on one node; a key that has a hash tag already keeps it. After a
+failover, what the processing list holds that no client has (a BLMOVE whose reply was
+lost with the old primary) goes back to the list at once (L{RECONCILE}).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +42,7 @@ from streamd.redis import settings as redis_settings
 from streamd.redis.connection import RedisConnection
 from streamd.redis.read_loop import SKIP_DELAY, Reader, share_out
 from streamd.redis.shared import Faults, RedisKind
+from streamd.redis.slots import hash_tag
 from streamd.redis.values import as_json
 
 log = Logger()
@@ -69,6 +78,24 @@ while redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT') do n = n + 1 end
 return n
 """
 
+#: Move back to the list's head what the processing list holds beyond ARGV (the
+#: values that clients hold, with repeats), oldest first.
+RECONCILE = """
+local held = {}
+for i = 1, #ARGV do held[ARGV[i]] = (held[ARGV[i]] or 0) + 1 end
+local values = redis.call('LRANGE', KEYS[2], 0, -1)
+local back = {}
+for i = 1, #values do
+  local v = values[i]
+  if (held[v] or 0) > 0 then held[v] = held[v] - 1 else back[#back + 1] = v end
+end
+for i = #back, 1, -1 do
+  redis.call('LREM', KEYS[2], -1, back[i])
+  redis.call('LPUSH', KEYS[1], back[i])
+end
+return #back
+"""
+
 
 @implementer(ISubscription)
 class ListSubscription(Reader):
@@ -96,7 +123,9 @@ class ListSubscription(Reader):
         self.source.settled(messages)
 
     def nack(self, messages) -> None:
-        self.source.give_back([m.handle for m in messages])
+        handles = [m.handle for m in messages]
+        self.source.release(handles)
+        self.source.give_back(handles)
         self.source.settled(messages)
 
     def skip(self, messages) -> None:
@@ -125,9 +154,15 @@ class RedisListSource(RedisKind):
         self.batch = batch
         self.instance_ttl = instance_ttl
         self.on_stop = on_stop
-        self.processing = f"{key}:streamd:processing:{instance}"
-        self.alive = f"{key}:streamd:alive:{instance}"
-        self.registry = f"{key}:streamd:instances"
+        #: where this stream's keys start: on a cluster, the key as a hash tag (the
+        #: same slot); elsewhere the key as it is (the names of earlier versions)
+        self.base = hash_tag(key) if conn.clustered else key
+        self.processing = self.processing_of(instance)
+        self.alive = f"{self.base}:streamd:alive:{instance}"
+        self.registry = f"{self.base}:streamd:instances"
+        #: values (with repeats) delivered to clients or parked, not settled yet
+        self.held: Counter[bytes] = Counter()
+        self.was_down = False
         self.seq = 0
         self.subscribers: set[ListSubscription] = set()
         self.pending: set[Deferred] = set()
@@ -137,6 +172,9 @@ class RedisListSource(RedisKind):
         self.parked: set = set()
         self.heartbeat = LoopingCall(self._heartbeat)
         self.heartbeat.clock = clock
+
+    def processing_of(self, instance: str) -> str:
+        return f"{self.base}:streamd:processing:{instance}"
 
     @classmethod
     def build(cls, table: Mapping[str, Any], clock, conn, instance, on_stop) -> RedisListSource:
@@ -151,7 +189,20 @@ class RedisListSource(RedisKind):
         d = self._track(self.conn.command("EVAL", RECOVER, 2, self.key, self.processing))
         d.addCallback(self._recovered, self.processing)
         self.heartbeat.start(self.instance_ttl / 3, now=True)
+        if self.conn.clustered:
+            self.conn.listeners.append(self._conn_changed)
         return self.conn.wait_for(lambda: self.conn.up)
+
+    def _conn_changed(self, up: bool) -> None:
+        """On a cluster, back from a failover: give back what no client holds."""
+        if not up:
+            self.was_down = True
+        elif self.was_down:
+            self.was_down = False
+            held = list(self.held.elements())
+            self._track(self.conn.eval(RECONCILE, [self.key, self.processing], held)
+                        ).addCallback(self._recovered, self.processing).addErrback(
+                            self._lost, "reconcile")
 
     def _recovered(self, count, processing) -> None:
         if count:
@@ -176,9 +227,9 @@ class RedisListSource(RedisKind):
             other = member.decode("utf-8", "replace")
             if other == self.instance:
                 continue
-            if await self.conn.command("EXISTS", f"{self.key}:streamd:alive:{other}"):
+            if await self.conn.command("EXISTS", f"{self.base}:streamd:alive:{other}"):
                 continue
-            processing = f"{self.key}:streamd:processing:{other}"
+            processing = self.processing_of(other)
             count = await self.conn.command("EVAL", RECOVER, 2, self.key, processing)
             await self.conn.command("SREM", self.registry, member)
             self._recovered(count, processing)
@@ -191,8 +242,18 @@ class RedisListSource(RedisKind):
             return result
         return d.addBoth(done)
 
+    def release(self, handles: list[bytes]) -> None:
+        """No client holds these values any more."""
+        held = self.held
+        for h in handles:
+            if held[h] > 1:
+                held[h] -= 1
+            else:
+                held.pop(h, None)
+
     def remove(self, handles: list[bytes]) -> None:
         """Acked: these values are done with."""
+        self.release(handles)
         for h in handles:
             self._track(self.conn.command("LREM", self.processing, 1, h)).addErrback(
                 self._lost, "ack")
@@ -223,6 +284,7 @@ class RedisListSource(RedisKind):
 
             def unpark():
                 self.parked.discard(call)
+                self.release(handles)
                 self.give_back(handles)
             call = self.clock.callLater(SKIP_DELAY, unpark)
             self.parked.add(call)
@@ -236,6 +298,7 @@ class RedisListSource(RedisKind):
 
     def message(self, value: bytes) -> Message:
         self.seq += 1
+        self.held[value] += 1
         return Message(str(self.seq), self.name, as_json(value), None, value)
 
     async def _stop(self) -> None:
@@ -258,6 +321,8 @@ class RedisListSource(RedisKind):
                 await cleanup
             except Exception as e:
                 log.warn("redis-list {name}: clean stop failed: {e}", name=self.name, e=e)
+        if self._conn_changed in self.conn.listeners:
+            self.conn.listeners.remove(self._conn_changed)
         if self.faults is not None:
             self.faults.close()
         if self.on_stop:

@@ -13,6 +13,12 @@ One subscriber connection per Redis connection serves every pub/sub stream on it
 it and unsubscribed when the last leaves. After a reconnection the hub subscribes
 again, and each client is told of the outage with a gap notice (what was published
 meanwhile is gone).
+
+With C{sharded = true} the stream uses sharded pub/sub (C{SSUBSCRIBE}, C{SPUBLISH}):
+on a Redis Cluster each channel lives on the primary of its slot, and a hub per slot
+(L{Hub.sharded}) follows it across failovers and resharding, with a gap notice each
+time. Patterns have no sharded form: a stream with patterns uses classic pub/sub,
+which a cluster carries to every node.
 """
 
 from __future__ import annotations
@@ -32,8 +38,25 @@ from streamd.redis import settings as redis_settings
 from streamd.redis.connection import RedisConnection
 from streamd.redis.hub import Hub
 from streamd.redis.shared import Faults, RedisKind
+from streamd.redis.slots import key_slot
 from streamd.redis.values import as_json, param
 from streamd.sources.memory import MemorySubscription
+
+
+class _Part:
+    """The channels of a sharded stream that share one slot: a member of its hub."""
+
+    patterns: list[bytes] = []
+
+    def __init__(self, source: RedisPubSubSource, channels: list[bytes]) -> None:
+        self.source = source
+        self.channels = channels
+
+    def received(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
+        self.source.received(channel, data, pattern)
+
+    def outage(self, since: float, until: float) -> None:
+        self.source.outage(since, until)
 
 
 class PubSubSubscription(MemorySubscription):
@@ -63,7 +86,8 @@ class RedisPubSubSource(RedisKind):
     faults: Faults | None = None
 
     def __init__(self, name: str, conn: RedisConnection, channels: list[str],
-                 patterns: list[str], clock, on_stop=None, coalesce: float = 0.0) -> None:
+                 patterns: list[str], clock, on_stop=None, coalesce: float = 0.0,
+                 sharded: bool = False) -> None:
         self.name = name
         self.conn = conn
         self.channels = [c.encode() for c in channels]
@@ -73,6 +97,9 @@ class RedisPubSubSource(RedisKind):
         self.seq = 0
         self.subscribers: set[PubSubSubscription] = set()
         self.hub: Hub | None = None
+        self.sharded = sharded
+        #: sharded: (hub, member) per slot of our channels
+        self.parts: list[tuple[Hub, _Part]] = []
         # Reads of one reactor turn (or of coalesce seconds) reach a stream together.
         self.outgoing = Coalescer(clock, self._deliver, coalesce)
 
@@ -81,18 +108,47 @@ class RedisPubSubSource(RedisKind):
         if not settings["channels"] and not settings["patterns"]:
             raise ConfigError(f"{where}.channels",
                               "give channels and/or patterns to subscribe to")
+        if settings.get("sharded") and settings["patterns"]:
+            raise ConfigError(f"{where}.patterns", "sharded pub/sub has no patterns: "
+                              "use classic pub/sub (sharded = false) for patterns")
 
     @classmethod
     def build(cls, table: Mapping[str, Any], clock, conn, instance,
               on_stop) -> RedisPubSubSource:
         # No per-instance state: a subscriber holds nothing in Redis.
         return cls(table["name"], conn, table["channels"], table["patterns"], clock, on_stop,
-                   table["coalesce_ms"] / 1000)
+                   table["coalesce_ms"] / 1000, table.get("sharded", False))
 
     def start(self):
         """Open the subscriber connection; fires once up (or after connect_timeout)."""
+        if self.sharded:
+            by_slot: dict[int, list[bytes]] = {}
+            for channel in self.channels:
+                by_slot.setdefault(key_slot(channel), []).append(channel)
+            self.parts = [(Hub.sharded(self.conn, self.clock, slot), _Part(self, channels))
+                          for slot, channels in sorted(by_slot.items())]
+            return self.conn.wait_for(lambda: self.conn.up and self._hubs_up())
         hub = self.hub = Hub.of(self.conn, self.clock)
         return self.conn.wait_for(lambda: self.conn.up and hub.up)
+
+    def _hubs_up(self) -> bool:
+        if self.sharded:
+            return bool(self.parts) and all(hub.up for hub, _ in self.parts)
+        return self.hub is not None and self.hub.up
+
+    def _join(self) -> None:
+        if self.sharded:
+            for hub, part in self.parts:
+                hub.add(part)
+        else:
+            self.hub.add(self)
+
+    def _part(self) -> None:
+        if self.sharded:
+            for hub, part in self.parts:
+                hub.remove(part)
+        elif self.hub is not None:
+            self.hub.remove(self)
 
     def stop(self):
         self.outgoing.flush()
@@ -106,12 +162,12 @@ class RedisPubSubSource(RedisKind):
 
     def status(self) -> tuple[str, str | None]:
         state = self.conn.status()
-        if state[0] == "ok" and (self.hub is None or not self.hub.up):
+        if state[0] == "ok" and not self._hubs_up():
             return ("down", f"redis {self.conn.name}: subscriber connection is down")
         return state
 
     def subscribe(self, consumer, since: str | None = None) -> PubSubSubscription:
-        if self.hub is None or not self.hub.up:
+        if not self._hubs_up():
             raise Unavailable(self.status()[1] or "redis is down")
         if since is not None:
             consumer.gap({"since": since, "missed": None,
@@ -119,15 +175,15 @@ class RedisPubSubSource(RedisKind):
         self.outgoing.flush()  # what came before this subscriber is not for it
         sub = PubSubSubscription(self, consumer)
         if not self.subscribers:
-            self.hub.add(self)
+            self._join()
         self.subscribers.add(sub)
         return sub
 
     def leave(self, sub: PubSubSubscription) -> None:
         if sub in self.subscribers:
             self.subscribers.discard(sub)
-            if not self.subscribers and self.hub is not None:
-                self.hub.remove(self)
+            if not self.subscribers:
+                self._part()
 
     def received(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
         """One message from Redis: out with the reactor turn's others (L{Coalescer})."""
@@ -161,6 +217,7 @@ class RedisPubSubSource(RedisKind):
         if not self.conn.up:
             raise Unavailable(self.conn.status()[1] or "redis is down")
         # Pipelined on one pooled connection; pub/sub messages have no ids to return.
-        d = gatherResults([self.conn.command("PUBLISH", channel, p) for p in payloads],
+        verb = "SPUBLISH" if self.sharded else "PUBLISH"
+        d = gatherResults([self.conn.command(verb, channel, p) for p in payloads],
                           consumeErrors=True)
         return d.addCallback(lambda _: [None for _ in payloads])

@@ -22,6 +22,10 @@ tails of every instance learn of inserts made elsewhere (a L{Notice}) and fetch 
 from the store (their own instance's inserts reach them directly). After that
 connection comes back from an outage, every tail checks the store once, since
 notices sent meanwhile are lost.
+
+On a Redis Cluster (C{cluster=True}, C{url} and C{urls} the seed nodes) the prefix
+becomes a hash tag (C{{streamd:events}:}), so that every key of the store is in one
+slot and the scripts run on one node: the store lives on one shard.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ import secrets
 from zope.interface import implementer
 
 from streamd.interfaces import IStore
+from streamd.redis.cluster import open_connection
 from streamd.redis.connection import RedisConnection, address, connection_settings
 from streamd.redis.hub import Hub
+from streamd.redis.slots import hash_tag
 from streamd.store.base import (
     Event,
     Filters,
@@ -200,15 +206,19 @@ class RedisStore:
     backend = "redis"
 
     def __init__(self, keys, reactor, url: str, max_events: int = 0, max_age: float = 0.0,
-                 prefix: str = "streamd:events:", tls_ca: str = "") -> None:
+                 prefix: str = "streamd:events:", tls_ca: str = "", cluster: bool = False,
+                 urls=()) -> None:
         self.keys = tuple(keys)
         self.reactor = reactor
         self.url = url
         self.settings = connection_settings(
             # A lost connection comes back within a second or so: clients are waiting.
-            url, name="store", connect_timeout=5.0, reconnect_max=1.0, tls_ca=tls_ca)
+            url, name="store", connect_timeout=5.0, reconnect_max=1.0, tls_ca=tls_ca,
+            cluster=cluster, urls=tuple(urls))
         self.max_events = max_events
         self.max_age = max_age
+        if cluster and "{" not in prefix:
+            prefix = hash_tag(prefix.rstrip(":")) + ":"
         self.prefix = prefix
         self.listeners = Listeners()
         self.listen = self.listeners.listen
@@ -217,7 +227,7 @@ class RedisStore:
         self.token = secrets.token_hex(8)  # tells our own insert notices from others'
 
     def start(self) -> None:
-        self.conn = RedisConnection(self.settings, self.reactor)
+        self.conn = open_connection(self.settings, self.reactor)
         self.hub = Hub.of(self.conn, self.reactor)
         self.hub.add(_Notices(self))
 

@@ -18,9 +18,10 @@ In a pytest module::
 L{RedisServer} may also be used directly (C{start}, C{stop}, C{restart}; C{tls_dir}
 for a TLS-only server, C{persist_dir} for one whose data survives a restart), and
 C{redis_session} is a server shared by a whole test session (C{session.url}).
-L{RedisServer.command} is a tiny blocking RESP client for setting up and checking Redis
-state from a test, the way another program would talk to Redis; L{RedisServer.cli}
-runs C{redis-cli}.
+A private Redis Cluster (six nodes, 3 primaries and 3 replicas) is
+L{streamd.testing.redis_cluster}'s. L{RedisServer.command} is a tiny blocking RESP
+client for setting up and checking Redis state from a test, the way another program
+would talk to Redis; L{RedisServer.cli} runs C{redis-cli}.
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ class RedisServer:
     """
 
     def __init__(self, port: int | None = None, tls_dir: str | None = None,
-                 persist_dir: str | None = None) -> None:
+                 persist_dir: str | None = None, extra: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
+        #: more redis-server arguments (a cluster node's, see L{streamd.testing.redis_cluster})
+        self.extra = tuple(extra)
         #: with an append-only file here (fsync'd at every write), data survives a restart
         self.persist_dir = persist_dir
         self.proc: subprocess.Popen | None = None
@@ -116,7 +119,7 @@ class RedisServer:
             [require("redis-server"), *self._listen_args(), "--bind", "127.0.0.1", "--save", "",
              *(["--appendonly", "yes", "--appendfsync", "always", "--dir", self.persist_dir]
                if self.persist_dir else ["--appendonly", "no"]),
-             "--daemonize", "no"],
+             "--daemonize", "no", *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         # Wait on the server's own "ready" log line, not on a fixed delay.
@@ -160,6 +163,21 @@ class RedisServer:
                     s, server_hostname="localhost")
             s.sendall(encode_command(*args))
             reader = s.makefile("rb")
+            return read_reply(reader)
+
+    def commands(self, *commands) -> list:
+        """Several commands on one fresh connection (say RPUSH, then WAIT 1 1000)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT) as s:
+            s.sendall(b"".join(encode_command(*c) for c in commands))
+            reader = s.makefile("rb")
+            return [read_reply(reader) for _ in commands]
+
+    def command_asking(self, *args) -> object:
+        """ASKING then one command, on one fresh connection (after an ASK redirection)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT) as s:
+            s.sendall(encode_command("ASKING") + encode_command(*args))
+            reader = s.makefile("rb")
+            read_reply(reader)
             return read_reply(reader)
 
     def cli(self, *args: str) -> str:
@@ -237,7 +255,8 @@ def read_reply(reader):
     raise ValueError(f"bad reply line {line!r}")
 
 
-def _served():
+def served():
+    """A private, empty redis-server, stopped afterwards (the body of a fixture)."""
     server = RedisServer()
     server.start()
     try:
@@ -252,7 +271,7 @@ def redis_session_fixture():
     One private redis-server for the whole test session (each test keeps to its own
     keys); C{url} is its address.
     """
-    yield from _served()
+    yield from served()
 
 
 @pytest.fixture(name="redis")
@@ -261,4 +280,4 @@ def redis_fixture():
     A private, empty redis-server for one test; killed by PID afterwards. The test is
     skipped where redis-server is not installed (L{require}).
     """
-    yield from _served()
+    yield from served()
