@@ -118,3 +118,32 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ClusterCounters:
+    """
+    The redirections (C{MOVED}, C{ASK}) and slot-map readings of each Redis Cluster
+    connection in C{shared} (a service's L{streamd.sources.Services.shared}), read when
+    scraped.
+    """
+
+    def __init__(self, shared: dict, registry: CollectorRegistry) -> None:
+        self.shared = shared
+        registry.register(self)
+
+    def collect(self):
+        redirections = CounterMetricFamily(
+            "streamd_redis_redirections", "MOVED and ASK replies of a Redis Cluster",
+            labels=["connection"])
+        refreshes = CounterMetricFamily(
+            "streamd_redis_map_refreshes", "Readings of a Redis Cluster's slot map",
+            labels=["connection"])
+        for name, conn in self.shared.get("redis", {}).items():
+            if hasattr(conn, "shards"):
+                redirections.add_metric([name], conn.redirections)
+                refreshes.add_metric([name], conn.refreshes)
+        yield redirections
+        yield refreshes
+
+    def describe(self):
+        return []

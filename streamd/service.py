@@ -58,6 +58,7 @@ class Service:
         self.metrics = Metrics()
         self.services = Services(reactor=reactor, settings=settings, metrics=self.metrics,
                                  broker=broker, worker=worker)
+        metrics.ClusterCounters(self.services.shared, self.metrics.registry)
         self.stream_settings: dict[str, StreamSettings] = dict(settings.streams)
         self.sources: dict[str, Any] = {
             name: make_source(s, self.services) for name, s in self.stream_settings.items()
@@ -152,6 +153,17 @@ class Service:
             state, reason = source.status()
             out[name] = {"source": source.kind, "status": state, "reason": reason,
                          "declared": self.declared(name)}
+        return out
+
+    def redis_clusters(self) -> dict[str, dict[str, Any]]:
+        """Each Redis Cluster connection in use: its status and its shards."""
+        out = {}
+        for name, conn in self.services.shared.get("redis", {}).items():
+            if hasattr(conn, "shards"):
+                state, reason = conn.status()
+                out[name] = {"status": state, "reason": reason, "shards": conn.shards(),
+                             "redirections": conn.redirections,
+                             "map_refreshes": conn.refreshes}
         return out
 
     def store_status(self) -> dict[str, Any]:

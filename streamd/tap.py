@@ -208,7 +208,7 @@ class StreamdService(service.Service):
 
 def with_backlog(desc: str) -> str:
     """
-    C{desc} with a listen queue of 1,024 (Twisted's default is 50, which overflows when
+    C{desc} with a listen queue of 4,096 (Twisted's default is 50, which overflows when
     thousands of readers reconnect at once; the kernel caps it at somaxconn), unless
     it says otherwise or is not a TCP, TLS or UNIX endpoint.
     """

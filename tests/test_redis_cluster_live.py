@@ -143,6 +143,16 @@ async def test_list_across_a_slot_migration_loses_nothing(redis_cluster, serve):
     assert got() == set(range(500))
     for r in readers:
         r.close()
+    # GET / shows each shard; /metrics counts the redirections and map readings.
+    info = await (await within(treq.get(server.url + "/"))).json()
+    shards = info["redis_clusters"]["default"]["shards"]
+    assert len({s["primary"] for s in shards}) == 3 and all(s["up"] for s in shards)
+    text = (await (await within(treq.get(server.url + "/metrics"))).text())
+    counted = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(("streamd_redis_redirections_total",
+                                   "streamd_redis_map_refreshes_total"))}
+    assert counted["streamd_redis_map_refreshes_total"] >= 1
+    assert counted["streamd_redis_redirections_total"] >= 1  # the migrated slot's MOVED
 
 
 def gaps(reader) -> list[dict]:

@@ -26,6 +26,7 @@ def info(web) -> dict[str, Any]:
         "sources": web.activity.describe(service.statuses()),
         "source_kinds": sources.installed(),
         "events": service.store_status(),
+        **({"redis_clusters": clusters} if (clusters := service.redis_clusters()) else {}),
     }
 
 

@@ -11,9 +11,10 @@ instead of being refused. A C{unix:} endpoint is one socket that every worker ac
 Twisted parses the endpoint string as for one process, so every option it documents
 means the same; reading the parsed endpoint's fields (C{_interface}, C{_port},
 C{_backlog}, C{_sslContextFactory}, C{_address}: private, stable since Twisted 10) is
-the one use of Twisted internals here. A listener's backlog is 1,024 unless the string
-sets C{backlog=} (Twisted's default of 50 overflows in a reconnect storm; the kernel caps
-it at C{net.core.somaxconn}).
+the one use of Twisted internals here. A listener's backlog is 4,096 unless the string
+sets C{backlog=} (Twisted's default of 50 overflows in a reconnect storm, and so did 1,024
+for 15,000 readers connecting at once to one process: bench/RESULTS.md, (h); the kernel
+caps it at C{net.core.somaxconn}).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from twisted.internet.abstract import isIPv6Address
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-DEFAULT_BACKLOG = 1024
+DEFAULT_BACKLOG = 4096
 
 
 @dataclass
