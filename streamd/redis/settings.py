@@ -74,7 +74,7 @@ class RedisConnectionSettings:
     cluster: bool = setting(
         "bool", False, "a Redis Cluster: url (and urls) are seed nodes; commands go to "
         "the primary of their key's slot")
-    urls: tuple = setting(
+    urls: tuple[str, ...] = setting(
         "list", [], "more seed nodes of a cluster (url is the first)", check=_check_urls)
     # From the URL (see parse_url), and the connection's name.
     host: str = "127.0.0.1"
