@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from test_sqs_process import StreamdProcess
 from twisted.internet.task import Clock
 
 from streamd import slow
@@ -37,7 +36,6 @@ from streamd.sources.memory import MemorySource
 from streamd.stream import Stream
 from streamd.testing import FakeOutbox, FakeRequest
 
-ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = 3000
 STUCK = 20
 MB = 1024 * 1024
@@ -192,12 +190,6 @@ def test_drop_oldest_readers_that_stop_drop_down_to_their_bounds():
 
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def memory_kb(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -207,57 +199,23 @@ def memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
-def wait_for(predicate, seconds: float, what: str, interval: float = 0.05):
-    """Poll C{predicate} until it returns something true, or fail after C{seconds}."""
+def wait_for(server: StreamdProcess, predicate, seconds: float, what: str) -> None:
+    """Poll C{predicate} until true, or fail after C{seconds} (or if streamd exits)."""
     deadline = time.monotonic() + seconds
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {seconds} s")
-        time.sleep(interval)  # a poll of another process, not a fixed wait
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.proc.wait(0.05)  # a bounded wait on the process, not a sleep
+        assert server.proc.poll() is None, "streamd exited:\n" + "".join(server.log[-20:])
 
 
-class Streamd:
-    """C{twistd -n streamd} on a free port, its output kept."""
+def get(server: StreamdProcess, path: str) -> bytes:
+    with urllib.request.urlopen(server.url + path, timeout=10) as r:
+        return r.read()
 
-    def __init__(self, tmp_path: Path, config: str = "") -> None:
-        self.port = free_port()
-        path = tmp_path / "streamd.toml"
-        path.write_text(f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n'
-                        f'access_log = "off"\n{config}')
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        self.proc = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "streamd", "--config", str(path)], cwd=tmp_path,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log: list[str] = []
-        self.listening = threading.Event()
-        threading.Thread(target=self._drain, daemon=True).start()
-        if not self.listening.wait(30):
-            self.proc.kill()
-            raise AssertionError("streamd did not start:\n" + "".join(self.log[-20:]))
 
-    def _drain(self) -> None:
-        for raw in self.proc.stdout:  # type: ignore[union-attr]
-            line = raw.decode(errors="replace")
-            self.log.append(line)
-            if "streamd listening on" in line:
-                self.listening.set()
-
-    def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
-            return r.read()
-
-    def open_streams(self) -> int:
-        return json.loads(self.get("/"))["open_streams"]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+def open_streams(server: StreamdProcess) -> int:
+    return json.loads(get(server, "/"))["open_streams"]
 
 
 class Curl:
@@ -284,9 +242,12 @@ class Curl:
 
 @pytest.fixture
 def streamd(tmp_path):
-    server = Streamd(tmp_path)
-    yield server
-    server.stop()
+    server = StreamdProcess(tmp_path, 'access_log = "off"\n')
+    try:
+        server.wait_started(30)
+        yield server
+    finally:
+        server.kill()
     if server.proc.returncode not in (0, -9):
         print("".join(server.log[-40:]))
 
@@ -302,7 +263,7 @@ def test_a_6mb_publish_reaches_a_fast_reader_whole_while_20_stuck_readers_stay_b
             s.sendall(b"GET /streams/big HTTP/1.1\r\nHost: x\r\n\r\n")
             stuck.append(s)  # and never read
         curl = Curl(streamd.url + "/streams/big")
-        wait_for(lambda: streamd.open_streams() == STUCK + 1, 20, "21 open streams")
+        wait_for(streamd, lambda: open_streams(streamd) == STUCK + 1, 20, "21 open streams")
         before = memory_kb(streamd.proc.pid)
 
         pad = "x" * 2000
@@ -329,8 +290,8 @@ def test_a_6mb_publish_reaches_a_fast_reader_whole_while_20_stuck_readers_stay_b
 
         # The readers that read nothing made no progress: cut off, the notice first.
         curl.stop()
-        wait_for(lambda: streamd.open_streams() == 0, 30, "the stuck readers cut off")
-        metrics = streamd.get("/metrics").decode()
+        wait_for(streamd, lambda: open_streams(streamd) == 0, 30, "the stuck readers cut off")
+        metrics = get(streamd, "/metrics").decode()
         disconnects = [line for line in metrics.splitlines()
                        if line.startswith("streamd_slow_policy_actions_total")
                        and 'action="disconnect"' in line]
