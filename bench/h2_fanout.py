@@ -41,6 +41,9 @@ import h2.connection
 import h2.events
 import h2.settings
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from servers import cpu_seconds, rss_kib  # noqa: E402
+
 HOST = "127.0.0.1"
 LISTENING_RE = re.compile(r"streamd listening on (ssl|tcp):[0-9.]+:(\d+)")
 SEQ_RE = re.compile(rb'"seq":(\d+),"t":(\d+)')
@@ -105,22 +108,10 @@ class Server:
             raise SystemExit(f"streamd did not start: see {self.log_path}")
 
     def cpu(self) -> float | None:
-        if not self.pid:
-            return None
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid) if self.pid else None
 
     def rss_kib(self) -> dict[str, int]:
-        if not self.pid:
-            return {}
-        out = {}
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = int(value.split()[0])
-        return out
+        return rss_kib(self.pid) if self.pid else {}
 
     def stop(self) -> None:
         if self.proc is None:

@@ -30,6 +30,8 @@ from h2.settings import SettingCodes
 from twisted.internet import defer, protocol, reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
+from streamd.testing import memory_kib
+
 
 @lru_cache(maxsize=1)
 def certificate() -> tuple[str, str]:
@@ -253,13 +255,7 @@ class StreamdProcess:
 
     def memory_kib(self) -> dict[str, int]:
         """Its resident set now (VmRSS) and at its highest so far (VmHWM), in KiB."""
-        out = {}
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = int(value.split()[0])
-        return out
+        return memory_kib(self.pid)
 
     def tracebacks(self) -> int:
         with open(self.log, errors="replace") as f:

@@ -23,7 +23,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from test_sqs_process import StreamdProcess
@@ -34,7 +33,7 @@ from streamd.framing import NDJSON
 from streamd.slow import SLOW_CLOSE_GRACE
 from streamd.sources.memory import MemorySource
 from streamd.stream import Stream
-from streamd.testing import FakeOutbox, FakeRequest
+from streamd.testing import FakeOutbox, FakeRequest, memory_kib
 
 MESSAGES = 3000
 STUCK = 20
@@ -190,15 +189,6 @@ def test_drop_oldest_readers_that_stop_drop_down_to_their_bounds():
 
 
 
-def memory_kb(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])
-    return out
-
-
 def wait_for(server: StreamdProcess, predicate, seconds: float, what: str) -> None:
     """Poll C{predicate} until true, or fail after C{seconds} (or if streamd exits)."""
     deadline = time.monotonic() + seconds
@@ -264,7 +254,7 @@ def test_a_6mb_publish_reaches_a_fast_reader_whole_while_20_stuck_readers_stay_b
             stuck.append(s)  # and never read
         curl = Curl(streamd.url + "/streams/big")
         wait_for(streamd, lambda: open_streams(streamd) == STUCK + 1, 20, "21 open streams")
-        before = memory_kb(streamd.proc.pid)
+        before = memory_kib(streamd.proc.pid)
 
         pad = "x" * 2000
         body = b"".join(json.dumps({"n": i, "pad": pad}).encode() + b"\n"
@@ -275,7 +265,7 @@ def test_a_6mb_publish_reaches_a_fast_reader_whole_while_20_stuck_readers_stay_b
         with urllib.request.urlopen(request, timeout=60) as r:
             assert r.status == 202
         assert curl.done.wait(60), f"the fast reader got {len(curl.lines)} lines"
-        after = memory_kb(streamd.proc.pid)
+        after = memory_kib(streamd.proc.pid)
 
         got = [json.loads(line) for line in curl.lines]
         assert not [line for line in got if "error" in line], got[-1]
@@ -296,7 +286,7 @@ def test_a_6mb_publish_reaches_a_fast_reader_whole_while_20_stuck_readers_stay_b
                        if line.startswith("streamd_slow_policy_actions_total")
                        and 'action="disconnect"' in line]
         assert disconnects and float(disconnects[0].split()[-1]) == STUCK, disconnects
-        final = memory_kb(streamd.proc.pid)
+        final = memory_kib(streamd.proc.pid)
         print(f"after the cut-off: RSS {final['VmRSS'] // 1024} MB")
     finally:
         if curl is not None:

@@ -225,3 +225,14 @@ class FakeOutbox(Listeners):
             self.drained()
 
     lose = Listeners.lost  # the connection died
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """A process's resident set now (C{VmRSS}) and at its highest (C{VmHWM}), in KiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
