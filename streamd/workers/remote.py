@@ -302,9 +302,6 @@ class BrokerClient(amp.AMP):
             source = self.sources[name] = RemoteMemorySource(name, self)
         return source
 
-    def forget(self, name: str) -> None:
-        self.sources.pop(name, None)
-
     def reserve(self, identity: str, delta: int, limit: int):
         """One more (C{delta} 1, unless C{limit} is reached on all workers) or one less."""
         if delta < 0:
