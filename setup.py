@@ -10,6 +10,9 @@ setup(
     packages=find_packages(include=["streamd", "streamd.*"]) + ["twisted.plugins"],
     package_dir={"": "."},
     package_data={"twisted.plugins": ["streamd_plugin.py"],
+                  # PEP 561: streamd ships its annotations, for the mypy of a plugin or a
+                  # client's user.
+                  "streamd": ["py.typed"],
                   # The live page (GET / in a browser), one file with inline JS and CSS.
                   "streamd.web": ["static/*.html"]},
 )

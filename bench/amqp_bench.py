@@ -23,27 +23,15 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 
 import pika
+from common import HOST, Streamd
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 BODY = json.dumps({"order": 0, "item": "widget", "qty": 3, "note": "x" * 60}).encode()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:
@@ -95,54 +83,36 @@ def pika_loop(q: str, n: int, prefetch: int) -> float:
     return elapsed
 
 
-class Streamd:
-    def __init__(self, streams: dict[str, str], prefetch: int, tmp: str) -> None:
-        self.port = free_port()
-        lines = [f'listen = ["tcp:{self.port}:interface=127.0.0.1"]']
-        for name, q in streams.items():
-            lines += [f"[streams.{name}]", 'source = "amqp"', f'url = "{URL}"',
-                      f'queue = "{q}"', f"prefetch = {prefetch}"]
-        path = os.path.join(tmp, "bench.toml")
-        with open(path, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        self.proc = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "--logfile", os.path.join(tmp, "streamd.log"),
-             "streamd", "--config", path], cwd=tmp, env=dict(os.environ, PYTHONPATH=ROOT))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # a start-up wait in a script, not a test
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise SystemExit("streamd did not start (or its sources did not connect)")
+def start_streamd(streams: dict[str, str], prefetch: int) -> Streamd:
+    """One streamd with an amqp stream per queue, once every stream is connected."""
+    lines = []
+    for name, q in streams.items():
+        lines += [f"[streams.{name}]", 'source = "amqp"', f'url = "{URL}"',
+                  f'queue = "{q}"', f"prefetch = {prefetch}"]
+    streamd = Streamd()
+    streamd.start(config="\n".join(lines) + "\n")
+    streamd.wait_healthy()
+    return streamd
 
-    def read(self, name: str, n: int) -> float:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        t0 = time.perf_counter()
-        conn.request("GET", f"/streams/{name}?limit={n}")
-        resp = conn.getresponse()
-        assert resp.status == 200, resp.status
-        got = 0
-        carry = b""
-        while got < n:
-            data = resp.read1(65536)
-            if not data:
-                raise SystemExit(f"stream ended after {got} messages")
-            lines = (carry + data).split(b"\n")
-            carry = lines.pop()
-            got += sum(1 for line in lines if line.startswith(b'{"id":'))
-        elapsed = time.perf_counter() - t0
-        conn.close()
-        return elapsed
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+def read(streamd: Streamd, name: str, n: int) -> float:
+    conn = http.client.HTTPConnection(HOST, streamd.port, timeout=60)
+    t0 = time.perf_counter()
+    conn.request("GET", f"/streams/{name}?limit={n}")
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.status
+    got = 0
+    carry = b""
+    while got < n:
+        data = resp.read1(65536)
+        if not data:
+            raise SystemExit(f"stream ended after {got} messages")
+        lines = (carry + data).split(b"\n")
+        carry = lines.pop()
+        got += sum(1 for line in lines if line.startswith(b'{"id":'))
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return elapsed
 
 
 def main() -> None:
@@ -153,14 +123,13 @@ def main() -> None:
     args = ap.parse_args()
     n = args.messages
     broker = Broker()
-    tmp = tempfile.mkdtemp(prefix="amqp-bench-")
     results: dict[str, list[float]] = {}
     try:
         queues = {f"p{p}r{r}": broker.fill(n) for p in args.prefetch for r in range(args.runs)}
         # One streamd per prefetch value (prefetch is a stream key).
         for p in args.prefetch:
             names = {k: q for k, q in queues.items() if k.startswith(f"p{p}r")}
-            streamd = Streamd(names, p, tmp)
+            streamd = start_streamd(names, p)
             try:
                 for r in range(args.runs):
                     q = broker.fill(n)
@@ -171,7 +140,7 @@ def main() -> None:
                         print(f"  note: pika run left {left} messages")
                     name = f"p{p}r{r}"
                     results.setdefault(f"streamd, prefetch={p}", []).append(
-                        n / streamd.read(name, n))
+                        n / read(streamd, name, n))
                     left = broker.left(queues[name])
                     if left:
                         print(f"  note: streamd run left {left} messages")

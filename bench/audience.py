@@ -17,7 +17,7 @@ import socket
 import statistics
 import time
 
-from servers import LISTEN_COUNTERS, tcp_ext
+from common import LISTEN_COUNTERS, tcp_ext
 
 #: Linux's value, for Pythons whose socket module does not name it.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)

@@ -12,17 +12,13 @@ over to the N-th.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+from common import HOST, ROOT, Streamd
+
+ENV = {**os.environ, "PYTHONPATH": ROOT}
 PUBLISHER = r"""
 import json, sys, urllib.request
 url, n = sys.argv[1], int(sys.argv[2])
@@ -33,24 +29,6 @@ for start in range(0, n, 1000):
     body = "".join(json.dumps({"n": i, "pad": pad}) + "\n" for i in rows).encode()
     urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=30).read()
 """
-
-
-def start_streamd(tmp: Path) -> tuple[subprocess.Popen, int]:
-    log = tmp / "streamd.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--pidfile=",
-         "-n", "--logfile", str(log), "streamd", "--listen", "tcp:0:interface=127.0.0.1",
-         "--max-pending", "1000000", "--buffer", "1000000"], cwd=tmp, env=ENV)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        m = log.exists() and re.search(rb"listening on tcp:127\.0\.0\.1:(\d+)", log.read_bytes())
-        if m:
-            return proc, int(m.group(1))
-        if proc.poll() is not None:
-            sys.exit("streamd exited")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(0.05)
-    sys.exit("streamd did not start")
 
 
 def run_one(base: str, stream: str, n: int, sse: bool, maxsize: int | None) -> float:
@@ -89,19 +67,17 @@ react(lambda r: ensureDeferred(main(r)))
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_streamd(Path(tmp))
-        base = f"http://127.0.0.1:{port}"
-        try:
-            for i, (sse, maxsize) in enumerate(
-                    [(False, None), (True, None), (False, 100)]):
-                rate = run_one(base, f"bench{i}", n, sse, maxsize)
-                label = ("sse" if sse else "ndjson") + (f", queue maxsize {maxsize}"
-                                                       if maxsize else ", unbounded queue")
-                print(f"{n} records, {label}: {rate:,.0f} records/s")
-        finally:
-            proc.terminate()
-            proc.wait(20)
+    streamd = Streamd()
+    streamd.start(config="", args=["--max-pending", "1000000", "--buffer", "1000000"])
+    base = f"http://{HOST}:{streamd.port}"
+    try:
+        for i, (sse, maxsize) in enumerate([(False, None), (True, None), (False, 100)]):
+            rate = run_one(base, f"bench{i}", n, sse, maxsize)
+            label = ("sse" if sse else "ndjson") + (f", queue maxsize {maxsize}"
+                                                   if maxsize else ", unbounded queue")
+            print(f"{n} records, {label}: {rate:,.0f} records/s")
+    finally:
+        streamd.stop()
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import Redis, Streamd, cpu_busy  # noqa: E402
 from harness import Options, run_fanout, run_idle  # noqa: E402
+from nchan import Nchan, nchan_missing  # noqa: E402
 from scenarios import select, table, targets  # noqa: E402
-from servers import Nchan, Redis, Streamd, cpu_busy, nchan_missing  # noqa: E402
 
 
 def event_loop_runner(name: str):

@@ -28,12 +28,9 @@ import asyncio
 import json
 import os
 import re
-import shutil
-import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 
 import h2.config
@@ -42,10 +39,8 @@ import h2.events
 import h2.settings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from servers import cpu_seconds, rss_kib  # noqa: E402
+from common import HOST, Streamd, cpu_seconds, free_port, payload, percentile, rss_kib  # noqa: E402
 
-HOST = "127.0.0.1"
-LISTENING_RE = re.compile(r"streamd listening on (ssl|tcp):[0-9.]+:(\d+)")
 SEQ_RE = re.compile(rb'"seq":(\d+),"t":(\d+)')
 #: twistd beside this Python; with STREAMD_TWISTED_H2 set (--twisted-h2), Twisted's HTTP/2.
 TWISTD = [sys.executable, "-c", """
@@ -67,8 +62,7 @@ class Server:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.proc: subprocess.Popen | None = None
-        self.dir: str | None = None
+        self.streamd: Streamd | None = None
         self.tls_port, self.port, self.pid = args.tls_port, args.port, args.pid
 
     def start(self) -> None:
@@ -76,36 +70,23 @@ class Server:
             if not self.port:
                 raise SystemExit("--tls-port needs --port (plain HTTP, for publishing)")
             return
-        self.dir = tempfile.mkdtemp(prefix="streamd-h2-bench-")
-        key, cert = (os.path.join(self.dir, n) for n in ("key.pem", "cert.pem"))
+        self.streamd = Streamd()
+        key, cert = (os.path.join(self.streamd.dir, n) for n in ("key.pem", "cert.pem"))
         # The README's command for a self-signed certificate.
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
                         "30", "-subj", "/CN=localhost", "-addext",
                         "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key,
                         "-out", cert], check=True, capture_output=True)
-        cmd = [*TWISTD, "-n", "--pidfile=", "streamd",
-               "--listen", f"ssl:0:interface={HOST}:privateKey={key}:certKey={cert}",
-               "--listen", f"tcp:0:interface={HOST}", *self.args.server_arg]
-        self.log_path = os.path.join(self.dir, "server.log")
-        env = dict(os.environ, STREAMD_TWISTED_H2="1" if self.args.twisted_h2 else "")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (self.tls_port and self.port):
-            with open(self.log_path, errors="replace") as f:
-                for kind, port in LISTENING_RE.findall(f.read()):
-                    if kind == "ssl":
-                        self.tls_port = int(port)
-                    else:
-                        self.port = int(port)
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not (self.tls_port and self.port):
-            self.stop()
-            raise SystemExit(f"streamd did not start: see {self.log_path}")
+        self.tls_port = free_port()
+        tls = f"ssl:{self.tls_port}:interface={HOST}:privateKey={key}:certKey={cert}"
+        try:
+            self.streamd.start(config="", twistd=TWISTD, args=["--listen", tls,
+                                                               *self.args.server_arg],
+                               env={"STREAMD_TWISTED_H2": "1" if self.args.twisted_h2
+                                    else ""})
+        except RuntimeError as e:
+            raise SystemExit(f"streamd did not start: {e}") from None
+        self.port, self.pid = self.streamd.port, self.streamd.proc.pid
 
     def cpu(self) -> float | None:
         return cpu_seconds(self.pid) if self.pid else None
@@ -114,22 +95,13 @@ class Server:
         return rss_kib(self.pid) if self.pid else {}
 
     def stop(self) -> None:
-        if self.proc is None:
+        if self.streamd is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        with open(self.log_path, errors="replace") as f:
-            problems = f.read().count("Traceback")
-        if problems:
-            print(f"server log has {problems} traceback(s): {self.log_path}", file=sys.stderr)
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
-        self.proc = None
+        report = self.streamd.stop()
+        if report.get("log_problems"):
+            print(f"server log has {report['log_problems']} traceback(s): {report['log']}",
+                  file=sys.stderr)
+        self.streamd = None
 
 
 # --------------------------------------------------------------------------- readers
@@ -275,11 +247,6 @@ class H1Reader(Reader):
 # --------------------------------------------------------------------------- the publisher
 
 
-def payload(seq: int, size: int) -> bytes:
-    head = b'{"seq":%d,"t":%d,"pad":"' % (seq, time.time_ns() // 1000)
-    return head + b"x" * max(0, size - len(head) - 2) + b'"}'
-
-
 async def read_body(reader: asyncio.StreamReader, head: bytes) -> bytes:
     """A response body after C{head}: Content-Length, or chunked (klein's answers)."""
     length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
@@ -409,9 +376,7 @@ async def measure(args, server: Server) -> dict:
     window = last_recv - first_send if last_recv else None
 
     def pct(q: float) -> float | None:
-        if not latencies:
-            return None
-        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3, 1)
+        return round(percentile(latencies, q) * 1e3, 1) if latencies else None
 
     server_cpu = cpu1 - cpu0 if cpu0 is not None else None
     return {

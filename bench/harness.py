@@ -16,9 +16,9 @@ from array import array
 from dataclasses import dataclass
 
 from audience import audience_figures, before_burst, bind_source
+from common import HOST, Redis, cpu_busy, percentile
 from load import Publisher, http_framer, parse_http, parse_resp, resp_framer
 from profile_server import start_profiler, stop_profiler
-from servers import HOST, Redis, cpu_busy
 from wire import CONTROLS, HTTPConnection, Subscriber, digest_held
 
 OPEN_CONCURRENCY = 100  # connections being set up at once (listen backlogs are small)
@@ -150,12 +150,6 @@ async def wait_end(subs: list[Subscriber], quiet: float, deadline: float) -> Non
 
 
 # --------------------------------------------------------------------------- figures
-
-
-def percentile(sorted_values, q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def merge(results: list[dict], accepted: bytes) -> dict:

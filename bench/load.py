@@ -14,18 +14,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from common import payload
 from wire import END
-
-PAD = b"x" * (1 << 20)
-
-
-def payload(seq: int, size: int) -> bytes:
-    """
-    One message of C{size} bytes: C{seq} and the send time first (found by a bytes search),
-    then padding. The send time is C{time.time()} in integer microseconds.
-    """
-    head = b'{"seq":%d,"t":%d,"pad":"' % (seq, time.time_ns() // 1000)
-    return head + PAD[: max(0, size - len(head) - 2)] + b'"}'
 
 
 def http_framer(host: str, port: int, path: str, content_type: str, suffix: bytes = b""):

@@ -15,6 +15,12 @@ seen (a C{gap} or C{dropped} line, a slow-consumer C{error}).
     python bench/redis_bench.py --rate 1000           # paced: 1,000 msg/s
     python bench/redis_bench.py --subscribers 10 --messages 500   # a quick look
     python bench/redis_bench.py --only list,stream    # read rates of redis-list, redis-stream
+    python bench/redis_bench.py --redis single,cluster --repeat 3   # one Redis, then a cluster
+
+C{--redis cluster}: the same on a private Redis Cluster (3 primaries, 3 replicas) through
+a streamd with C{cluster = true}: C{cluster-pubsub} (PUBLISH, carried by the cluster bus
+to the node streamd subscribes on) and C{cluster-spubsub} (SPUBLISH to the channel's
+primary, C{sharded = true}). C{single,cluster}: both, alternately, C{--repeat} times.
 
 C{--only list} and C{--only stream} measure how fast streamd reads a queue that is
 already full: C{--messages} payloads are pushed first (RPUSH into a list, XADD into a
@@ -75,18 +81,20 @@ def start_redis(port: int) -> subprocess.Popen:
     return proc
 
 
-def start_streamd(workdir: str, redis_port: int, max_pending: int,
-                  batch: int = 50) -> tuple[subprocess.Popen, int]:
-    conf = os.path.join(workdir, "streamd.toml")
+def start_streamd(workdir: str, redis_toml: str, max_pending: int,
+                  batch: int = 50, name: str = "streamd") -> tuple[subprocess.Popen, int]:
+    """C{twistd -n streamd} on the C{[redis]} table C{redis_toml}; C{name} its files'."""
+    conf = os.path.join(workdir, f"{name}.toml")
     with open(conf, "w") as f:
-        f.write(f'heartbeat = 0\nmax_pending = {max_pending}\n'
-                f'[redis]\nurl = "redis://{HOST}:{redis_port}/0"\n'
+        f.write(f'heartbeat = 0\nmax_pending = {max_pending}\n{redis_toml}'
                 '[streams.rps]\nsource = "redis-pubsub"\nchannels = ["bench"]\n'
+                '[streams.rpss]\nsource = "redis-pubsub"\nchannels = ["bench"]\n'
+                'sharded = true\n'
                 '[streams.mem]\nsource = "memory"\nbuffer = 0\n'
                 f'[streams.rl]\nsource = "redis-list"\nkey = "benchlist"\nbatch = {batch}\n'
                 f'[streams.rs]\nsource = "redis-stream"\nkey = "benchstream"\n'
                 f'batch = {batch}\nstart = "0"\n')
-    log = os.path.join(workdir, "streamd.log")
+    log = os.path.join(workdir, f"{name}.log")
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     cmd = [twistd] if os.access(twistd, os.X_OK) else [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -205,8 +213,9 @@ async def pace(sent: int, rate: float, start: float) -> None:
             await asyncio.sleep(ahead)
 
 
-async def publish_resp(port: int, total: int, size: int, batch: int, rate: float) -> None:
-    """PUBLISH over one connection, C{batch} commands per write (RESP pipelining)."""
+async def publish_resp(port: int, total: int, size: int, batch: int, rate: float,
+                       verb: bytes = b"PUBLISH") -> None:
+    """C{verb} (PUBLISH, SPUBLISH) over one connection, C{batch} per write (pipelined)."""
     reader, writer = await asyncio.open_connection(HOST, port)
     start = time.monotonic()
     for first in range(0, total, batch):
@@ -214,7 +223,8 @@ async def publish_resp(port: int, total: int, size: int, batch: int, rate: float
         out = []
         for seq in range(first, min(total, first + batch)):
             p = payload(seq, size)
-            out.append(b"*3\r\n$7\r\nPUBLISH\r\n$5\r\nbench\r\n$%d\r\n%s\r\n" % (len(p), p))
+            out.append(b"*3\r\n$%d\r\n%s\r\n$5\r\nbench\r\n$%d\r\n%s\r\n"
+                       % (len(verb), verb, len(p), p))
         writer.write(b"".join(out))
         for _ in out:
             line = await reader.readline()
@@ -356,49 +366,104 @@ def summary(r: dict) -> str:
             f"{r['lost']}, server CPU {r['server_cpu_s']} s, controls {r['controls'] or '-'}")
 
 
+class Target:
+    """One Redis (C{single}) or a private Redis Cluster, and the streamd that uses it."""
+
+    def __init__(self, kind: str, workdir: str, args) -> None:
+        self.kind = kind
+        self.prefix = "" if kind == "single" else "cluster-"  # of the results' names
+        self.streamd = self.redis = self.cluster = None
+        if kind == "single":
+            self.rport = free_port()
+            self.redis = start_redis(self.rport)
+            toml = f'[redis]\nurl = "redis://{HOST}:{self.rport}/0"\n'
+        else:
+            from streamd.testing.redis_cluster import RedisCluster
+            os.makedirs(os.path.join(workdir, "cluster"))
+            self.cluster = RedisCluster(os.path.join(workdir, "cluster"))
+            self.cluster.start()
+            toml = self.cluster.toml()
+        try:
+            self.streamd, self.sport = start_streamd(workdir, toml, args.max_pending,
+                                                     args.batch, f"streamd-{kind}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def port_of(self, key: str) -> int:
+        """The port of the Redis that holds C{key} (on a cluster: its primary)."""
+        return self.rport if self.cluster is None else self.cluster.primary_of(key).port
+
+    def subscribed(self, sharded: bool) -> bool:
+        if self.cluster is None:
+            return numsub(self.rport, b"bench") == 1
+        nodes = [self.cluster.primary_of("bench")] if sharded else self.cluster.live()
+        verb = "SHARDNUMSUB" if sharded else "NUMSUB"  # classic: per node, so add up
+        return sum(n.command("PUBSUB", verb, "bench")[1] for n in nodes) == 1
+
+    def stop(self) -> None:
+        if self.streamd is not None:
+            self.streamd.send_signal(signal.SIGTERM)
+            self.streamd.wait(30)
+        if self.redis is not None:
+            self.redis.kill()
+            self.redis.wait()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+
+async def pubsub(t: Target, args) -> list[dict]:
+    """(e): the pub/sub scenarios of C{t} (on one Redis, the memory stream beside them)."""
+    def resp(verb: bytes):
+        async def publish(n, size, batch, rate):
+            await publish_resp(t.port_of("bench"), n, size, batch, rate, verb)
+        return publish
+
+    async def http(n, size, batch, rate):
+        await publish_http(t.sport, n, size, batch, rate)
+
+    if t.cluster is None:
+        return [await scenario("redis-pubsub", "/streams/rps", resp(b"PUBLISH"), args,
+                               t.streamd, t.sport, lambda: t.subscribed(False)),
+                await scenario("memory", "/streams/mem", http, args, t.streamd, t.sport)]
+    return [await scenario("cluster-pubsub", "/streams/rps", resp(b"PUBLISH"), args,
+                           t.streamd, t.sport, lambda: t.subscribed(False)),
+            await scenario("cluster-spubsub", "/streams/rpss", resp(b"SPUBLISH"), args,
+                           t.streamd, t.sport, lambda: t.subscribed(True))]
+
+
 async def run(args) -> list[dict]:
     workdir = tempfile.mkdtemp(prefix="streamd-bench-")
-    rport = free_port()
-    redis = start_redis(rport)
-    streamd, sport = None, None
+    targets: list[Target] = []
     try:
-        streamd, sport = start_streamd(workdir, rport, args.max_pending, args.batch)
-
-        async def resp(n, size, batch, rate):
-            await publish_resp(rport, n, size, batch, rate)
-
-        async def http(n, size, batch, rate):
-            await publish_http(sport, n, size, batch, rate)
-
+        for kind in args.redis.split(","):
+            targets.append(Target(kind, workdir, args))
         results = []
         only = args.only.split(",")
         n = args.messages
         for _ in range(args.repeat):
-            if "pubsub" in only:
-                results.append(await scenario("redis-pubsub", "/streams/rps", resp, args,
-                                              streamd, sport,
-                                              lambda: numsub(rport, b"bench") == 1))
-                results.append(await scenario("memory", "/streams/mem", http, args, streamd,
-                                              sport))
-            if "list" in only:
-                await fill(rport, n, args.size, [b"RPUSH", b"benchlist"])
-                results.append(await read_scenario("redis-list", f"/streams/rl?limit={n}",
-                                                   n, args, streamd, sport))
-            if "stream" in only:
-                await fill(rport, n, args.size, [b"XADD", b"benchstream", b"*", b"data"])
-                results.append(await read_scenario(
-                    "redis-stream", f"/streams/rs?since=0&limit={n}", n * args.readers,
-                    args, streamd, sport))
-                with socket.create_connection((HOST, rport), timeout=5) as s:
-                    s.sendall(b"DEL benchstream\r\n")  # empty for the next repeat
-                    s.recv(64)
+            for t in targets:  # alternately, so that both see the same noise
+                streamd, sport = t.streamd, t.sport
+                if "pubsub" in only:
+                    results.extend(await pubsub(t, args))
+                if "list" in only:
+                    await fill(t.port_of("benchlist"), n, args.size, [b"RPUSH", b"benchlist"])
+                    results.append(await read_scenario(
+                        f"{t.prefix}redis-list", f"/streams/rl?limit={n}", n, args, streamd,
+                        sport))
+                if "stream" in only:
+                    rport = t.port_of("benchstream")
+                    await fill(rport, n, args.size, [b"XADD", b"benchstream", b"*", b"data"])
+                    results.append(await read_scenario(
+                        f"{t.prefix}redis-stream", f"/streams/rs?since=0&limit={n}",
+                        n * args.readers, args, streamd, sport))
+                    with socket.create_connection((HOST, rport), timeout=5) as s:
+                        s.sendall(b"DEL benchstream\r\n")  # empty for the next repeat
+                        s.recv(64)
         return results
     finally:
-        if streamd is not None:
-            streamd.send_signal(signal.SIGTERM)
-            streamd.wait(30)
-        redis.kill()
-        redis.wait()
+        for t in targets:
+            t.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -420,6 +485,9 @@ def main(argv=None) -> int:
                    help="comma-separated: pubsub (with memory beside it), list, stream")
     p.add_argument("--readers", type=int, default=1,
                    help="list, stream: clients reading the filled queue")
+    p.add_argument("--redis", default="single",
+                   help="comma-separated: single (one redis-server), cluster (a private "
+                        "Redis Cluster of 3 primaries and 3 replicas), run alternately")
     p.add_argument("--json", action="store_true", help="print results as JSON lines")
     args = p.parse_args(argv)
     for r in asyncio.run(run(args)):

@@ -7,7 +7,7 @@ publish of M bytes of NDJSON goes out, and streamd's RSS is read before and afte
     python bench/slow_clients.py --clients 1000 --mbytes 8
     python bench/slow_clients.py --notice
 
-Starts its own `twistd -n streamd` (from this checkout's venv) on a free port; extra
+Starts its own `twistd -n streamd` (common.Streamd: this checkout's) on a free port; extra
 arguments after `--` go to twistd (e.g. `-- --send-buffer 0`).
 """
 
@@ -17,48 +17,21 @@ import argparse
 import json
 import os
 import resource
+import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = [str(ROOT / ".venv" / "bin" / "twistd")]
+from common import Streamd, rss_kib
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def start(extra: list[str], config: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    cfg = Path(f"/tmp/streamd-slow-bench-{port}.toml")
-    cfg.write_text(config)
-    proc = subprocess.Popen(
-        [*TWISTD, "--pidfile=", "-n", "streamd", "--config", str(cfg),
-         "--listen", f"tcp:{port}:interface=127.0.0.1", "--access-log", "off", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("streamd did not start")
+def start(extra: list[str], config: str) -> Streamd:
+    """streamd with C{config}, no access log, and C{extra} twistd options."""
+    streamd = Streamd()
+    streamd.start(config=config, args=["--access-log", "off", *extra])
+    return streamd
 
 
 def publish(port: int, body: bytes) -> None:
@@ -81,16 +54,17 @@ def open_streams(port: int, n: int) -> list[socket.socket]:
 def rss_with_stuck_readers(args, extra: list[str]) -> None:
     # The default bounds (max_pending, max_pending_bytes), or what --pending says.
     table = f"max_pending = {args.pending}\nmax_pending_bytes = {1 << 30}\n" if args.pending else ""
-    proc, port = start(extra, f"max_body_bytes = {1 << 30}\n[streams.big]\n{table}")
+    streamd = start(extra, f"max_body_bytes = {1 << 30}\n[streams.big]\n{table}")
+    port, pid = streamd.port, streamd.proc.pid
     try:
         socks = open_streams(port, args.clients)
         time.sleep(1)
-        before = rss_kb(proc.pid)
+        before = rss_kib(pid)["VmRSS"]
         line = json.dumps({"pad": "x" * 190}).encode() + b"\n"
         body = line * (args.mbytes * 1024 * 1024 // len(line))
         publish(port, body)
         time.sleep(2)
-        after = rss_kb(proc.pid)
+        after = rss_kib(pid)["VmRSS"]
         print(f"{args.clients} readers that read nothing, one {len(body) / 1e6:.1f} MB "
               f"publish ({len(body) // len(line)} messages): RSS {before / 1024:.0f} -> "
               f"{after / 1024:.0f} MB (+{(after - before) / 1024:.0f} MB, "
@@ -98,11 +72,12 @@ def rss_with_stuck_readers(args, extra: list[str]) -> None:
         for s in socks:
             s.close()
     finally:
-        proc.kill()
+        streamd.stop(signal.SIGKILL)
 
 
 def notice_time(args, extra: list[str]) -> None:
-    proc, port = start(extra, "[streams.big]\nmax_pending = 50\n")
+    streamd = start(extra, "[streams.big]\nmax_pending = 50\n")
+    port = streamd.port
     try:
         s = socket.create_connection(("127.0.0.1", port))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -141,7 +116,7 @@ def notice_time(args, extra: list[str]) -> None:
         else:
             print(f"no notice within {args.seconds} s ({len(got) / 1024:.0f} KiB read)")
     finally:
-        proc.kill()
+        streamd.stop(signal.SIGKILL)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from servers import HOST, Streamd  # noqa: E402
+from common import HOST, Streamd  # noqa: E402
 
 
 async def open_readers(port: int, n: int) -> list:

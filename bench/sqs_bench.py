@@ -32,7 +32,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's streamd, as in the twistd it starts
 
-from streamd.testing.sqs import MotoServer, free_port  # noqa: E402
+from common import HOST, Streamd, free_port  # noqa: E402
+
+from streamd.testing.sqs import MotoServer  # noqa: E402
 
 
 class FastServer(MotoServer):
@@ -72,56 +74,40 @@ def baseline(moto: MotoServer, queue: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
-class Streamd:
-    def __init__(self, moto: MotoServer, streams: dict[str, tuple[str, int]], tmp: str):
-        self.port = free_port()
-        lines = [f'listen = ["tcp:{self.port}:interface=127.0.0.1"]']
-        for name, (queue, pollers) in streams.items():
-            lines += [f"[streams.{name}]", 'source = "sqs"', f'queue_url = "{queue}"',
-                      f'endpoint_url = "{moto.endpoint}"', 'region = "us-east-1"',
-                      f"pollers = {pollers}", "wait_time_seconds = 1"]
-        path = os.path.join(tmp, "bench.toml")
-        with open(path, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        env = dict(os.environ, PYTHONPATH=ROOT, AWS_ACCESS_KEY_ID="bench",
-                   AWS_SECRET_ACCESS_KEY="bench")
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        self.proc = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "--logfile", os.path.join(tmp, "streamd.log"),
-             "streamd", "--config", path], cwd=tmp, env=env)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # a start-up wait in a script, not a test
-            try:
-                http.client.HTTPConnection("127.0.0.1", self.port, timeout=1).request("GET", "/")
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("streamd did not start")
+def start_streamd(moto: MotoServer, streams: dict[str, tuple[str, int]]) -> Streamd:
+    """One streamd with an sqs stream per C{name: (queue, pollers)}."""
+    lines = []
+    for name, (queue, pollers) in streams.items():
+        lines += [f"[streams.{name}]", 'source = "sqs"', f'queue_url = "{queue}"',
+                  f'endpoint_url = "{moto.endpoint}"', 'region = "us-east-1"',
+                  f"pollers = {pollers}", "wait_time_seconds = 1"]
+    streamd = Streamd()
+    streamd.start(config="\n".join(lines) + "\n",
+                  env={"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
+    return streamd
 
-    def read(self, name: str, n: int) -> float:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        t0 = time.perf_counter()
-        conn.request("GET", f"/streams/{name}?limit={n}")
-        resp = conn.getresponse()
-        assert resp.status == 200, resp.status
-        ids: list[bytes] = []
-        carry = b""
-        while len(ids) < n:
-            data = resp.read1(65536)
-            if not data:
-                raise SystemExit(f"stream ended after {len(ids)} messages")
-            lines = (carry + data).split(b"\n")
-            carry = lines.pop()
-            # {"id":"<MessageId>",...: the id is the first string on the line
-            ids.extend(line[7:line.index(b'"', 7)] for line in lines
-                       if line.startswith(b'{"id":'))
-        elapsed = time.perf_counter() - t0
-        conn.close()
-        return elapsed, len(ids) - len(set(ids))
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+def read(streamd: Streamd, name: str, n: int) -> tuple[float, int]:
+    """Seconds to read C{n} messages of C{name}, and how many were duplicates."""
+    conn = http.client.HTTPConnection(HOST, streamd.port, timeout=60)
+    t0 = time.perf_counter()
+    conn.request("GET", f"/streams/{name}?limit={n}")
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.status
+    ids: list[bytes] = []
+    carry = b""
+    while len(ids) < n:
+        data = resp.read1(65536)
+        if not data:
+            raise SystemExit(f"stream ended after {len(ids)} messages")
+        lines = (carry + data).split(b"\n")
+        carry = lines.pop()
+        # {"id":"<MessageId>",...: the id is the first string on the line
+        ids.extend(line[7:line.index(b'"', 7)] for line in lines
+                   if line.startswith(b'{"id":'))
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    return elapsed, len(ids) - len(set(ids))
 
 
 def drained(moto: MotoServer, queue: str, seconds: float = 30) -> tuple[int, int]:
@@ -143,10 +129,7 @@ def main() -> None:
                     help="fast: bench/fast_sqs.py (default); moto: moto's server")
     args = ap.parse_args()
     n = args.messages
-    import tempfile
-
     moto = FastServer() if args.server == "fast" else MotoServer()
-    tmp = tempfile.mkdtemp(prefix="sqs-bench-")
     results: dict[str, list[float]] = {"boto3": []}
     try:
         queues = {f"p{p}": [fill(moto, n) for _ in range(args.runs)] for p in args.pollers}
@@ -154,14 +137,14 @@ def main() -> None:
         for p in args.pollers:
             for r in range(args.runs):
                 names[f"p{p}r{r}"] = (queues[f"p{p}"][r], p)
-        streamd = Streamd(moto, names, tmp)
+        streamd = start_streamd(moto, names)
         try:
             for r in range(args.runs):
                 q = fill(moto, n)
                 results["boto3"].append(n / baseline(moto, q, n))
                 for p in args.pollers:
                     name = f"p{p}r{r}"
-                    elapsed, dups = streamd.read(name, n)
+                    elapsed, dups = read(streamd, name, n)
                     left = drained(moto, names[name][0])
                     if dups or left != (0, 0):
                         # moto may hand one message to two concurrent receives; SQS

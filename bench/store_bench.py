@@ -23,8 +23,6 @@ import json
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,8 @@ from twisted.internet import defer, task
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from common import Redis, percentile  # noqa: E402
+
 from streamd.store.base import Query, make_filters, new_event  # noqa: E402
 from streamd.store.redis import RedisStore  # noqa: E402
 from streamd.store.sqlite import SQLiteStore  # noqa: E402
@@ -40,35 +40,11 @@ from streamd.store.sqlite import SQLiteStore  # noqa: E402
 KEYS = ("kind", "user", "repo")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(directory: str):
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", directory],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    for line in proc.stdout:
-        if b"Ready to accept connections" in line:
-            return proc, f"redis://127.0.0.1:{port}/0"
-    raise RuntimeError("redis-server did not start")
-
-
 def events(rng: random.Random, n: int, start: int):
     for i in range(start, start + n):
         yield json.dumps({"kind": f"k{rng.randrange(10)}", "user": rng.randrange(10_000),
                           "repo": rng.randrange(1000), "n": i,
                           "text": "something happened here"}).encode()
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p / 100))]
 
 
 async def fill(store, rng, have: int, target: int, batch: int) -> float:
@@ -98,7 +74,8 @@ async def measure(store, rng, queries: int) -> dict[str, tuple[float, float, flo
             result = await store.query(q)
             times.append((time.perf_counter() - t0) * 1000)
             found += len(result)
-        out[name] = (pct(times, 50), pct(times, 99), found / queries)
+        times.sort()
+        out[name] = (percentile(times, 0.50), percentile(times, 0.99), found / queries)
     return out
 
 
@@ -106,13 +83,14 @@ async def run(reactor, args) -> None:
     rows = []
     for backend in args.backends.split(","):
         tmp = tempfile.mkdtemp(prefix="streamd-bench-")
-        redis_proc = None
+        redis = None
         try:
             if backend == "sqlite":
                 store = SQLiteStore(KEYS, reactor, os.path.join(tmp, "events.sqlite3"))
             else:
-                redis_proc, url = start_redis(tmp)
-                store = RedisStore(KEYS, reactor, url)
+                redis = Redis()
+                redis.start()
+                store = RedisStore(KEYS, reactor, redis.url)
             await defer.maybeDeferred(store.start)
             while store.status()[0] != "ok":
                 await task.deferLater(reactor, 0.05, lambda: None)
@@ -129,9 +107,8 @@ async def run(reactor, args) -> None:
                           flush=True)
             await store.stop()
         finally:
-            if redis_proc is not None:
-                redis_proc.kill()
-                redis_proc.wait()
+            if redis is not None:
+                redis.stop()
             shutil.rmtree(tmp, ignore_errors=True)
     print()
     print("| backend | events | insert rate (events/s) | query | p50 (ms) | p99 (ms) | "

@@ -4,7 +4,8 @@ import asyncio
 import time
 
 import pytest
-from load import Publisher, http_framer, parse_http, parse_resp, payload, resp_framer
+from common import payload
+from load import Publisher, http_framer, parse_http, parse_resp, resp_framer
 from wire import END, SEQ_RE
 
 STREAMD = (b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"

@@ -24,10 +24,11 @@ from typing import Any
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
-from streamd.errors import HTTPError
+from streamd.errors import Forbidden, Unauthorized
 from streamd.keys import ConfigError, Table, frozen, keys_of, read_table, setting
 
-#: What a 401 says of a bearer token it refuses (its message and error_description).
+#: What L{Unauthorized} says of a bearer token it refuses (its message, and the
+#: error_description of its challenge).
 INVALID, EXPIRED, NOT_YET_VALID = "invalid token", "token expired", "token not yet valid"
 TOKEN_PROBLEMS = (INVALID, EXPIRED, NOT_YET_VALID)
 #: The one algorithm a JWT may be signed with.
@@ -95,17 +96,6 @@ class AuthSettings(Table):
         return cls(**{k: frozen(v) for k, v in values.items()}, tokens=tuple(entries))
 
 
-class Unauthorized(HTTPError):
-    status = 401
-
-    def __init__(self, message: str, challenge: str) -> None:
-        super().__init__(message, headers={b"WWW-Authenticate": challenge.encode()})
-
-
-class Forbidden(HTTPError):
-    status = 403
-
-
 @dataclass(frozen=True)
 class Identity:
     """Who is asking, and the stream-name patterns (globs) it may read and publish."""
@@ -164,7 +154,7 @@ class Auth:
     def operator(self, request, endpoint: str) -> Identity | None:
         """
         Who may see an operational endpoint: anyone (None) if it L{is_public}, else an
-        identity with C{admin}. Raises L{Unauthorized} (401) or L{Forbidden} (403).
+        identity with C{admin}. Raises L{Unauthorized} or L{Forbidden}.
         """
         if self.is_public(endpoint):
             return None
@@ -176,7 +166,7 @@ class Auth:
 
     def identify(self, request) -> Identity:
         """
-        Who sent C{request}; raises L{Unauthorized} (401) when that cannot be told. A
+        Who sent C{request}; raises L{Unauthorized} when that cannot be told. A
         JWT's times are checked against the system clock (PyJWT takes no clock).
         """
         if self.mode == "none":

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
-from streamd.errors import NotFound
+from streamd.errors import UnknownSubscription
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
 from streamd.sources.unacknowledged import Unacknowledged
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 Watcher = Callable[[str, bytes], None]
 
@@ -75,12 +79,15 @@ def _line(values: dict[str, bytes | None]) -> bytes:
 
 
 @implementer(ISubscription)
-class _Feed(Unacknowledged):
-    """One open stream of a subscription: the consumer, and what it watches."""
+class _SubscriptionReader(Unacknowledged):
+    """
+    One open stream of a channel subscription (its L{ISubscription}): the consumer, and
+    what it watches.
+    """
 
     __slots__ = ("subscription", "consumer", "unwatch")
 
-    def __init__(self, subscription: ChannelSubscription, consumer) -> None:
+    def __init__(self, subscription: SubscriptionSource, consumer) -> None:
         self.subscription = subscription
         self.consumer = consumer
         self.unwatch: dict[str, Callable[[], None]] = {}
@@ -89,17 +96,26 @@ class _Feed(Unacknowledged):
         for unwatch in self.unwatch.values():
             unwatch()
         self.unwatch.clear()
-        self.subscription._feed_ended(self)
+        self.subscription._reader_ended(self)
 
 
 @implementer(ISource)
-class ChannelSubscription:
+class SubscriptionSource:
     """
-    A named set of channels; also the source of its own stream (L{streamd.stream.Stream}
-    reads it like any other source, so limit, heartbeat and flow control apply).
+    A channel subscription (a named set of channels), as the L{ISource} of its streams:
+    L{streamd.stream.Stream} reads it like any other source, so limit, heartbeat and flow
+    control apply.
+
+    @ivar owner: the name of the identity that created it, the only one that may read,
+        change or delete it (when auth is on); None for one created with no identity
+        name, which anybody may use.
+    @ivar announced: with several worker processes (L{streamd.workers.remote}), fires
+        once every worker knows of it, so that the next request may land on any of
+        them: the 201 waits for it. None in one process.
     """
 
     kind = "channels"
+    resumes_by_id = True  # ISource: a Last-Event-ID is passed on as C{since}
     durable = False
 
     def __init__(self, id: str, channels: Iterable[str], store, clock) -> None:
@@ -108,16 +124,18 @@ class ChannelSubscription:
         self.channels: list[str] = list(dict.fromkeys(channels))
         self.store = store
         self.clock = clock
-        self.feeds: set[_Feed] = set()
+        self.readers: set[_SubscriptionReader] = set()
         self.last_active = clock.seconds()
         self.seq = 0
+        self.owner: str | None = None
+        self.announced: Deferred[Any] | None = None
 
     def start(self) -> None:
         pass
 
     def stop(self) -> None:
-        for feed in list(self.feeds):
-            feed.consumer.source_ended("shutdown")
+        for reader in list(self.readers):
+            reader.consumer.source_ended("shutdown")
 
     def status(self):
         return ("ok", None)
@@ -129,23 +147,23 @@ class ChannelSubscription:
         self.seq += 1
         return Message(str(self.seq), self.id, _line(values))
 
-    def subscribe(self, consumer, since=None) -> _Feed:
-        feed = _Feed(self, consumer)
-        self.feeds.add(feed)
+    def subscribe(self, consumer, since=None) -> _SubscriptionReader:
+        reader = _SubscriptionReader(self, consumer)
+        self.readers.add(reader)
         self.last_active = self.clock.seconds()
         consumer.deliver([self._message({c: self.store.get(c) for c in self.channels})])
         for name in self.channels:
-            self._watch(feed, name)
-        return feed
+            self._watch(reader, name)
+        return reader
 
-    def _watch(self, feed: _Feed, name: str) -> None:
+    def _watch(self, reader: _SubscriptionReader, name: str) -> None:
         def changed(channel: str, value: bytes) -> None:
-            feed.consumer.deliver([self._message({channel: value})])
+            reader.consumer.deliver([self._message({channel: value})])
 
-        feed.unwatch[name] = self.store.watch(name, changed)
+        reader.unwatch[name] = self.store.watch(name, changed)
 
-    def _feed_ended(self, feed: _Feed) -> None:
-        self.feeds.discard(feed)
+    def _reader_ended(self, reader: _SubscriptionReader) -> None:
+        self.readers.discard(reader)
         self.last_active = self.clock.seconds()
 
     def change(self, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
@@ -154,19 +172,19 @@ class ChannelSubscription:
         removed = set(remove) & set(self.channels)
         self.channels = [c for c in self.channels if c not in removed] + added
         self.last_active = self.clock.seconds()
-        for feed in list(self.feeds):
+        for reader in list(self.readers):
             for name in removed:
-                unwatch = feed.unwatch.pop(name, None)
+                unwatch = reader.unwatch.pop(name, None)
                 if unwatch is not None:
                     unwatch()
             for name in added:
-                self._watch(feed, name)
+                self._watch(reader, name)
             if added:
-                feed.consumer.deliver([self._message({c: self.store.get(c) for c in added})])
+                reader.consumer.deliver([self._message({c: self.store.get(c) for c in added})])
 
     def end(self) -> None:
-        for feed in list(self.feeds):
-            feed.consumer.source_ended("subscription deleted")
+        for reader in list(self.readers):
+            reader.consumer.source_ended("subscription deleted")
 
 
 class Subscriptions:
@@ -180,16 +198,16 @@ class Subscriptions:
         self.clock = clock
         self.expire_after = expire
         self.max_channels = max_channels
-        self.by_id: dict[str, ChannelSubscription] = {}
+        self.by_id: dict[str, SubscriptionSource] = {}
         self._sweep = None
 
-    def make(self, id: str, channels: Iterable[str]) -> ChannelSubscription:
-        return ChannelSubscription(id, channels, self.store, self.clock)
+    def make(self, id: str, channels: Iterable[str]) -> SubscriptionSource:
+        return SubscriptionSource(id, channels, self.store, self.clock)
 
-    def create(self, channels: Iterable[str], owner: str | None = None) -> ChannelSubscription:
+    def create(self, channels: Iterable[str], owner: str | None = None) -> SubscriptionSource:
         sub = self.make(secrets.token_urlsafe(12), channels)
         if owner is not None:
-            sub.owner = owner  # type: ignore[attr-defined]
+            sub.owner = owner
         self.by_id[sub.id] = sub
         if self._sweep is None:
             self._schedule()
@@ -209,10 +227,10 @@ class Subscriptions:
             self._sweep.cancel()
         self._sweep = None
 
-    def get(self, id: str) -> ChannelSubscription:
+    def get(self, id: str) -> SubscriptionSource:
         sub = self.by_id.get(id)
         if sub is None:
-            raise NotFound(f"no subscription {id!r} (it may have expired)")
+            raise UnknownSubscription(f"no subscription {id!r} (it may have expired)")
         return sub
 
     def delete(self, id: str) -> None:
@@ -222,7 +240,7 @@ class Subscriptions:
     def expire(self) -> list[str]:
         """Forget subscriptions idle (no open stream) for longer than C{expire}."""
         horizon = self.clock.seconds() - self.expire_after
-        gone = [i for i, s in self.by_id.items() if not s.feeds and s.last_active < horizon]
+        gone = [i for i, s in self.by_id.items() if not s.readers and s.last_active < horizon]
         for i in gone:
             del self.by_id[i]
         return gone

@@ -7,6 +7,11 @@ TOML table C{[streams.NAME]} with C{source = "..."} and that source's keys. Stre
 tables may also set the stream-level keys (heartbeat, buffer, ...) to override the
 top-level values for that stream.
 
+Reading settings imports no source kind (nor Twisted, treq or pika with it): a stream
+table's stream-level keys are checked here, and its kind's own keys are kept as written
+(L{StreamSettings.options}) for the kind to check when the service is built
+(L{streamd.sources.stream_table}), with the same one-line error.
+
 Each table's keys are declared once, as the fields of its frozen dataclass (see
 L{streamd.keys.setting}): L{StreamKeys}, L{Settings}, L{ChannelSettings},
 L{StoreSettings} here, L{streamd.auth.AuthSettings} and
@@ -25,7 +30,6 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from streamd import sources
 from streamd.auth import AuthSettings
 from streamd.json_input import DEFAULT_MAX_DEPTH
 from streamd.keys import ConfigError, Key, Table, frozen, keys_of, setting
@@ -102,16 +106,24 @@ class StreamKeys:
 @dataclass(frozen=True, kw_only=True)
 class StreamSettings(StreamKeys):
     """
-    One stream: its name, its source kind, its stream-level keys (the top-level values
-    unless its table sets them) and C{table}, the whole validated stream table, read-only
-    (name, source, the stream-level keys and the source kind's own keys): what the
-    kind's C{check_config} and C{from_config} receive (see L{streamd.interfaces}).
+    One stream: its name, its source kind and its stream-level keys (the top-level
+    values unless its table sets them).
+
+    @ivar table: the checked part of the stream table, read-only: C{name}, C{source}
+        and every stream-level key.
+    @ivar options: the rest of the table, read-only and as written: the source kind's
+        own keys, not checked yet (that would import the kind). The kind checks them
+        when the service is built; L{streamd.sources.stream_table} returns the whole
+        checked table, defaults filled in, that its C{check_config} and C{from_config}
+        receive (see L{streamd.interfaces.ISourceKind}).
     """
 
     name: str
     source: str = "memory"
     table: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}),
                                      repr=False)
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}),
+                                       repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,6 +171,9 @@ class StoreSettings(Table):
     max_age: float = setting(
         "number", 0.0, "drop events older than this, seconds (0: no limit)", minimum=0)
     redis_url: str = setting("str", "redis://127.0.0.1:6379/0", "the redis backend's server")
+    connection: str = setting(
+        "str", "", "the [redis.NAME] connection of the redis backend, instead of redis_url "
+        "(a Redis Cluster: cluster = true)")
     redis_prefix: str = setting(
         "str", "streamd:events:", "prefix of the redis backend's keys")
 
@@ -293,35 +308,28 @@ def load_settings(file_values: dict[str, Any], cli_values: dict[str, Any]) -> Se
 
 
 def _stream(name: str, table: Any, top: dict[str, Any]) -> StreamSettings:
+    """
+    One stream table: C{source} and the stream-level keys checked; the other keys kept
+    as written, for the kind to check (see L{StreamSettings}).
+    """
     where = f"streams.{name}"
     if not isinstance(table, dict):
         raise ConfigError(where, "expected a table")
     kind = table.get("source", "memory")
     if not isinstance(kind, str):
         raise ConfigError(f"{where}.source", f"expected a string, got {kind!r}")
-    try:
-        plugin = sources.load(kind)
-    except sources.KindError as e:
-        raise ConfigError(f"{where}.source", str(e)) from None
-    kind_keys: list[Key] = list(plugin.config_keys)
-    known = {k.name: k for k in STREAM_KEYS + kind_keys}
+    stream_keys = {k.name: k for k in STREAM_KEYS}
     values = {k.name: top[k.name] for k in STREAM_KEYS}
-    values.update((k.name, k.default) for k in kind_keys)
+    options = {}
     for key, value in table.items():
         if key == "source":
             continue
-        if key not in known:
-            raise ConfigError(f"{where}.{key}", f"unknown key for a {kind} stream")
-        values[key] = known[key].validate(value, f"{where}.{key}")
-    for k in kind_keys:
-        if values[k.name] is None and k.default is None and k.check is not None:
-            problem = k.check(None)
-            if problem:
-                raise ConfigError(f"{where}.{k.name}", problem)
-    frozen_table = MappingProxyType(
+        if key in stream_keys:
+            values[key] = stream_keys[key].validate(value, f"{where}.{key}")
+        else:
+            options[key] = value
+    checked = MappingProxyType(
         {"name": name, "source": kind, **{k: frozen(v) for k, v in values.items()}})
-    check = getattr(plugin, "check_config", None)
-    if check is not None:
-        check(frozen_table, where)
-    return StreamSettings(name=name, source=kind, table=frozen_table,
-                          **{k.name: frozen_table[k.name] for k in STREAM_KEYS})
+    return StreamSettings(name=name, source=kind, table=checked,
+                          options=MappingProxyType(options),
+                          **{k.name: checked[k.name] for k in STREAM_KEYS})

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from streamd.errors import BadRequest
+from streamd.errors import InvalidRequest
 from streamd.message import Message
 
 if TYPE_CHECKING:  # a type only: the config is a higher layer
@@ -67,6 +67,7 @@ def _point(value: Any) -> tuple[float, float] | tuple[float, float, float, float
         and len(value) in (2, 4)
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     ):
+        # 2 or 4 floats (checked just above), which a tuple() of a generator cannot say
         return tuple(float(v) for v in value)  # type: ignore[return-value]
     return None
 
@@ -81,13 +82,13 @@ class Filter:
     def __init__(
         self,
         *,
-        phrases: list[tuple[str, ...]] = (),  # type: ignore[assignment]
-        follow: set[str] = frozenset(),  # type: ignore[assignment]
-        boxes: list[tuple[float, float, float, float]] = (),  # type: ignore[assignment]
+        phrases: Iterable[tuple[str, ...]] = (),
+        follow: Iterable[str] = frozenset(),
+        boxes: Iterable[tuple[float, float, float, float]] = (),
         where: dict[str, set[str]] | None = None,
         sample: float = 1.0,
-        text_fields: list[str] = (),  # type: ignore[assignment]
-        id_fields: list[str] = (),  # type: ignore[assignment]
+        text_fields: Iterable[str] = (),
+        id_fields: Iterable[str] = (),
         location_field: str | None = None,
     ) -> None:
         self.phrases = list(phrases)
@@ -164,7 +165,7 @@ def _scalar_text(value: Any) -> str:
 
 
 def _split(values: Iterable[str]) -> list[str]:
-    out = []
+    out: list[str] = []
     for v in values:
         out.extend(p.strip() for p in v.split(",") if p.strip())
     return out
@@ -174,10 +175,10 @@ def params_from_json(value: Any) -> dict[str, list[str]]:
     """
     Filters given as a JSON object (C{POST /streams/NAME/filter}) as the request
     parameters L{parse} reads: a list joins with commas, as in a URL, and C{where}
-    maps each field to its values (C{where.FIELD}). Raises L{BadRequest} naming the key.
+    maps each field to its values (C{where.FIELD}). Raises L{InvalidRequest} naming the key.
     """
     if not isinstance(value, dict):
-        raise BadRequest("body: expected a JSON object of filters")
+        raise InvalidRequest("body: expected a JSON object of filters")
     out: dict[str, list[str]] = {}
 
     def text(key: str, v, lists: bool = True) -> str:
@@ -188,12 +189,12 @@ def params_from_json(value: Any) -> dict[str, list[str]]:
         if isinstance(v, (bool, int, float)):
             return json.dumps(v)
         # An object or null has no meaning as a filter value: refuse, don't guess.
-        raise BadRequest(f"{key}: expected a string, number or boolean, or a list of them")
+        raise InvalidRequest(f"{key}: expected a string, number or boolean, or a list of them")
 
     for key, v in value.items():
         if key == "where":
             if not isinstance(v, dict):
-                raise BadRequest('where: expected {"FIELD": [values]}')
+                raise InvalidRequest('where: expected {"FIELD": [values]}')
             for f, vals in v.items():
                 vals = vals if isinstance(vals, list) else [vals]
                 out[f"where.{f}"] = [text(f"where.{f}", x, False) for x in vals]
@@ -206,20 +207,20 @@ def parse(params: Mapping[str, list[str]], settings: StreamKeys,
           sample_default: float | None = None) -> Filter:
     """
     Build a L{Filter} from request parameters (name -> list of string values), as
-    limited and described by the stream's settings. Raises L{BadRequest} naming the
+    limited and described by the stream's settings. Raises L{InvalidRequest} naming the
     parameter.
     """
     phrases = [tuple(p.lower().split()) for p in _split(params.get("track", []))]
     if len(phrases) > settings.max_track:
-        raise BadRequest(f"track: at most {settings.max_track} phrases")
+        raise InvalidRequest(f"track: at most {settings.max_track} phrases")
     follow = set(_split(params.get("follow", [])))
     if len(follow) > settings.max_follow:
-        raise BadRequest(f"follow: at most {settings.max_follow} ids")
+        raise InvalidRequest(f"follow: at most {settings.max_follow} ids")
     if follow and not settings.id_fields:
-        raise BadRequest("follow: this stream declares no id_fields to match")
+        raise InvalidRequest("follow: this stream declares no id_fields to match")
     boxes = _boxes(_split(params.get("locations", [])), settings.max_locations)
     if boxes and not settings.location_field:
-        raise BadRequest("locations: this stream declares no location_field to match")
+        raise InvalidRequest("locations: this stream declares no location_field to match")
     where: dict[str, set[str]] = {}
     declared = settings.fields
     for name, values in params.items():
@@ -227,9 +228,9 @@ def parse(params: Mapping[str, list[str]], settings: StreamKeys,
             continue
         path = name[len("where."):]
         if not path:
-            raise BadRequest("where: name a field, as where.FIELD=VALUE")
+            raise InvalidRequest("where: name a field, as where.FIELD=VALUE")
         if declared and path not in declared:
-            raise BadRequest(f"{name}: unknown field (fields: {', '.join(declared)})")
+            raise InvalidRequest(f"{name}: unknown field (fields: {', '.join(declared)})")
         where.setdefault(path, set()).update(values)
     sample = 1.0
     raw = params.get("sample")
@@ -237,9 +238,9 @@ def parse(params: Mapping[str, list[str]], settings: StreamKeys,
         try:
             sample = float(raw[-1])
         except ValueError:
-            raise BadRequest(f"sample: expected a rate, got {raw[-1]!r}") from None
+            raise InvalidRequest(f"sample: expected a rate, got {raw[-1]!r}") from None
         if not 0 < sample <= 1:
-            raise BadRequest(f"sample: must be more than 0 and at most 1, got {raw[-1]}")
+            raise InvalidRequest(f"sample: must be more than 0 and at most 1, got {raw[-1]}")
     elif sample_default is not None:
         sample = sample_default
     return Filter(
@@ -253,26 +254,26 @@ def _boxes(numbers: list[str], limit: int) -> list[tuple[float, float, float, fl
     if not numbers:
         return []
     if len(numbers) % 4:
-        raise BadRequest(
+        raise InvalidRequest(
             "locations: expected boxes of four numbers lon1,lat1,lon2,lat2 "
             f"(got {len(numbers)} numbers)"
         )
     try:
         vals = [float(n) for n in numbers]
     except ValueError:
-        raise BadRequest("locations: expected numbers") from None
+        raise InvalidRequest("locations: expected numbers") from None
     boxes = []
     for i in range(0, len(vals), 4):
         w, s, e, n = vals[i:i + 4]
         if not all(math.isfinite(v) for v in (w, s, e, n)):
-            raise BadRequest("locations: expected finite numbers")
+            raise InvalidRequest("locations: expected finite numbers")
         if not (-180 <= w <= 180 and -180 <= e <= 180):
-            raise BadRequest(f"locations: longitude must be within -180..180, got {w}, {e}")
+            raise InvalidRequest(f"locations: longitude must be within -180..180, got {w}, {e}")
         if not (-90 <= s <= 90 and -90 <= n <= 90):
-            raise BadRequest(f"locations: latitude must be within -90..90, got {s}, {n}")
+            raise InvalidRequest(f"locations: latitude must be within -90..90, got {s}, {n}")
         if w > e or s > n:
-            raise BadRequest("locations: a box is south-west corner, then north-east corner")
+            raise InvalidRequest("locations: a box is south-west corner, then north-east corner")
         boxes.append((w, s, e, n))
     if len(boxes) > limit:
-        raise BadRequest(f"locations: at most {limit} boxes")
+        raise InvalidRequest(f"locations: at most {limit} boxes")
     return boxes

@@ -118,8 +118,13 @@ class ISource(Interface):
     dynamic stream is first used), then C{start()}ed once and C{stop()}ped once.
     A source that loses its server stays usable: C{status()} says C{down} with the
     reason, new subscriptions and publishes are refused with
-    L{streamd.errors.Unavailable} (HTTP 503), open subscriptions stay open and go on
-    once the server is back.
+    L{streamd.errors.SourceDown}, open subscriptions stay open and go on once the
+    server is back.
+
+    A source refuses what it cannot do by raising one of L{streamd.errors}' classes,
+    whose message the client reads; the web layer alone chooses the HTTP status for
+    each (L{streamd.web.errors}). Any other exception is an internal error: logged,
+    and the client told no more than that.
     """
 
     name = Attribute("The stream name this source feeds.")
@@ -127,6 +132,12 @@ class ISource(Interface):
     durable = Attribute(
         "True when messages are kept by the source until acked (SQS, Redis lists and "
         "streams): the stream then acks after write, or on the client's ack."
+    )
+    resumes_by_id = Attribute(
+        "Optional, True when absent. False for a queue that cannot resume after an id "
+        "(SQS, AMQP: what was not acknowledged comes back by itself): C{subscribe} then "
+        "refuses C{since}, and the web layer does not pass it the C{Last-Event-ID} that a "
+        "browser's EventSource sends on its own when it reconnects."
     )
 
     def start():
@@ -151,8 +162,8 @@ class ISource(Interface):
         Attach C{consumer} (an L{IConsumer}) and return an L{ISubscription}.
 
         C{since} is a message id the client already has (resume), or None to start
-        with new messages. Raises L{streamd.errors.BadRequest} for an id this source
-        cannot read, L{streamd.errors.Unavailable} when the source is down.
+        with new messages. Raises L{streamd.errors.InvalidRequest} for an id this
+        source cannot read, L{streamd.errors.SourceDown} when the source is down.
         May call C{consumer.deliver} before returning.
         """
 
@@ -160,9 +171,12 @@ class ISource(Interface):
         """
         Publish these JSON payloads (a list of bytes, each one line of JSON) and return
         a Deferred firing with their ids, or the ids directly. C{params} holds the
-        request's query parameters (for source-specific options). Fails with
-        L{streamd.errors.BadRequest} (400), L{streamd.errors.Unavailable} (503) or
-        L{streamd.errors.HTTPError} (any status) for the client to see.
+        request's query parameters (for source-specific options). Fails, for the
+        client to see, with L{streamd.errors.InvalidRequest} (a bad parameter: the same
+        request will fail again), L{streamd.errors.SourceDown} (the server is away, or
+        went away during the publish: try again later) or L{streamd.errors.Refused}
+        (the server turned some messages away; the message says which, and that the
+        others went through).
         """
 
 
@@ -177,8 +191,10 @@ class ISourceKind(Interface):
     config_keys = Attribute(
         "The keys a C{[streams.NAME]} table of this kind may set besides C{source} "
         "and the stream-level keys (heartbeat, ack, ...): a list of "
-        "L{streamd.config.Key}. streamd checks each value, fills in defaults and "
-        "reports a bad one in one line naming it (C{streams.NAME.KEY: problem})."
+        "L{streamd.config.Key}, named unlike the stream-level keys. streamd checks each "
+        "value, fills in defaults and reports a bad one in one line naming it "
+        "(C{streams.NAME.KEY: problem}) when the service is built, not while it reads "
+        "the settings (which import no kind): see L{streamd.sources.stream_table}."
     )
 
     def check_config(settings, where):

@@ -4,7 +4,8 @@ C{json.loads} plus the two refusals it lacks; and L{compact_json}, the one encod
 JSON that goes out (lines on the wire, values written to Redis).
 
   - Nesting deeper than a limit: C{json.loads} recurses once per level, so ten thousand
-    C{[} end in a RecursionError (a 500 and a traceback) instead of a clear 400.
+    C{[} end in a RecursionError (an internal error and a traceback) instead of a
+    clear refusal naming the body.
   - C{NaN}, C{Infinity} and C{-Infinity}: Python accepts them, JSON does not, and a
     reader's C{JSON.parse} rejects a line that carries one.
 

@@ -6,14 +6,15 @@ its value are one declaration, and the checks several tables share (L{check_ca})
 
 Imports nothing of streamd: the modules that declare keys (L{streamd.auth},
 L{streamd.redis.settings}, the source kinds) do so without importing
-L{streamd.config}, which imports them to build the tables in one place.
+L{streamd.config}, which imports the first two to build the tables in one place. The
+source kinds' keys are checked by L{streamd.sources.stream_table} when the service is
+built, so that reading settings imports no kind (nor Twisted, treq or pika).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from functools import cache
 from typing import Any, TypeVar
 
 T = TypeVar("T", bound="Table")
@@ -148,11 +149,19 @@ def setting(type: str, default: Any = None, help: str = "", *, repr: bool = True
                              repr=repr and not options.get("secret", False))
 
 
-@cache
+#: L{keys_of}'s answers, by class: a class's fields do not change. A dict rather than
+#: C{functools.cache}, whose stub wants a Hashable argument, which mypy does not see a
+#: class as (python/mypy#11470).
+_KEYS: dict[type, tuple[Key, ...]] = {}
+
+
 def keys_of(cls: type) -> tuple[Key, ...]:
     """The L{Key}s that C{cls}'s L{setting} fields declare, in field order."""
-    return tuple(Key(f.name, **f.metadata["key"]) for f in dataclasses.fields(cls)
-                 if "key" in f.metadata)
+    keys = _KEYS.get(cls)
+    if keys is None:
+        keys = _KEYS[cls] = tuple(Key(f.name, **f.metadata["key"])
+                                  for f in dataclasses.fields(cls) if "key" in f.metadata)
+    return keys
 
 
 def read_table(keys: Iterable[Key], table: Any, where: str,

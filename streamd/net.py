@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
 
 def client_endpoint(reactor, host: str, port: int, timeout: float, tls: bool = False,
-                    tls_ca: str = ""):
+                    tls_ca: str = "") -> IStreamClientEndpoint:
     """
     A TCP endpoint to C{host:port}; with C{tls}, TLS on top, checking the server's
     certificate against C{tls_ca} (a PEM file) or the system's CAs.
     """
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     if tls:
         trust = None
         if tls_ca:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from streamd import metrics
 from streamd.channels import MemoryChannels, Subscriptions
 from streamd.config import ChannelSettings, Settings, StreamSettings
-from streamd.errors import BadRequest, NotFound
+from streamd.errors import InvalidRequest, UnknownStream
 from streamd.metrics import Metrics
 from streamd.sources import Services, make_source
 from streamd.store import make_store
@@ -97,18 +97,19 @@ class Service:
     def source(self, name: str) -> tuple[Any, StreamSettings]:
         """
         The source of stream C{name} and its settings. An undeclared name, when
-        C{dynamic_streams} is on, gets a memory stream (started now); else 404.
+        C{dynamic_streams} is on, gets a memory stream (started now); else
+        L{UnknownStream}. A name no stream may have is an L{InvalidRequest}.
         """
         source = self.sources.get(name)
         if source is not None:
             return source, self.stream_settings[name]
         if not STREAM_NAME.match(name):
-            raise BadRequest(
+            raise InvalidRequest(
                 "stream name: use 1-200 letters, digits and . _ : - (starting with a "
                 "letter or digit)"
             )
         if not self.settings.dynamic_streams:
-            raise NotFound(f"no stream named {name!r}")
+            raise UnknownStream(f"no stream named {name!r}")
         settings = self.settings.dynamic_stream(name)
         source = make_source(settings, self.services)
         self.add(name, source, settings)

@@ -7,27 +7,28 @@ passed in.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
 from twisted.copyright import version as twisted_version
 from twisted.internet import defer, error
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
-from streamd import __version__, config, logs
+from streamd import __version__, config, logs, sources
 from streamd.service import Service
+from streamd.twisted_internals import accept_eagerly
 from streamd.web import StreamdApp
+from streamd.web.channel import close_connection
 from streamd.web.site import make_site
-from streamd.workers.listening import DEFAULT_BACKLOG
+from streamd.workers import listening
+from streamd.workers.listening import DEFAULT_BACKLOG, CannotListen
 
 log = Logger()
 
@@ -106,6 +107,9 @@ def settings_from_options(options: dict[str, Any]) -> config.Settings:
         if text is not None:
             cli[key.name] = key.parse_cli(text)
     settings = config.load_settings(file_values, cli)
+    # Reading settings imports no source kind: each kind checks its stream tables now,
+    # so that a bad one stops start-up here, in one line.
+    sources.check_streams(settings)
     from twisted.internet import reactor
 
     for desc in settings.listen:
@@ -121,34 +125,74 @@ class StreamdService(service.Service):
     Starts the app (and its L{Service}), listens on every endpoint, and ends streams
     on stop.
 
-    @ivar on_fatal: called with an exit status when streamd cannot run as configured
-        (an endpoint it cannot listen on); the reactor is stopped as well.
+    @ivar listened: the endpoints were listened on before the reactor ran
+        (L{privilegedStartService}, as twistd calls it).
     """
 
-    def __init__(self, app: StreamdApp, reactor,
-                 on_fatal: Callable[[int], None] = lambda status: None,
-                 stderr=None) -> None:
+    def __init__(self, app: StreamdApp, reactor, stderr=None) -> None:
         self.settings = app.settings
         self.reactor = reactor
         self.app = app
         self.site = make_site(self.app, reactor)
         self.ports: list[Any] = []
-        self.on_fatal = on_fatal
         self.stderr = stderr if stderr is not None else sys.stderr
-        self.failed = False
+        self.listened = False
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen on every endpoint before twistd sheds privileges (C{--uid}: a port below
+        1024) and before the reactor runs: an endpoint that cannot be listened on
+        raises L{CannotListen}, on which twistd removes its pid file and exits 1.
+        """
+        super().privilegedStartService()
+        self.listen()
+        self.listened = True
 
     def startService(self) -> None:
         super().startService()
         defer.ensureDeferred(self.app.start())
-        self.listen()
+        if not self.listened:  # started by other means than twistd (a worker, a test)
+            self.listen()
 
     def listen(self) -> None:
+        """
+        Listen on every endpoint. The first that fails at once (all of Twisted's do:
+        a port in use, a socket path not writable) raises L{CannotListen}: streamd
+        stops rather than serving fewer endpoints, or none.
+        """
         for desc in self.settings.listen:
+            if desc.split(":", 1)[0] in listening.REUSE_PORT_KINDS:
+                self._listen_queues(desc)
+                continue
             d = serverFromString(self.reactor, with_backlog(desc)).listen(self.site)
-            d.addCallbacks(self._listening, self._listen_failed,
-                           callbackArgs=(desc,), errbackArgs=(desc,))
+            failed: list = []
+            d.addCallbacks(self._listening, failed.append, callbackArgs=(desc,))
+            if failed:
+                raise self._cannot_listen(desc, failed[0])
+            d.addErrback(self._listen_failed_later, desc)
+
+    def _listen_queues(self, desc: str) -> None:
+        """
+        A TCP or TLS endpoint: L{listening.QUEUES} sockets on its address (C{SO_REUSEPORT}),
+        each with its own listen queue, all served here. A burst of connections then waits
+        in the kernel in up to four queues of 4,096 (C{net.core.somaxconn} caps one) while
+        this process serves the ones it accepted: 15,000 readers connecting at once
+        overflowed one queue thousands of times (tests/integration/test_backlog.py).
+        """
+        try:
+            listener = listening.bind(self.reactor, desc, listening.QUEUES)
+        except (OSError, ValueError) as e:
+            raise self._cannot_listen(desc, Failure(e)) from None
+        for fd in listener.fds:
+            port = listening.adopt(self.reactor, desc, listener.kind, listener.family, fd,
+                                   self.site)
+            accept_eagerly(port)
+            self.ports.append(port)
+        listener.fds.clear()  # adopted: each port owns its socket now
+        log.info("streamd listening on {address}", address=listener.address)
 
     def _listening(self, port, desc: str) -> None:
+        accept_eagerly(port)
         self.ports.append(port)
         host = port.getHost()
         kind = desc.split(":", 1)[0]
@@ -159,51 +203,55 @@ class StreamdService(service.Service):
             where = where.decode()
         log.info("streamd listening on {address}", address=f"{kind}:{where}")
 
-    def _listen_failed(self, failure, desc: str) -> None:
-        """
-        One endpoint is unusable (a port in use, a socket path not writable): stop,
-        exit non-zero, so that a service manager restarts us and a person at a
-        terminal sees why, rather than a streamd that serves fewer endpoints, or none.
-        """
+    def _cannot_listen(self, desc: str, failure) -> CannotListen:
+        """Say why C{desc} cannot be listened on, in the log and on stderr, in one line."""
         why = failure.getErrorMessage()
         log.critical("streamd cannot listen on {desc}: {error}", desc=desc, error=why)
         # The log may be a file: say it on stderr too, in one line, as config errors do.
         self.stderr.write(f"streamd: cannot listen on {desc}: {why}\n")
         self.stderr.flush()
-        if self.failed:
-            return
-        self.failed = True
-        self.on_fatal(1)
-        # This runs before the reactor does when listen() fails at once (TCP).
-        self.reactor.callWhenRunning(self._stop_reactor)
+        return CannotListen(f"cannot listen on {desc}: {why}")
 
-    def _stop_reactor(self) -> None:
+    def _listen_failed_later(self, failure, desc: str) -> None:
+        """
+        An endpoint whose listen failed once the reactor ran (none of Twisted's own):
+        stop. twistd then exits 0, having no exit status of its own; the log and
+        stderr say why.
+        """
+        self._cannot_listen(desc, failure)
         with contextlib.suppress(error.ReactorNotRunning):  # already stopping (SIGTERM)
             self.reactor.stop()
 
-    @defer.inlineCallbacks
-    def stopService(self):
+    def stopService(self) -> defer.Deferred:
         """
         Stop accepting; tell every open stream (a C{shutdown} line, then the terminating
         chunk), which gives its unwritten durable messages back; stop the sources (they
-        return what they hold); then wait until the last bytes reached the clients, as
-        the reactor drops connections unflushed. All within C{shutdown_timeout}.
+        return what they hold); then close the streams' connections and wait until they
+        are lost, which is once their last bytes reached the clients (the reactor would
+        drop them unflushed). All within C{shutdown_timeout}, one deadline for it all.
         """
         super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
         deadline = self.reactor.seconds() + self.settings.shutdown_timeout
-        yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+
+        def left() -> float:
+            return max(0.0, deadline - self.reactor.seconds())
+
+        await defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
         if self.site.access is not None:
             self.site.access.flush()
-        transports = [s.request.transport for s in self.app.open_streams]
-        yield defer.ensureDeferred(
-            self.app.stop(max(0.0, deadline - self.reactor.seconds())))
-        for t in transports:
-            if t is not None:
-                t.loseConnection()
-        while self.reactor.seconds() < deadline and any(
-            t is not None and not t.disconnected for t in transports
-        ):
-            yield deferLater(self.reactor, 0.02, lambda: None)
+        # The streams' channels now: a request forgets its channel once it ended.
+        channels = [s.request.channel for s in self.app.open_streams]
+        await self.app.stop(left())
+        lost = defer.DeferredList([close_connection(c) for c in channels],
+                                  consumeErrors=True)
+        try:
+            await lost.addTimeout(left(), self.reactor)
+        except defer.TimeoutError:
+            log.warn("{count} connection(s) still open after shutdown_timeout: dropped",
+                     count=sum(1 for c in channels if not getattr(c, "gone", True)))
 
 
 def with_backlog(desc: str) -> str:
@@ -236,28 +284,12 @@ def stop_on_sigterm(reactor) -> None:
     reactor.addSystemEventTrigger("after", "startup", install)
 
 
-def exit_status_at_exit(status: int) -> None:
-    """
-    Make the process exit with C{status} once twistd is done. twistd has no exit
-    status of its own (it exits 0 whenever its reactor stops), so this replaces that 0
-    at interpreter exit: after the services stopped, twistd logged its last line and
-    removed its pid file.
-    """
-
-    def leave() -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-
-    atexit.register(leave)
-
-
 def worker_options(options) -> dict[str, Any]:
     """The command line's options as the workers read them again (JSON, paths absolute)."""
     out = {k: v for k, v in options.items()
            if k != "settings" and isinstance(v, (str, int, float, bool, list, type(None)))}
     if out.get("config"):
-        out["config"] = os.path.abspath(out["config"])
+        out["config"] = os.path.abspath(str(out["config"]))
     return out
 
 
@@ -269,7 +301,6 @@ def makeService(options) -> service.IService:
     if settings.workers > 1:
         from streamd.workers.supervisor import Supervisor
 
-        return Supervisor(settings, worker_options(options), reactor,
-                          on_fatal=exit_status_at_exit)
+        return Supervisor(settings, worker_options(options), reactor)
     app = StreamdApp(Service(settings, reactor))
-    return StreamdService(app, reactor, on_fatal=exit_status_at_exit)
+    return StreamdService(app, reactor)

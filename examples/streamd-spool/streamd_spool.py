@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer, provider
 
 from streamd.config import ConfigError, Key
-from streamd.errors import BadRequest, Unavailable
+from streamd.errors import InvalidRequest, SourceDown
 from streamd.interfaces import ISource, ISourceKind, ISubscription
 from streamd.message import InvalidPayload, Message, normalize_json
 
@@ -113,10 +113,12 @@ class SpoolSource:
         return ("ok", None)
 
     def subscribe(self, consumer, since=None) -> SpoolSubscription:
+        # A refusal is one of streamd.errors' classes, whose message the client reads;
+        # streamd's web layer alone chooses its HTTP status.
         if since is not None:
-            raise BadRequest("since: a spool stream cannot resume by id")
+            raise InvalidRequest("since: a spool stream cannot resume by id")
         if self.status()[0] != "ok":
-            raise Unavailable(f"stream {self.name!r} is down: {self.status()[1]}")
+            raise SourceDown(f"stream {self.name!r} is down: {self.status()[1]}")
         sub = SpoolSubscription(self, consumer)
         self.subscribers.append(sub)
         return sub

@@ -1,6 +1,6 @@
 """
 streamd's Python client: read any NDJSON or SSE stream with a limit, an on/off switch,
-an exact counter, a queue with flow control, acknowledgements and reconnection.
+an exact counter, a queue with flow control, acknowledgements and reconnection::
 
     client = StreamClient("http://localhost:8080/streams/news", reactor=reactor)
     result = await client.start(limit=10)      # Result(count=10, reason="limit", ...)

@@ -66,7 +66,7 @@ class Acks:
         """Fires once nothing is outstanding."""
         if not self.outstanding:
             return succeed(None)
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         self._idle.append(d)
         return d
 

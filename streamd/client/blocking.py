@@ -49,7 +49,10 @@ def read(url: str, limit: int, timeout: float | None = 60.0, **options: Any) -> 
         raise RuntimeError("streamd.client.read() blocks: call it outside the reactor thread")
     # The timeout runs in the reactor (it cancels the run there); the wait here is
     # unbounded so that it never gives up before the run has ended.
-    return _read(reactor, url, limit, timeout, options).wait(None)
+    # crochet's stubs know neither that a coroutine's EventualResult waits for what it
+    # returns, nor that wait(None) waits for ever (both as crochet's code does).
+    eventual = _read(reactor, url, limit, timeout, options)
+    return eventual.wait(None)  # type: ignore[return-value, arg-type]
 
 
 @crochet.run_in_reactor

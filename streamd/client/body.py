@@ -7,11 +7,13 @@ server closed the stream on purpose, or the body ended cleanly) or C{"dropped"}.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
@@ -50,6 +52,14 @@ class Body(Protocol):
         self.last_data = clock.seconds()
         self.watchdog = None
 
+    @property
+    def producer(self) -> IPushProducer | None:
+        """
+        The response's transport, to pause and resume: C{Protocol} types it as an
+        C{ITransport}, but C{deliverBody} gives a producer (C{TransportProxyProducer}).
+        """
+        return cast("IPushProducer | None", self.transport)
+
     def connectionMade(self) -> None:
         self.on_transport(self, True)
 
@@ -57,7 +67,7 @@ class Body(Protocol):
         self.last_data = self.clock.seconds()
         self.on_items(self, self.parser.feed(data))
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.on_transport(self, False)
         clean = reason.check(ResponseDone, PotentialDataLoss)
         outcome = "ended" if (clean and not self.reconnect) or self.ended else "dropped"

@@ -1,5 +1,5 @@
 """
-The command-line tools, installed as console scripts:
+The command-line tools, installed as console scripts::
 
     streamd-tail URL [--limit N] [--sse] [--token T] [--since ID]
     streamd-pub URL [FILE|-] [--token T]
@@ -114,7 +114,7 @@ async def _pub(reactor, args) -> None:
     else:
         with open(args.file, "rb") as f:
             body = f.read()
-    headers = {"Content-Type": content_type(body)}
+    headers: dict[bytes | str, bytes | str] = {"Content-Type": content_type(body)}
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
     http = HTTPClient(Agent(reactor))

@@ -2,39 +2,37 @@
 L{StreamClient}: reads an NDJSON or SSE stream over HTTP (treq) and hands its records
 to a queue, with a limit, a switch, a counter, acknowledgements and reconnection.
 
+It composes three parts, each with its own state: the L{Connector} (the connection,
+reconnection with backoff, the transport it pauses), the L{Handover} (records from the
+connection to the queue, within the limit and the switch, counted) and the L{Acks}
+(what an C{ack=client} stream is owed). The client holds the run: it starts it, ends it
+once (L{StreamClient.stop}, the switch, the limit, the server's end) and says how it
+ended.
+
 Flow control runs end to end: when the queue is full the client pauses the response's
 transport (it stops reading the socket; the server's stream is paused in turn once the
 socket buffers fill), and resumes it when a consumer made room. Records already
-received are kept, never dropped. Parsing a chunk may yield many records: the client
-hands them over one at a time, checking the limit and the switch before each, so a
-limit of N hands over exactly N.
+received are kept, never dropped.
 """
 
 from __future__ import annotations
 
 import random as _random
-from collections import deque
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.client import Agent
 
 from streamd.client.acks import Acks
 from streamd.client.backoff import Backoff
-from streamd.client.body import Body
+from streamd.client.connect import Connector
+from streamd.client.handover import Handover
 from streamd.client.queues import MemoryQueue
-from streamd.client.records import Notice, Record, SSEParser, parser_for, stream_of
-from streamd.client.results import ClientError, GaveUp, Result, error_message
+from streamd.client.records import Notice, Record
+from streamd.client.results import ClientError, GaveUp, Result
 from streamd.client.state import MemoryState
-
-log = Logger()
-
-#: Statuses that are worth retrying although they are 4xx.
-RETRY_4XX = frozenset({408, 425, 429})
 
 
 class StreamClient:
@@ -47,7 +45,8 @@ class StreamClient:
     @param url: the stream's URL; its query (e.g. C{?ack=client}) is kept, and a
         C{since} in it is where the first connection starts.
     @param reactor: the reactor (timers, and the default HTTP client's agent).
-    @param http: a L{treq.client.HTTPClient}; by default one on an L{Agent} of C{reactor}.
+    @param http: a L{treq.client.HTTPClient}; by default one on an
+        L{twisted.web.client.Agent} of C{reactor}.
     @param token: sent as C{Authorization: Bearer TOKEN}, or as the C{access_token}
         query parameter with C{token_param=True}.
     @param headers: extra request headers; C{params}: extra query parameters.
@@ -103,66 +102,73 @@ class StreamClient:
             raise ValueError(f"max_retries: must be at least 1, got {max_retries}")
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        self.since: str | None = None
+        start_at = None
         kept = []
         for k, v in query:
             if k == "since":
-                self.since = v  # ours to manage: it moves on as records arrive
+                start_at = v  # ours to manage: it moves on as records arrive
             else:
                 kept.append((k, v))
         if since is not None:
-            self.since = since
+            start_at = since
         self.url = urlunsplit(parts._replace(query=urlencode(kept)))
-        base = parts.path.rstrip("/")
-        self.ack_url = urlunsplit(parts._replace(path=base + "/ack", query=""))
+        ack_url = urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/ack", query=""))
         self.reactor = reactor
         if http is None:
             http = HTTPClient(Agent(reactor))
-        self.http = http
-        self.headers = dict(headers or {})
-        self.params = dict(params or {})
-        self.auth_headers: dict[str, str] = {}
-        self.auth_params: dict[str, str] = {}
+        auth_headers: dict[str, str] = {}
+        auth_params: dict[str, str] = {}
         if token is not None:
             if token_param:
-                self.auth_params["access_token"] = token
+                auth_params["access_token"] = token
             else:
-                self.auth_headers["Authorization"] = f"Bearer {token}"
-        self.sse = sse
+                auth_headers["Authorization"] = f"Bearer {token}"
         self.state = state if state is not None else MemoryState()
         self.queue = queue if queue is not None else MemoryQueue()
         self.ack_mode = ack
-        self.backoff = backoff if backoff is not None else Backoff()
-        self.retry_policy: Callable[[int], float] = (
-            self.backoff.policy(random) if isinstance(self.backoff, Backoff) else self.backoff)
-        self.max_retries = max_retries
-        self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
-        self.on_notice = on_notice
-        self.random = random
-        self.last_id: str | None = None  # last record handed over
+        backoff = backoff if backoff is not None else Backoff()
+        retry_policy = backoff.policy(random) if isinstance(backoff, Backoff) else backoff
+        self.acks = Acks(http, reactor, ack_url, auth_headers, auth_params, connect_timeout)
+        self.connector = Connector(
+            self.url, reactor=reactor, http=http,
+            headers={**(headers or {}), **auth_headers},
+            params={**(params or {}), **auth_params}, sse=sse, since=start_at,
+            retry_policy=retry_policy, max_retries=max_retries,
+            connect_timeout=connect_timeout, idle_timeout=idle_timeout,
+            on_records=self._received, on_notice=on_notice)
+        self.handover = Handover(self.queue, self.state, self.acks, self.connector,
+                                 self._halt)
         self.running = False
+        self._reason: str | None = None  # why the run is ending, once it is
+        self._waiting_acks = False
         self.queue.watch_taken(self._taken)
 
-        # per run
-        self.limit: int | None = None
-        self.count = 0
-        self.reconnects = 0
-        self.gaps = 0
-        self._reason: str | None = None
-        self._pending: deque[Record] = deque()
-        self._transport = None
-        self._paused = False
-        self._waiting: Deferred | None = None  # a connect or backoff sleep to cancel
-        self._outcome: Deferred | None = None  # fires when the connection ends or we halt
-        self._room: Deferred | None = None
-        self._drained: Deferred | None = None  # a clean end waits for pending to go
-        self._counting: list[Deferred] = []
-        self.acks = Acks(self.http, reactor, self.ack_url, self.auth_headers,
-                         self.auth_params, connect_timeout)
-        self._waiting_acks = False
-
     # -- public ------------------------------------------------------------------------
+
+    @property
+    def since(self) -> str | None:
+        """Where the next connection resumes: after the last id received."""
+        return self.connector.since
+
+    @property
+    def last_id(self) -> str | None:
+        """The id of the last record handed over."""
+        return self.handover.last_id
+
+    @property
+    def count(self) -> int:
+        """Records handed over in this run (the last one, once it ended)."""
+        return self.handover.count
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made after the first, in this run."""
+        return self.connector.reconnects
+
+    @property
+    def gaps(self) -> int:
+        """C{gap} notices received in this run."""
+        return self.connector.gaps
 
     def start(self, limit: int | None = None) -> Deferred[Result]:
         """
@@ -178,12 +184,9 @@ class StreamClient:
         if limit is not None and limit < 1:
             raise ValueError("limit: must be at least 1")
         self.running = True
-        self.limit = limit
-        self.count = 0
-        self.reconnects = 0
-        self.gaps = 0
         self._reason = None
-        self._pending.clear()
+        self.handover.begin(limit)
+        self.connector.begin()
         # Cancelling the run stops it (like stop()) rather than leaving it half done.
         outer: Deferred[Result] = Deferred(lambda _: self._halt("stopped"))
         Deferred.fromCoroutine(self._run()).addBoth(
@@ -202,45 +205,22 @@ class StreamClient:
 
     async def _run(self) -> Result:
         state = self.state
-        attempt = 0  # what the next backoff delay is for
-        failed = 0  # connection attempts that failed in a row
-        last_error = ""
         try:
             await maybeDeferred(state.turn_on)
             await maybeDeferred(state.watch, self._switched)
-            while self._reason is None:
-                try:
-                    outcome, connected = await self._connect_once()
-                except ClientError as e:
-                    e.result = self._result("error")
-                    raise
-                if self._reason is not None:
-                    break
-                if outcome == "ended":
-                    if self._pending:
-                        # The end came with records still waiting for queue room:
-                        # hand them over first (unless the limit or switch stops us).
-                        self._drained = Deferred()
-                        await self._drained
-                    self._halt("ended")
-                    break
-                attempt = 1 if connected else attempt + 1
-                failed = 0 if connected else failed + 1
-                last_error = outcome
-                if self.max_retries is not None and failed >= self.max_retries:
-                    raise GaveUp(failed, last_error, self._result("gave up"))
-                delay = self.retry_policy(attempt)
-                log.info("reconnecting in {delay:.2f} s", delay=delay)
-                self._waiting = Deferred()
-                call = self.reactor.callLater(delay, self._waiting.callback, None)
-                try:
-                    await self._waiting
-                except CancelledError:
-                    if call.active():
-                        call.cancel()
-                finally:
-                    self._waiting = None
-                self.reconnects += 1
+            try:
+                ended = await self.connector.run()
+            except ClientError as e:
+                e.result = self._result("error")
+                raise
+            except GaveUp as e:
+                e.result = self._result("gave up")
+                raise
+            if ended and self._reason is None:
+                # The end came with records still waiting for queue room: hand them
+                # over first (unless the limit or switch stops us).
+                await self.handover.until_drained()
+                self._halt("ended")
             if self._reason == "limit" and self.acks.outstanding:
                 # Keep the session open until the N records are acknowledged.
                 self._waiting_acks = True
@@ -248,192 +228,20 @@ class StreamClient:
                 self._waiting_acks = False
             return self._result(self._reason or "stopped")
         finally:
-            self._close_transport()
+            self.connector.close()
             state.unwatch(self._switched)
-            if self._pending and self.last_id is not None:
+            last_id = self.handover.last_id
+            if self.handover.clear() and last_id is not None:
                 # Received but not handed over: a later start() resumes before them.
-                self.since = self.last_id
-            self._pending.clear()
+                self.connector.since = last_id
             self.running = False
-            if self._counting:
-                counting, self._counting = self._counting, []
-                await gatherResults(counting, consumeErrors=True)
+            await self.handover.counted()
 
     def _result(self, reason: str) -> Result:
         return Result(self.count, reason, self.last_id, self.reconnects, self.gaps)
 
-    async def _connect_once(self) -> tuple[str, bool]:
-        """One connection: C{(outcome, connected)}; outcome is "ended" or a reason to retry."""
-        headers = {**self.headers, **self.auth_headers}
-        params = {**self.params, **self.auth_params}
-        if self.sse:
-            headers.setdefault("Accept", "text/event-stream")
-        if self.since is not None:
-            if self.sse:
-                headers["Last-Event-ID"] = self.since
-            else:
-                params["since"] = self.since
-        d = self._waiting = self.http.get(
-            self.url, headers=headers, params=params, unbuffered=True,
-            timeout=self.connect_timeout, reactor=self.reactor)
-        try:
-            response = await d
-        except CancelledError:
-            if self._reason is not None:
-                return "halted", False
-            return "connect timeout", False
-        except Exception as e:
-            log.info("cannot connect to {url}: {e}", url=self.url, e=e)
-            return f"cannot connect: {e}", False
-        finally:
-            self._waiting = None
-        code = response.code
-        if code == 200:
-            return await self._read(response), True
-        body = await treq.content(response)
-        message = error_message(body)
-        if code >= 500 or code in RETRY_4XX:
-            log.info("{url}: {code} {message}; will retry", url=self.url, code=code,
-                     message=message)
-            return f"{code} {message}", False
-        raise ClientError(code, message, self.url)
-
-    async def _read(self, response) -> str:
-        ctype = response.headers.getRawHeaders("content-type", [None])[0]
-        session = response.headers.getRawHeaders("streamd-session", [None])[0]
-        parser = parser_for(ctype, stream_of(self.url))
-        self.sse = isinstance(parser, SSEParser)
-        body = Body(parser, session, self.reactor, self._received, self._attach)
-        self._outcome = outcome = Deferred()
-        body.lost.addCallback(lambda o: outcome.called or outcome.callback(o))
-        self._paused = False
-        response.deliverBody(body)
-        if self.idle_timeout:
-            body.watchdog = self.reactor.callLater(self.idle_timeout, self._idle, body)
-        try:
-            return await outcome
-        finally:
-            self._outcome = None
-            if body.watchdog is not None and body.watchdog.active():
-                body.watchdog.cancel()
-
-    # -- records -------------------------------------------------------------------------
-
-    def _received(self, body: Body, items: list[Record | Notice]) -> None:
-        for item in items:
-            if type(item) is Notice:
-                self._notice(body, item)
-                continue
-            item.session = body.session
-            if item.id is not None:
-                self.since = item.id
-            self._pending.append(item)
-        self._drain()
-
-    def _attach(self, body: Body, attached: bool) -> None:
-        if attached:
-            self._transport = body.transport
-        elif self._transport is body.transport:
-            self._transport = None
-
-    def _idle(self, body: Body) -> None:
-        """The idle watchdog: one timer per connection, rescheduled, not reset per chunk."""
-        now = self.reactor.seconds()
-        if self._paused:  # quiet because we hold it paused is not dead
-            body.last_data = now
-        due = body.last_data + self.idle_timeout
-        if now < due:
-            body.watchdog = self.reactor.callLater(due - now, self._idle, body)
-            return
-        if self._outcome is not None and not self._outcome.called and \
-                self._transport is body.transport:
-            log.info("no data for {s} s: reconnecting", s=self.idle_timeout)
-            self._outcome.callback(f"idle for {self.idle_timeout} s")
-            self._close_transport()
-
-    def _notice(self, body: Body, notice: Notice) -> None:
-        kind = notice.kind
-        if kind == "gap":
-            self.gaps += 1
-            log.warn("the server could not replay everything: {info}", info=notice.info)
-        elif kind in ("shutdown", "error"):
-            body.reconnect = True
-            if kind == "error":
-                log.warn("the server ended the stream: {info}", info=notice.info)
-        elif kind == "end":
-            body.ended = True
-        if self.on_notice is not None and kind != "heartbeat":
-            self.on_notice(notice)
-
-    def _drain(self) -> None:
-        """Hand pending records to the queue, one by one, while allowed."""
-        handed = 0
-        pending = self._pending
-        queue = self.queue
-        while pending and self._reason is None:
-            if self.limit is not None and self.count >= self.limit:
-                break
-            if not self.state.on:
-                self._halt("off")
-                break
-            if queue.full():
-                self._pause()
-                if self._room is None:
-                    self._room = queue.wait_room()
-                    self._room.addCallback(self._has_room)
-                break
-            record = pending.popleft()
-            self.count += 1
-            handed += 1
-            if record.id is not None:
-                self.last_id = record.id
-            self.acks.handed(record)
-            d = queue.put(record)
-            if isinstance(d, Deferred):
-                d.addErrback(self._queue_failed)
-        if handed:
-            d = maybeDeferred(self.state.add, handed)
-            if not d.called:
-                self._counting.append(d)
-                d.addBoth(self._counted, d)
-            else:
-                d.addErrback(lambda f: log.failure("counter", f))
-        if self.limit is not None and self.count >= self.limit:
-            self._halt("limit")
-        elif not pending:
-            if self._room is None:
-                self._resume()
-            self._fire_drained()
-
-    def _fire_drained(self) -> None:
-        drained, self._drained = self._drained, None
-        if drained is not None and not drained.called:
-            drained.callback(None)
-
-    def _counted(self, result, d: Deferred):
-        if d in self._counting:
-            self._counting.remove(d)
-        if not isinstance(result, int) and result is not None:
-            log.failure("cannot update the counter", result)
-        return None
-
-    def _queue_failed(self, failure) -> None:
-        log.failure("cannot put a record in the queue", failure)
-        self._halt("queue failed")
-
-    def _has_room(self, _=None) -> None:
-        self._room = None
-        self._drain()
-
-    def _pause(self) -> None:
-        if not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pauseProducing()
-
-    def _resume(self) -> None:
-        if self._paused and self._transport is not None:
-            self._paused = False
-            self._transport.resumeProducing()
+    def _received(self, records: list[Record]) -> None:
+        self.handover.add(records)
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -450,23 +258,8 @@ class StreamClient:
                 self.acks.stop_waiting()
             return
         self._reason = reason
-        self._fire_drained()
-        if self._waiting is not None:
-            self._waiting.cancel()
-        if self._outcome is not None and not self._outcome.called:
-            self._outcome.callback(reason)
-        if reason == "limit" and self.acks.outstanding:
-            self._pause()  # held open for the acks; closed at the end of the run
-        else:
-            self._close_transport()
-
-    def _close_transport(self) -> None:
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            try:
-                transport.stopProducing()
-            except Exception:  # already gone (a lost connection not yet reported)
-                log.failure("closing the stream connection")
+        self.handover.halt()
+        self.connector.halt(reason, keep_open=reason == "limit" and bool(self.acks.outstanding))
 
     # -- acknowledgements ----------------------------------------------------------------
 

@@ -56,7 +56,7 @@ class _Waiters:
 @implementer(IRecordQueue)
 class MemoryQueue:
     """
-    A L{DeferredQueue} of records in this process: C{await queue.get()}.
+    A L{twisted.internet.defer.DeferredQueue} of records in this process: C{await queue.get()}.
 
     @param maxsize: records it holds at most before the client pauses (None: no
         bound, the client never pauses for it).
@@ -79,7 +79,7 @@ class MemoryQueue:
     def wait_room(self) -> Deferred:
         if not self.full():
             return succeed(None)
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         self._w.room.append(d)
         return d
 
@@ -153,7 +153,7 @@ class RedisQueue:
     def wait_room(self) -> Deferred:
         if not self.full():
             return succeed(None)
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         self._w.room.append(d)
         self._schedule()
         return d

@@ -11,6 +11,7 @@ of its own. It is a L{streamd.redis.connection.RedisConnection}, as the server's
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
@@ -21,7 +22,7 @@ from streamd.redis.settings import RedisConnectionSettings
 from streamd.redis.url import parse_url
 
 #: How the client's connections differ from L{DEFAULTS}.
-CLIENT = {"name": "client", "connect_timeout": 30.0, "reconnect_max": 2.0}
+CLIENT: dict[str, Any] = {"name": "client", "connect_timeout": 30.0, "reconnect_max": 2.0}
 
 
 class _Listener:

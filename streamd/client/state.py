@@ -7,7 +7,7 @@ waits for data, not only at its next record) and read an exact count of the reco
 handed over.
 
 A client reads C{on} before handing over each record (a plain attribute: no I/O per
-record), adds to the counter once per batch, and is called back by L{watch} when the
+record), adds to the counter once per batch, and is called back by L{IClientState.watch} when the
 switch changes.
 """
 
@@ -147,7 +147,7 @@ class RedisState:
         self._watchers.append(callback)
         if self._subscribed is None:
             self._subscribed = self.link.subscribe(self._channel, self._heard)
-        d = Deferred()
+        d: Deferred[None] = Deferred()
 
         def relay(result):
             # Each watcher learns whether the subscription holds; the shared Deferred

@@ -10,6 +10,8 @@ everyone else's, so each watcher sees it once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -57,6 +59,7 @@ class RedisChannels(Watched):
     def refresh(self):
         """Read the whole hash; tell watchers of every value that changed meanwhile."""
         reply = yield self.conn.command("HGETALL", self.hash)
+        items: Iterable[tuple[bytes, bytes]]
         if isinstance(reply, dict):
             items = reply.items()
         else:  # a flat [k1, v1, k2, v2, ...] reply

@@ -18,7 +18,9 @@ C{status}, C{wait_for}) whose commands go to the primary that serves their key's
     waits for the reconnection) until the map names a live one; a command in flight
     when its primary dies fails with L{txredisapi.ConnectionError}, as on one server.
   - Classic pub/sub (L{subscriber}) connects to any live node (L{AnyNode}): the cluster
-    bus carries PUBLISH to every node.
+    bus carries PUBLISH to every node. Sharded pub/sub has a connection per primary
+    that serves channels (L{node_subscriber}, L{streamd.redis.hub.ShardedPubSub}), told
+    of every map reading (C{map_listeners}).
 
 The map and the counters (C{redirections}, C{refreshes}) are in L{shards} and
 L{status}, for C{/health}.
@@ -31,7 +33,7 @@ from typing import Any
 
 import txredisapi
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall, deferLater
@@ -115,24 +117,6 @@ class AnyNode:
         raise error
 
 
-@implementer(IStreamClientEndpoint)
-class SlotPrimary:
-    """An endpoint that connects to the live primary of C{slot} (sharded pub/sub)."""
-
-    def __init__(self, conn: ClusterConnection, slot: int) -> None:
-        self.conn = conn
-        self.slot = slot
-
-    def connect(self, factory) -> Deferred:
-        addr = self.conn._serving(self.slot)
-        self.conn.refresh_soon()  # a reconnection: the slot may have moved
-        if addr is None:
-            return fail(ConnectError(string=f"no live primary for slot {self.slot}"))
-        s = self.conn.settings
-        return client_endpoint(self.conn.reactor, addr[0], addr[1], s.connect_timeout,
-                               s.tls, s.tls_ca).connect(factory)
-
-
 class ClusterDedicated:
     """A blocking reader's connections: one per primary it has sent a command to."""
 
@@ -182,6 +166,8 @@ class ClusterConnection(RedisConnection):
     @ivar slots: slot -> the address of its primary (None: not known yet).
     @ivar pools: address -> the command pool of that node.
     @ivar redirections: MOVED and ASK replies met; C{refreshes}: map readings.
+    @ivar map_listeners: called after every reading of the map (changed or not), so that
+        what is placed by slot (sharded subscriptions) follows the slots.
     """
 
     clustered = True
@@ -199,6 +185,7 @@ class ClusterConnection(RedisConnection):
         self.refreshes = 0
         self.refreshing = False
         self.last_refresh = -math.inf
+        self.map_listeners: list = []
         for addr in self.seeds:
             self._pool(addr)
         self.ticker = LoopingCall(self._tick)
@@ -286,6 +273,8 @@ class ClusterConnection(RedisConnection):
                 pool = self.pools.pop(addr)
                 self.forget(pool)
                 pool.disconnect()
+        for listener in list(self.map_listeners):
+            listener()
         self._changed()
 
     @staticmethod
@@ -328,8 +317,11 @@ class ClusterConnection(RedisConnection):
             if not factory.up:
                 # Not connected (yet): txredisapi would hold the command until it is,
                 # for ever if the node died. Wait for it, or for the map to move on.
-                await self.wait_for(lambda f=factory, t=target, a=asking: f.up or f.closed
-                                    or (not a and self._serving(slot) not in (t, None)))
+                def ready(f: Factory = factory, t: Address = target,
+                          a: bool = asking) -> bool:
+                    return f.up or f.closed or (
+                        not a and self._serving(slot) not in (t, None))
+                await self.wait_for(ready)
                 if not factory.up:
                     target, asking = None, False
                     continue
@@ -382,9 +374,16 @@ class ClusterConnection(RedisConnection):
         """A classic pub/sub connection to any live node."""
         return self._factory(1, None, protocol, endpoint=AnyNode(self))
 
-    def shard_subscriber(self, protocol, slot: int) -> Factory:
-        """A sharded pub/sub connection to the primary of C{slot}, wherever it moves."""
-        return self._factory(1, None, protocol, endpoint=SlotPrimary(self, slot))
+    def node_subscriber(self, protocol, addr: Address) -> Factory:
+        """A (sharded) pub/sub connection to the node at C{addr}, and to no other."""
+        return self._factory(1, None, protocol, host=addr[0], port=addr[1])
+
+    def redirected(self, slot: int, addr: Address) -> None:
+        """A MOVED met outside L{run} (an SSUBSCRIBE): note it, as L{run} does."""
+        self.redirections += 1
+        self.slots[slot] = addr
+        self._pool(addr)
+        self.refresh_soon()
 
     # -- state ----------------------------------------------------------------------
 

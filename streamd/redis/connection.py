@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.application.internet import backoffPolicy
@@ -153,6 +153,19 @@ class Factory(txredisapi.RedisFactory):
         return [conn.transport.getHost().port for conn in self.pool]
 
 
+class BlockingConnection(Protocol):
+    """
+    What L{RedisConnection.dedicated} returns: a L{Dedicated}, or on a cluster a
+    L{streamd.redis.cluster.ClusterDedicated} (one connection per primary it reads from).
+    """
+
+    def command(self, *args) -> Deferred: ...
+
+    def local_ports(self) -> list[int]: ...
+
+    def close(self) -> Deferred | None: ...
+
+
 class Dedicated:
     """
     One connection of its own, for blocking reads. Commands wait while it is down
@@ -235,7 +248,7 @@ class RedisConnection:
         """
         if predicate():
             return succeed(True)
-        d = Deferred()
+        d: Deferred[bool] = Deferred()
         entry = (predicate, d)
         self.waiters.append(entry)
 
@@ -288,7 +301,7 @@ class RedisConnection:
         """Run a Lua script on the pool (EVALSHA once Redis knows it)."""
         return self.pool.eval(script, keys, args)
 
-    def dedicated(self, block: float) -> Dedicated:
+    def dedicated(self, block: float) -> BlockingConnection:
         """
         A new connection for blocking reads that wait up to C{block} seconds: its
         reply timeout is that plus C{command_timeout}, so a dead peer is noticed.

@@ -8,11 +8,13 @@ last leaves. txredisapi does not restore subscriptions after a reconnect: the hu
 subscribes again, and tells each member of the outage (what was published meanwhile
 is gone: pub/sub is at-most-once).
 
-Sharded pub/sub (C{SSUBSCRIBE}, Redis 7; L{Hub.sharded}): a hub per channel slot, whose
-connection goes to the primary that serves the slot (on a cluster). When that primary
-dies, or the slot moves away (Redis then ends the subscription with C{sunsubscribe}),
-the hub reconnects to the slot's new primary, subscribes again, and tells its members
-of the outage.
+Sharded pub/sub (C{SSUBSCRIBE}, Redis 7; L{Hub.sharded}): on one server, one hub; on a
+cluster, L{ShardedPubSub}: one hub (one connection) per primary that serves a slot with
+channels, whatever the number of slots. When a primary dies (its replica takes over) or
+a slot moves away (Redis then ends its subscriptions with C{sunsubscribe}, and answers an
+C{SSUBSCRIBE} with C{MOVED}), the channels of that slot move to the hub of the slot's
+new primary, are subscribed there, and their members are told of the outage; the other
+slots' channels keep their connection and hear of nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from typing import Protocol
 import txredisapi
 from twisted.internet.defer import Deferred, gatherResults, succeed
 
+from streamd.redis.cluster import parse_redirect
 from streamd.redis.connection import RedisConnection
+from streamd.redis.slots import key_slot
+
+#: Seconds between two re-placements of sharded subscriptions asked for by MOVED or an
+#: unasked sunsubscribe: two nodes that disagree for a moment cannot make a busy loop.
+REPLACE_SOONEST = 0.05
 
 
 class Member(Protocol):
@@ -65,35 +73,51 @@ class _Protocol(txredisapi.SubscriberProtocol):
         self.factory.hub.message(pattern, channel, message)
 
 
+def _by_slot(channels: list[bytes]) -> list[list[bytes]]:
+    groups: dict[int, list[bytes]] = {}
+    for channel in channels:
+        groups.setdefault(key_slot(channel), []).append(channel)
+    return list(groups.values())
+
+
 class _ShardProtocol(_Protocol):
-    """SSUBSCRIBE / SUNSUBSCRIBE, C{smessage}; a slot that moved away drops the link."""
+    """
+    SSUBSCRIBE / SUNSUBSCRIBE (one per slot: a cluster refuses channels of several
+    slots in one), C{smessage}; a subscription Redis ended, and a MOVED, go to the
+    hub's L{ShardedPubSub} (C{router}), which moves the slot's channels.
+    """
 
     def replyReceived(self, reply):
+        hub = self.factory.hub
         if isinstance(reply, list) and len(reply) >= 3:
             kind = reply[-3]
             kind = kind.decode() if isinstance(kind, bytes) else kind
             if kind == "smessage":
                 self.messageReceived(None, reply[-2], reply[-1])
                 return
-            if kind == "sunsubscribe" and reply[-2] in self.factory.hub.channels:
-                # Not ours: the slot moved (or its node became a replica).
-                self.transport.loseConnection()
+            if kind == "sunsubscribe" and reply[-2] in hub.channels:
+                # Not asked for: the slot moved (or its node became a replica).
+                if hub.router is not None:
+                    hub.router.displaced(hub, reply[-2])
                 return
             if kind in ("ssubscribe", "sunsubscribe"):
                 if not self.replyQueue.waiting:
                     return
                 self.replyQueue.put(reply[-3:])
                 return
-        if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("MOVED"):
-            self.moved = True  # not subscribed here: reconnect to the slot's primary
-            self.transport.loseConnection()
+        if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("MOVED") \
+                and hub.router is not None:
+            hub.router.moved(str(reply))  # before the SSUBSCRIBE's Deferred fires
         super().replyReceived(reply)
 
     def subscribe(self, channels):
-        return self.execute_command("SSUBSCRIBE", *channels, apply_timeout=False)
+        return gatherResults([
+            _quiet(self.execute_command("SSUBSCRIBE", *group, apply_timeout=False))
+            for group in _by_slot(channels)])
 
     def unsubscribe(self, channels):
-        return self.execute_command("SUNSUBSCRIBE", *channels)
+        return gatherResults([_quiet(self.execute_command("SUNSUBSCRIBE", *group))
+                              for group in _by_slot(channels)])
 
 
 class Hub:
@@ -104,7 +128,12 @@ class Hub:
         Redis exactly while this set is not empty (likewise C{patterns}).
     @ivar outage_since: when the connection was lost (clock seconds), or None.
     @ivar waiting: Deferreds of L{add} calls made while the connection was down.
+    @ivar router: the L{ShardedPubSub} of a cluster's sharded hub (its node's address
+        is C{addr}), else None.
     """
+
+    router: ShardedPubSub | None = None
+    addr: tuple[str, int] | None = None
 
     def __init__(self, conn: RedisConnection, clock, factory=None) -> None:
         self.clock = clock
@@ -127,17 +156,20 @@ class Hub:
         return hub
 
     @classmethod
-    def sharded(cls, conn: RedisConnection, clock, slot: int) -> Hub:
+    def sharded(cls, conn: RedisConnection, clock, slot: int) -> Hub | SlotHub:
         """
-        The sharded pub/sub hub of the channels in C{slot} (all of them on one Redis):
-        on a cluster, connected to the slot's primary.
+        Where the sharded pub/sub channels of C{slot} are subscribed: on one server,
+        its one sharded hub; on a cluster, a L{SlotHub} of the connection's
+        L{ShardedPubSub}. Either has C{add}, C{remove} and C{up}.
         """
-        key = f"spubsub:{slot}" if conn.clustered else "spubsub"
-        hub = conn.shared.get(key)
+        if conn.clustered:
+            router = conn.shared.get("spubsub")
+            if router is None:
+                router = conn.shared["spubsub"] = ShardedPubSub(conn, clock)
+            return router.view(slot)
+        hub = conn.shared.get("spubsub")
         if hub is None:
-            factory = (conn.shard_subscriber(_ShardProtocol, slot) if conn.clustered
-                       else conn.subscriber(_ShardProtocol))
-            hub = conn.shared[key] = cls(conn, clock, factory)
+            hub = conn.shared["spubsub"] = cls(conn, clock, conn.subscriber(_ShardProtocol))
         return hub
 
     @property
@@ -169,7 +201,7 @@ class Hub:
         new = self._change(self.channels, member.channels, member, True)
         pnew = self._change(self.patterns, member.patterns, member, True)
         if self.proto is None:
-            d = Deferred()
+            d: Deferred[None] = Deferred()
             self.waiting.append(d)
             return d
         sent = []
@@ -201,8 +233,8 @@ class Hub:
     def _subscribed(self, proto: _Protocol) -> None:
         # Up only once Redis confirmed the SUBSCRIBE: a message published after that is
         # one we receive, so a member that looks in its store now misses nothing.
-        if proto is not self.proto or getattr(proto, "moved", False):
-            return  # lost again meanwhile, or (sharded) the wrong node
+        if proto is not self.proto:
+            return  # lost again meanwhile
         self.subscribed = True
         self.conn.changed()
         since, self.outage_since = self.outage_since, None
@@ -233,3 +265,179 @@ class Hub:
         if members:
             for member in list(members):
                 member.received(channel, data, pattern)
+
+
+class SlotHub:
+    """What a sharded stream sees of L{ShardedPubSub} for one slot: a hub's interface."""
+
+    def __init__(self, router: ShardedPubSub, slot: int) -> None:
+        self.router = router
+        self.slot = slot
+
+    @property
+    def up(self) -> bool:
+        return self.router.slot_up(self.slot)
+
+    def add(self, member: Member) -> None:
+        """Subscribe C{member}'s channels (all of this slot) on the slot's primary."""
+        self.router.add(member, self.slot)
+
+    def remove(self, member: Member) -> None:
+        self.router.remove(member)
+
+
+class ShardedPubSub:
+    """
+    Sharded pub/sub on a Redis Cluster: a L{Hub} per primary that serves a slot in use,
+    each member (the channels of one slot) on the hub of its slot's primary.
+
+    L{place} runs after every reading of the slot map, and soon after a C{MOVED} or a
+    C{sunsubscribe} Redis sent unasked: a member whose slot now has another primary
+    leaves its hub for that primary's (a failover, a resharding), and one whose
+    subscription Redis ended is subscribed again; once Redis confirmed, it is told of
+    the outage. A hub that serves nothing any more is closed.
+
+    @ivar members: member -> its slot; C{placed}: member -> the address of its hub.
+    @ivar pending: member -> where its SSUBSCRIBE is in flight (None: gone astray).
+    @ivar since: member -> when it lost its subscription (a gap notice is owed).
+    """
+
+    def __init__(self, conn, clock) -> None:
+        self.conn = conn
+        self.clock = clock
+        self.hubs: dict[tuple[str, int], Hub] = {}
+        self.slots: set[int] = set()
+        self.members: dict[Member, int] = {}
+        self.placed: dict[Member, tuple[str, int]] = {}
+        self.pending: dict[Member, tuple[str, int] | None] = {}
+        self.since: dict[Member, float] = {}
+        self.call = None
+        self.last = -1.0
+        conn.map_listeners.append(self.place)
+
+    def view(self, slot: int) -> SlotHub:
+        self.slots.add(slot)
+        self.place()
+        return SlotHub(self, slot)
+
+    def hub(self, addr: tuple[str, int]) -> Hub:
+        hub = self.hubs.get(addr)
+        if hub is None:
+            hub = self.hubs[addr] = Hub(self.conn, self.clock,
+                                        self.conn.node_subscriber(_ShardProtocol, addr))
+            hub.router, hub.addr = self, addr
+        return hub
+
+    def slot_up(self, slot: int) -> bool:
+        """
+        Connected to the slot's primary, and no member of the slot has lost its
+        subscription. A first SSUBSCRIBE in flight does not count: as on one Redis,
+        a stream is up while its subscriber connection is (readers that open it
+        meanwhile would otherwise wait for the source, and miss what is published).
+        """
+        addr = self.conn.slots[slot]
+        hub = self.hubs.get(addr) if addr is not None else None
+        if hub is None or not hub.up:
+            return False
+        return not any(s == slot and m in self.since for m, s in self.members.items())
+
+    def add(self, member: Member, slot: int) -> None:
+        self.members[member] = slot
+        self.place()
+
+    def remove(self, member: Member) -> None:
+        self.members.pop(member, None)
+        self.pending.pop(member, None)
+        self.since.pop(member, None)
+        addr = self.placed.pop(member, None)
+        if addr in self.hubs:
+            self.hubs[addr].remove(member)
+        self._close_idle()
+
+    def place(self) -> None:
+        """Each member on the hub of its slot's primary (see the class doc)."""
+        if self.conn.closing:
+            return
+        for slot in self.slots:
+            if self.conn.slots[slot] is not None:
+                self.hub(self.conn.slots[slot])
+        for member, slot in list(self.members.items()):
+            want = self.conn.slots[slot]
+            cur = self.placed.get(member)
+            if want is None or (cur == want and (
+                    member not in self.since or self.pending.get(member) == want)):
+                continue  # map unknown, in place, or being subscribed there
+            hub = self.hub(want)
+            if cur != want:
+                if cur is not None and cur in self.hubs:
+                    old = self.hubs[cur]
+                    old.remove(member)
+                    if member not in self.since:  # lost with its primary, or moved
+                        self.since[member] = (old.outage_since if old.outage_since
+                                              is not None else self.clock.seconds())
+                hub.add(member)  # what the hub subscribes (again) at each connection
+            self.placed[member] = self.pending[member] = want
+            self._confirm(hub, member).addCallback(
+                lambda _, m, a: self._arrived(m, a), member, want)
+        self._close_idle()
+
+    @staticmethod
+    def _confirm(hub: Hub, member: Member) -> Deferred:
+        """
+        Fires once Redis confirmed C{member}'s channels on C{hub}: at the hub's next
+        connection, or now with an SSUBSCRIBE of its own (its channels may be another
+        member's too, already in the hub's tables; or Redis ended them here).
+        """
+        if hub.proto is None:
+            d: Deferred[None] = Deferred()
+            hub.waiting.append(d)
+            return d
+        return _quiet(hub.proto.subscribe(list(member.channels)))
+
+    def _arrived(self, member: Member, addr: tuple[str, int]) -> None:
+        if self.pending.get(member) != addr or self.placed.get(member) != addr:
+            return  # moved on meanwhile (MOVED), or gone
+        del self.pending[member]
+        since = self.since.pop(member, None)
+        if since is not None:
+            member.outage(since, self.clock.seconds())
+        self.conn.changed()
+
+    def _close_idle(self) -> None:
+        wanted = {self.conn.slots[s] for s in self.slots} | set(self.placed.values())
+        for addr in [a for a in self.hubs if a not in wanted]:
+            hub = self.hubs.pop(addr)
+            self.conn.forget(hub.factory)
+            hub.factory.disconnect()
+
+    def moved(self, text: str) -> None:
+        """An SSUBSCRIBE answered C{MOVED}: its slot has another primary."""
+        redirect = parse_redirect(text)
+        if redirect is None:
+            return
+        _, slot, addr = redirect
+        self.conn.redirected(slot, addr)
+        for member, s in self.members.items():
+            if s == slot:
+                self.pending[member] = None  # the SSUBSCRIBE in flight went astray
+                self.since.setdefault(member, self.clock.seconds())
+        self._soon()
+
+    def displaced(self, hub: Hub, channel: bytes) -> None:
+        """Redis ended C{channel}'s subscription on C{hub}'s node (the slot moved)."""
+        for member in self.members:
+            if self.placed.get(member) == hub.addr and channel in member.channels:
+                self.since.setdefault(member, self.clock.seconds())
+                self.pending.pop(member, None)
+        self.conn.refresh_soon()
+        self._soon()
+
+    def _soon(self) -> None:
+        if self.call is not None and self.call.active():
+            return
+        delay = max(0.0, self.last + REPLACE_SOONEST - self.clock.seconds())
+        self.call = self.clock.callLater(delay, self._replace)
+
+    def _replace(self) -> None:
+        self.last = self.clock.seconds()
+        self.place()

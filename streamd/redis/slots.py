@@ -58,7 +58,7 @@ def key_slot(key) -> int:
 def hash_tag(key: str) -> str:
     """
     C{key} as a hash tag (C{{key}}), unless it holds one already: either way, keys
-    that start with it share C{key}'s slot (but for a key with a C{}} and no tag).
+    that start with it share C{key}'s slot (but for a key with a C{E{rb}} and no tag).
     """
     start = key.find("{")
     if start >= 0 and key.find("}", start + 1) > start + 1:

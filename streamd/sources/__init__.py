@@ -12,16 +12,24 @@ with, in its C{pyproject.toml}::
 Only the names are read at start-up (from the installed packages' metadata); a kind's
 module is imported when a stream table names it, so a kind whose package cannot be
 imported costs nothing until it is used, and then stops start-up with one line.
+Reading the settings imports no kind (L{streamd.config} keeps a kind's own keys as
+written): the kind checks them when the service is built (L{stream_table}, through
+L{make_source}), and C{twistd streamd} has every declared stream checked before it
+starts (L{check_streams}), so a bad key still stops start-up with one line naming it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # streamd.config reads the kinds' keys from here
+from streamd.keys import ConfigError, Key, frozen
+
+if TYPE_CHECKING:
     from streamd.config import Settings, StreamSettings
 
 GROUP = "streamd.sources"
@@ -113,6 +121,52 @@ def load(name: str) -> Any:
     return kind
 
 
+def stream_table(stream: StreamSettings) -> Mapping[str, Any]:
+    """
+    The whole stream table as C{stream}'s kind checks it (importing the kind): the
+    checked stream-level part (L{StreamSettings.table}) and the kind's own keys
+    (L{StreamSettings.options}), each checked against the kind's C{config_keys},
+    defaults filled in, read-only (a list's value a tuple); then the kind's
+    C{check_config}, if it has one. Raises L{ConfigError} naming the key
+    (C{streams.NAME.KEY: problem}, or C{streams.NAME.source} for a kind that cannot
+    be used).
+    """
+    where = f"streams.{stream.name}"
+    try:
+        kind = load(stream.source)
+    except KindError as e:
+        raise ConfigError(f"{where}.source", str(e)) from None
+    kind_keys: list[Key] = list(kind.config_keys)
+    known = {k.name: k for k in kind_keys}
+    values = {k.name: k.default for k in kind_keys}
+    for key, value in stream.options.items():
+        if key not in known:
+            raise ConfigError(f"{where}.{key}", f"unknown key for a {stream.source} stream")
+        values[key] = known[key].validate(value, f"{where}.{key}")
+    for k in kind_keys:
+        if values[k.name] is None and k.default is None and k.check is not None:
+            problem = k.check(None)  # a required key says so in its check
+            if problem:
+                raise ConfigError(f"{where}.{k.name}", problem)
+    table = MappingProxyType({**stream.table, **{k: frozen(v) for k, v in values.items()}})
+    check = getattr(kind, "check_config", None)
+    if check is not None:
+        check(table, where)
+    return table
+
+
+def check_streams(settings: Settings) -> None:
+    """
+    Have every declared stream's kind check its table (L{stream_table}): what start-up
+    does before anything else, so that a bad stream table stops it with one line.
+    """
+    for stream in settings.streams.values():
+        stream_table(stream)
+
+
 def make_source(stream: StreamSettings, services: Services):
-    """Build the source of one stream: its kind's C{from_config} gets its table."""
-    return load(stream.source).from_config(stream.table, services)
+    """
+    Build the source of one stream: its kind's C{from_config} gets its checked table
+    (L{stream_table}; a bad one raises L{ConfigError}).
+    """
+    return load(stream.source).from_config(stream_table(stream), services)

@@ -21,13 +21,15 @@ the other clients; it consumes again on resume. Acks are accepted at any time af
 delivery: a client that leaves keeps its channel until what it holds is settled (at
 most C{LINGER} seconds). What a lost connection or a killed streamd held unacked is
 requeued by the broker itself.
+
+L{AMQPSource} keeps the streams, the declarations, publishing and the shutdown order;
+the connection and its reconnection are L{streamd.sources.amqp_connection}'s, each
+client's channel L{streamd.sources.amqp_subscription}'s.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import os
 import socket
 import uuid
@@ -38,19 +40,16 @@ from urllib.parse import urlsplit
 
 import pika
 from pika import exceptions as amqp_errors
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
-from twisted.internet.endpoints import connectProtocol
-from twisted.internet.error import ConnectionDone
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.logger import Logger
 from zope.interface import implementer, provider
 
-from streamd.errors import BadRequest, HTTPError, Unavailable
+from streamd.errors import InvalidRequest, Refused, SourceDown
 from streamd.interfaces import ISource, ISourceKind
 from streamd.keys import ConfigError, Key, check_ca
-from streamd.message import Message, body_json
-from streamd.net import client_endpoint
-from streamd.sources.amqp_subscription import AMQPSubscription, describe
+from streamd.message import Message
+from streamd.sources.amqp_connection import BrokerConnection
+from streamd.sources.amqp_subscription import AMQPSubscription, delivery_message, describe
 
 log = Logger()
 
@@ -97,60 +96,23 @@ CONFIG_KEYS = [
 ]
 
 
-def _connection_class():
-    # Imported when first needed: pika's Twisted module imports the global reactor.
-    from pika.adapters.twisted_connection import TwistedProtocolConnection
-
-    class Connection(TwistedProtocolConnection):
-        """
-        Keeps why the connection failed or ended: pika's Twisted adapter reports a
-        failed handshake as "1 attempt", and replaces the reason the broker gave in
-        its Connection.Close (CONNECTION_FORCED, ACCESS_REFUSED) with the
-        ConnectionDone of the socket that followed.
-        """
-
-        failure: Exception | None = None
-
-        def _on_connection_failed(self, connection, error=None):
-            if self.failure is None and isinstance(error, Exception):
-                self.failure = error
-            return super()._on_connection_failed(connection, error)
-
-        def connectionLost(self, reason=None):
-            pending = getattr(self._impl, "_error", None)
-            if self.failure is None and isinstance(pending, amqp_errors.AMQPError):
-                self.failure = pending
-            return super().connectionLost(reason) if reason else super().connectionLost()
-
-    return Connection
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)  # Decimal, datetime
-
-
 @provider(ISourceKind)
 @implementer(ISource)
 class AMQPSource:
     """
     One AMQP-backed stream (see the module doc).
 
-    @ivar conn: the open connection (pika's C{TwistedProtocolConnection}), or None.
-    @ivar down: why the broker cannot be used, or None.
+    @ivar connection: the broker connection, kept up with backoff, and whether the
+        broker can be used (L{BrokerConnection}).
+    @ivar publisher: the channel of this process's publishes (with publisher confirms),
+        opened on each new connection.
     @ivar links: every subscription channel still open (a client that left keeps its
         own until its messages are settled): what stop() waits for.
     """
 
     kind = "amqp"
     durable = True
+    resumes_by_id = False  # what was not acked comes back by itself
     config_keys = CONFIG_KEYS
 
     @staticmethod
@@ -172,15 +134,13 @@ class AMQPSource:
         self.reactor = reactor
         self.metrics = metrics
         self.url: str = settings["url"]
-        self.params = pika.URLParameters(self.url)
+        params = pika.URLParameters(self.url)
         # What `rabbitmqctl list_connections client_properties` (and the management
         # page) show: which streamd, which stream.
-        self.params.client_properties = {
+        params.client_properties = {
             "connection_name": f"streamd {name} {socket.gethostname()}:{os.getpid()}",
             "product": "streamd",
         }
-        self.tls = self.url.startswith("amqps://")
-        self.tls_ca: str = settings.get("tls_ca", "")
         self.queue: str = settings.get("queue", "")
         self.exchange: str = settings.get("exchange", "")
         self.broadcast = bool(self.exchange)
@@ -188,19 +148,17 @@ class AMQPSource:
         self.exchange_type: str = settings.get("exchange_type", "topic")
         self.prefetch: int = settings.get("prefetch", 100)
         self.max_length: int = settings.get("max_length", 10000)
-        self.connect_timeout: float = settings.get("connect_timeout", 5.0)
-        self.reconnect_initial: float = settings.get("reconnect_initial", 0.1)
         self.reconnect_max: float = settings.get("reconnect_max", 5.0)
-
-        self.conn: Any = None
+        self.connection = BrokerConnection(
+            name, params, reactor, tls=self.url.startswith("amqps://"),
+            tls_ca=settings.get("tls_ca", ""),
+            connect_timeout=settings.get("connect_timeout", 5.0),
+            reconnect_initial=settings.get("reconnect_initial", 0.1),
+            reconnect_max=self.reconnect_max, setup=self._setup,
+            on_up=self._connected, on_lost=self._lost, count=self._count_series)
         self.publisher: Any = None
-        self.down: str | None = "not connected yet"
-        self.running = False
         self.subscribers: list[AMQPSubscription] = []
         self.links: set = set()
-        self._loop: Deferred | None = None
-        self._first: Deferred | None = None
-        self._wait: Deferred | None = None
         # Ids for messages published without a message_id: unique per source instance.
         self._prefix = uuid.uuid4().hex[:8] + "-"
         self._seq = count(1)
@@ -210,6 +168,11 @@ class AMQPSource:
                 "streamd_amqp_messages", "AMQP messages by what happened to them "
                 "(delivered, acked, nacked, stale: settled after their channel closed, "
                 "published, refused)", ["stream", "event"])
+
+    @property
+    def conn(self) -> Any:
+        """The open connection (set-up done), or None: L{BrokerConnection.conn}."""
+        return self.connection.conn
 
     def count(self, event: str, n: int = 1) -> None:
         if self._counter is not None and n:
@@ -223,71 +186,7 @@ class AMQPSource:
 
     def start(self) -> Deferred:
         """Connect (and keep reconnecting); fires once the first attempt ended."""
-        self.running = True
-        self._first = Deferred()
-        self._loop = ensureDeferred(self._run())
-        self._loop.addErrback(lambda f: log.failure("amqp {name}: connection loop failed",
-                                                    f, name=self.name))
-        return self._first
-
-    async def _run(self) -> None:
-        delay = self.reconnect_initial
-        while self.running:
-            conn = None
-            try:
-                conn = await self._connect()
-                await self._setup(conn)
-            except CancelledError:
-                if conn is not None:
-                    conn.close()
-                return
-            except Exception as e:
-                self._set_down(describe(e))
-                if conn is not None and not conn.is_closed:
-                    conn.close()
-            else:
-                delay = self.reconnect_initial
-                closed = conn.closed  # fires (with the reason) when the connection ends
-                self.conn = conn
-                self._set_up()
-                for sub in list(self.subscribers):
-                    sub.open()
-                reason = await closed
-                reason = conn.failure or reason
-                self.conn = self.publisher = None
-                if not self.running:
-                    return
-                self._set_down(describe(reason))
-                for sub in list(self.subscribers):
-                    sub.connection_lost()
-            self._first_done()
-            if not self.running:
-                return
-            self._wait = deferLater(self.reactor, delay, lambda: None)
-            try:
-                await self._wait
-            except CancelledError:
-                return
-            finally:
-                self._wait = None
-            delay = min(self.reconnect_max, delay * 2)
-
-    async def _connect(self):
-        conn = _connection_class()(self.params, custom_reactor=self.reactor)
-        endpoint = client_endpoint(self.reactor, self.params.host, self.params.port,
-                                   self.connect_timeout, self.tls, self.tls_ca)
-        await connectProtocol(endpoint, conn)
-        try:
-            await conn.ready.addTimeout(self.connect_timeout, self.reactor)
-        except Exception as e:
-            conn.transport.abortConnection()
-            failure = conn.failure or e
-            if isinstance(failure, ConnectionDone):
-                # RabbitMQ just hangs up on a refused login (pika sees no reason).
-                raise RuntimeError("the broker closed the connection during the "
-                                   "handshake (user or password refused?)") from None
-            raise failure from None
-        return conn
+        return self.connection.start()
 
     async def _setup(self, conn) -> None:
         """Declare what is missing (never redeclare what exists), open the publisher."""
@@ -307,70 +206,48 @@ class AMQPSource:
         await ch.confirm_delivery()
         return ch
 
-    def _first_done(self) -> None:
-        d, self._first = self._first, None
-        if d is not None:
-            d.callback(None)
+    def _connected(self) -> None:
+        for sub in list(self.subscribers):
+            sub.open()
 
-    def _set_up(self) -> None:
-        if self.down is not None and self.down != "not connected yet":
-            self._count_series("source_reconnects")
-            log.info("amqp {name} is up again", name=self.name)
-        self.down = None
-        self._first_done()
-
-    def _set_down(self, reason: str) -> None:
-        if self.down != reason:
-            log.warn("amqp {name} is down: {reason}", name=self.name, reason=reason)
-        if self.down is None:
-            self._count_series("source_errors")
-        self.down = reason
+    def _lost(self) -> None:
+        self.publisher = None
+        for sub in list(self.subscribers):
+            sub.connection_lost()
 
     def reconnect(self, why: str) -> None:
         """Something only a new connection mends (the queue was deleted): start over."""
-        log.warn("amqp {name}: {why}; reconnecting", name=self.name, why=why)
-        self._count_series("source_errors")
-        if self.conn is not None and not self.conn.is_closed:
-            self.conn.close(320, why[:200])
+        self.connection.reconnect(why)
 
     def stop(self) -> Deferred:
         """End the streams, let their last acks out, close the connection."""
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        if not self.running:
+        if not self.connection.running:
             return
-        self.running = False
-        if self._wait is not None:
-            self._wait.cancel()
+        self.connection.halt()
         for sub in list(self.subscribers):
             # The stream writes what it can, acks that and nacks the rest.
             sub.consumer.source_ended("shutdown")
-        conn = self.conn
-        if conn is not None:
-            waits = [_when(link.released) for link in self.links]
-            if waits:
-                # Past the grace, closing the connection requeues what is still unacked.
-                with contextlib.suppress(Exception):
-                    await DeferredList(waits, consumeErrors=True).addTimeout(
-                        STOP_GRACE, self.reactor)
-            if not conn.is_closed:
-                closed = conn.closed
-                conn.close()
-                await closed
-        elif self._loop is not None:
-            self._loop.cancel()
-        self._first_done()
+        waits = [_when(link.released) for link in self.links] if self.conn else []
+        if waits:
+            # Past the grace, closing the connection requeues what is still unacked.
+            with contextlib.suppress(Exception):
+                await DeferredList(waits, consumeErrors=True).addTimeout(
+                    STOP_GRACE, self.reactor)
+        await self.connection.close()
 
     def status(self) -> tuple[str, str | None]:
-        return ("down", self.down) if self.down else ("ok", None)
+        down = self.connection.down
+        return ("down", down) if down else ("ok", None)
 
     def subscribe(self, consumer, since: str | None = None) -> AMQPSubscription:
         if since is not None:
-            raise BadRequest("since: an amqp stream cannot resume by id (the broker "
-                             "redelivers what was not acknowledged instead)")
-        if self.down or self.conn is None:
-            raise Unavailable(f"stream {self.name!r} is down: {self.down}")
+            raise InvalidRequest("since: an amqp stream cannot resume by id (the broker "
+                                 "redelivers what was not acknowledged instead)")
+        if self.connection.down or self.conn is None:
+            raise SourceDown(f"stream {self.name!r} is down: {self.connection.down}")
         sub = AMQPSubscription(self, consumer)
         self.subscribers.append(sub)
         sub.open()
@@ -379,23 +256,8 @@ class AMQPSource:
     # -- messages -------------------------------------------------------------------
 
     def message(self, handle, method, properties, body: bytes) -> Message:
-        attributes: dict[str, Any] = {"routing_key": method.routing_key,
-                                      "redelivered": method.redelivered}
-        if method.exchange:
-            attributes["exchange"] = method.exchange
-        if properties.headers:
-            attributes["headers"] = _jsonable(properties.headers)
-        for name in ("content_type", "correlation_id", "app_id", "timestamp", "type"):
-            value = getattr(properties, name)
-            if value is not None:
-                attributes[name] = value
-        try:
-            data = body_json(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            data = json.dumps(base64.b64encode(body).decode()).encode()
-            attributes["body_encoding"] = "base64"
         mid = properties.message_id or f"{self._prefix}{next(self._seq)}"
-        return Message(str(mid), self.name, data, attributes, handle)
+        return delivery_message(self.name, str(mid), handle, method, properties, body)
 
     # -- publish --------------------------------------------------------------------
 
@@ -409,7 +271,7 @@ class AMQPSource:
 
     async def _publish(self, payloads: list[bytes], params: dict[str, str]) -> list[str]:
         if self.conn is None:
-            raise Unavailable(f"stream {self.name!r} is down: {self.down}")
+            raise SourceDown(f"stream {self.name!r} is down: {self.connection.down}")
         if self.publisher is None or self.publisher.is_closed:
             self.publisher = await self._open_publisher(self.conn)
         if self.broadcast:
@@ -434,13 +296,13 @@ class AMQPSource:
         self.count("refused", len(failed))
         if any(isinstance(e, (amqp_errors.ChannelClosed, amqp_errors.ConnectionClosed))
                for _, e in failed):
-            raise Unavailable(f"stream {self.name!r}: the broker connection closed "
-                              f"during the publish ({describe(failed[0][1])}); "
-                              f"{len(payloads) - len(failed)} of {len(payloads)} were "
-                              "confirmed")
+            raise SourceDown(f"stream {self.name!r}: the broker connection closed "
+                             f"during the publish ({describe(failed[0][1])}); "
+                             f"{len(payloads) - len(failed)} of {len(payloads)} were "
+                             "confirmed")
         detail = "; ".join(f"line {n}: {_refusal(e)}" for n, e in failed[:5])
-        raise HTTPError(f"{len(failed)} of {len(payloads)} messages refused by the broker "
-                        f"({detail}); the others were confirmed", status=502)
+        raise Refused(f"{len(failed)} of {len(payloads)} messages refused by the broker "
+                      f"({detail}); the others were confirmed")
 
 
 async def _ensure(conn, what: str, check, declare) -> None:
@@ -462,7 +324,13 @@ async def _ensure(conn, what: str, check, declare) -> None:
 def _when(d: Deferred) -> Deferred:
     """A Deferred that fires with C{d}, and that cancelling leaves C{d} alone."""
     out: Deferred = Deferred()
-    d.addBoth(lambda result: (None if out.called else out.callback(None), result)[1])
+
+    def fired(result: Any) -> Any:
+        if not out.called:
+            out.callback(None)
+        return result
+
+    d.addBoth(fired)
     return out
 
 

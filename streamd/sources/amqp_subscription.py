@@ -4,13 +4,15 @@ L{streamd.sources.amqp} for the delivery rules).
 
 A message's handle is C{(link, delivery_tag)}: delivery tags belong to a channel, so an
 ack names the channel the message came on. A link outlives its subscription until every
-message it delivered is settled (or L{streamd.sources.amqp.LINGER} passes); an ack for
+message it delivered is settled (or L{LINGER} passes); an ack for
 a message whose channel has closed is a no-op, since the broker has already requeued it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 from functools import partial
 from typing import Any
 
@@ -20,6 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from streamd.interfaces import ISubscription
+from streamd.message import Message, body_json
 
 log = Logger()
 
@@ -53,14 +56,44 @@ def describe(error: Any) -> str:
 
 
 
+def delivery_message(stream: str, mid: str, handle, method, properties, body: bytes) -> Message:
+    """A delivery as a streamd message: the body as JSON (or base64), and attributes."""
+    attributes: dict[str, Any] = {"routing_key": method.routing_key,
+                                  "redelivered": method.redelivered}
+    if method.exchange:
+        attributes["exchange"] = method.exchange
+    if properties.headers:
+        attributes["headers"] = _jsonable(properties.headers)
+    for name in ("content_type", "correlation_id", "app_id", "timestamp", "type"):
+        value = getattr(properties, name)
+        if value is not None:
+            attributes[name] = value
+    try:
+        data = body_json(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        data = json.dumps(base64.b64encode(body).decode()).encode()
+        attributes["body_encoding"] = "base64"
+    return Message(mid, stream, data, attributes, handle)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # Decimal, datetime
+
+
 class _Link:
     """
     One subscription's channel on one connection.
 
-    @ivar core: pika's own channel under the Twisted wrapper. Consuming goes through it
-        with a plain callback: the wrapper's C{basic_consume} queues deliveries in a
-        DeferredQueue that it empties, and forgets, when the consumer is cancelled,
-        and a pause cancels the consumer.
+    @ivar core: pika's own channel under the Twisted wrapper, which consuming, acks and
+        nacks go through (L{streamd.sources.pika_adapter.core_channel} says why).
     @ivar outstanding: delivery tags handed out and not yet acked or nacked, in
         delivery (so ascending) order: exactly what the broker holds for this channel.
     @ivar retired: its subscription is cancelled: the channel closes once nothing is
@@ -71,9 +104,9 @@ class _Link:
     __slots__ = ("channel", "core", "queue", "tag", "busy", "outstanding", "closed",
                  "retired", "released", "linger")
 
-    def __init__(self, channel, queue: str) -> None:
+    def __init__(self, channel, core, queue: str) -> None:
         self.channel = channel
-        self.core = channel._channel
+        self.core = core
         self.queue = queue
         self.tag: str | None = None
         self.busy = False
@@ -135,7 +168,11 @@ class AMQPSubscription:
                 queue = src.queue
         finally:
             self.opening = False
-        link = _Link(channel, queue)
+        # Imported here: the adapter imports pika's Twisted module, which imports the
+        # global reactor (see streamd.sources.pika_adapter).
+        from streamd.sources.pika_adapter import core_channel
+
+        link = _Link(channel, core_channel(channel), queue)
         src.links.add(link)
         channel.on_closed.addBoth(lambda reason: self._closed(link, reason))
         link.core.add_on_cancel_callback(lambda _frame: self._cancelled_by_broker(link))

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from streamd.coalesce import Coalescer
-from streamd.errors import BadRequest
+from streamd.errors import InvalidRequest
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
 from streamd.sources.unacknowledged import Unacknowledged
@@ -50,6 +50,7 @@ class MemorySource:
     """
 
     kind = "memory"
+    resumes_by_id = True  # ISource: a Last-Event-ID is passed on as C{since}
     durable = False
     config_keys: list = []
 
@@ -166,4 +167,4 @@ def check_since(since: str) -> None:
     try:
         int(since)
     except ValueError:
-        raise BadRequest(f"since: {since!r} is not a message id of this stream") from None
+        raise InvalidRequest(f"since: {since!r} is not a message id of this stream") from None

@@ -35,7 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from streamd.errors import Unavailable
+from streamd.errors import SourceDown
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
 from streamd.redis import settings as redis_settings
@@ -138,6 +138,7 @@ class RedisListSource(RedisKind):
     """One list stream (see the module doc)."""
 
     kind = "redis-list"
+    resumes_by_id = True  # ISource: a Last-Event-ID is passed on as C{since}
     config_keys = redis_settings.LIST_KEYS
     durable = True
     faults: Faults | None = None
@@ -343,7 +344,7 @@ class RedisListSource(RedisKind):
     def subscribe(self, consumer, since: str | None = None) -> ListSubscription:
         """A new reader of the queue; C{since} means nothing for a queue and is ignored."""
         if not self.conn.up:
-            raise Unavailable(self.conn.status()[1] or "redis is down")
+            raise SourceDown(self.conn.status()[1] or "redis is down")
         sub = ListSubscription(self, consumer)
         self.subscribers.add(sub)
         sub.start()
@@ -352,6 +353,6 @@ class RedisListSource(RedisKind):
     def publish(self, payloads: list[bytes], params=None) -> Deferred:
         """RPUSH the payloads (one command: all or none); list entries have no ids."""
         if not self.conn.up:
-            raise Unavailable(self.conn.status()[1] or "redis is down")
+            raise SourceDown(self.conn.status()[1] or "redis is down")
         d = self.conn.command("RPUSH", self.key, *payloads)
         return d.addCallback(lambda _: [None for _ in payloads])

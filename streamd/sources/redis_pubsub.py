@@ -15,10 +15,12 @@ again, and each client is told of the outage with a gap notice (what was publish
 meanwhile is gone).
 
 With C{sharded = true} the stream uses sharded pub/sub (C{SSUBSCRIBE}, C{SPUBLISH}):
-on a Redis Cluster each channel lives on the primary of its slot, and a hub per slot
-(L{Hub.sharded}) follows it across failovers and resharding, with a gap notice each
-time. Patterns have no sharded form: a stream with patterns uses classic pub/sub,
-which a cluster carries to every node.
+on a Redis Cluster each channel lives on the primary of its slot, and one subscriber
+connection per primary serves every slot of that primary in use
+(L{streamd.redis.hub.ShardedPubSub}, reached through L{Hub.sharded}); a channel follows
+its slot to a new primary across failovers and resharding, with a gap notice each time.
+Patterns have no sharded form: a stream with patterns uses classic pub/sub, which a
+cluster carries to every node.
 """
 
 from __future__ import annotations
@@ -30,17 +32,17 @@ from twisted.internet.defer import gatherResults
 from zope.interface import implementer
 
 from streamd.coalesce import Coalescer
-from streamd.errors import BadRequest, Unavailable
+from streamd.errors import InvalidRequest, SourceDown
 from streamd.interfaces import ISource
 from streamd.keys import ConfigError
 from streamd.message import Message
 from streamd.redis import settings as redis_settings
 from streamd.redis.connection import RedisConnection
-from streamd.redis.hub import Hub
+from streamd.redis.hub import Hub, SlotHub
 from streamd.redis.shared import Faults, RedisKind
 from streamd.redis.slots import key_slot
 from streamd.redis.values import as_json, param
-from streamd.sources.memory import MemorySubscription
+from streamd.sources.unacknowledged import Unacknowledged
 
 
 class _Part:
@@ -59,13 +61,17 @@ class _Part:
         self.source.outage(since, until)
 
 
-class PubSubSubscription(MemorySubscription):
+class PubSubSubscription(Unacknowledged):
     """
     A client of a pub/sub stream: like a memory stream's, pause and ack cost nothing
     (see the module doc); leaving may unsubscribe Redis.
     """
 
-    __slots__ = ()
+    __slots__ = ("source", "consumer")
+
+    def __init__(self, source: RedisPubSubSource, consumer) -> None:
+        self.source = source
+        self.consumer = consumer
 
     def cancel(self) -> None:
         self.source.leave(self)
@@ -81,6 +87,7 @@ class RedisPubSubSource(RedisKind):
     """
 
     kind = "redis-pubsub"
+    resumes_by_id = True  # ISource: a Last-Event-ID is passed on as C{since}
     config_keys = redis_settings.PUBSUB_KEYS
     durable = False
     faults: Faults | None = None
@@ -99,7 +106,7 @@ class RedisPubSubSource(RedisKind):
         self.hub: Hub | None = None
         self.sharded = sharded
         #: sharded: (hub, member) per slot of our channels
-        self.parts: list[tuple[Hub, _Part]] = []
+        self.parts: list[tuple[Hub | SlotHub, _Part]] = []
         # Reads of one reactor turn (or of coalesce seconds) reach a stream together.
         self.outgoing = Coalescer(clock, self._deliver, coalesce)
 
@@ -141,6 +148,7 @@ class RedisPubSubSource(RedisKind):
             for hub, part in self.parts:
                 hub.add(part)
         else:
+            assert self.hub is not None, "joined before start()"
             self.hub.add(self)
 
     def _part(self) -> None:
@@ -168,7 +176,7 @@ class RedisPubSubSource(RedisKind):
 
     def subscribe(self, consumer, since: str | None = None) -> PubSubSubscription:
         if not self._hubs_up():
-            raise Unavailable(self.status()[1] or "redis is down")
+            raise SourceDown(self.status()[1] or "redis is down")
         if since is not None:
             consumer.gap({"since": since, "missed": None,
                           "reason": "pub/sub keeps no history"})
@@ -208,14 +216,14 @@ class RedisPubSubSource(RedisKind):
 
     def publish(self, payloads: list[bytes], params=None):
         """PUBLISH each payload to C{?channel=} or the stream's first channel."""
-        channel = param(params, "channel")
+        channel: str | bytes | None = param(params, "channel")
         if channel is None:
             if not self.channels:
-                raise BadRequest("channel: this stream only has patterns; "
-                                 "say which channel to publish to (?channel=NAME)")
+                raise InvalidRequest("channel: this stream only has patterns; "
+                                     "say which channel to publish to (?channel=NAME)")
             channel = self.channels[0]
         if not self.conn.up:
-            raise Unavailable(self.conn.status()[1] or "redis is down")
+            raise SourceDown(self.conn.status()[1] or "redis is down")
         # Pipelined on one pooled connection; pub/sub messages have no ids to return.
         verb = "SPUBLISH" if self.sharded else "PUBLISH"
         d = gatherResults([self.conn.command(verb, channel, p) for p in payloads],

@@ -35,7 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from streamd.errors import BadRequest, Unavailable
+from streamd.errors import InvalidRequest, SourceDown
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message
 from streamd.redis import settings as redis_settings
@@ -230,6 +230,7 @@ class RedisStreamSource(RedisKind):
     """One Redis stream, in cursor or group mode (see the module doc)."""
 
     kind = "redis-stream"
+    resumes_by_id = True  # ISource: a Last-Event-ID is passed on as C{since}
     config_keys = redis_settings.STREAM_KEYS
     faults: Faults | None = None
 
@@ -380,7 +381,7 @@ class RedisStreamSource(RedisKind):
         C{$}, C{0}, C{-N}); group mode ignores it (the group holds the position).
         """
         if not self.conn.up:
-            raise Unavailable(self.conn.status()[1] or "redis is down")
+            raise SourceDown(self.conn.status()[1] or "redis is down")
         name = None
         if self.group:
             since = None
@@ -393,8 +394,8 @@ class RedisStreamSource(RedisKind):
             since in ("$", "0") or ENTRY_ID.match(since)
             or (since.startswith("-") and since[1:].isdigit())
         ):
-            raise BadRequest(f"since: {since!r} is not an entry id of this stream "
-                             '(ms-seq), "$", "0" or "-N"')
+            raise InvalidRequest(f"since: {since!r} is not an entry id of this stream "
+                                 '(ms-seq), "$", "0" or "-N"')
         sub = StreamSubscription(self, consumer, since, name)
         self.subscribers.add(sub)
         sub.start()
@@ -478,14 +479,14 @@ class RedisStreamSource(RedisKind):
     def publish(self, payloads: list[bytes], params=None) -> Deferred:
         """XADD each payload (pipelined), trimming to about C{maxlen}; the entry ids."""
         if not self.conn.up:
-            raise Unavailable(self.conn.status()[1] or "redis is down")
-        maxlen = param(params, "maxlen")
-        if maxlen is None:
+            raise SourceDown(self.conn.status()[1] or "redis is down")
+        given = param(params, "maxlen")
+        if given is None:
             maxlen = self.maxlen
         else:
-            if not maxlen.isdigit():
-                raise BadRequest(f"maxlen: expected a whole number, got {maxlen!r}")
-            maxlen = int(maxlen)
+            if not given.isdigit():
+                raise InvalidRequest(f"maxlen: expected a whole number, got {given!r}")
+            maxlen = int(given)
         trim = ["MAXLEN", "~", maxlen] if maxlen else []
         d = gatherResults([
             self.conn.command("XADD", self.key, *trim, "*", self.field, p) for p in payloads

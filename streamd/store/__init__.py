@@ -16,18 +16,19 @@ if TYPE_CHECKING:  # streamd.config imports streamd.store.base
 def make_store(settings: Settings, reactor):
     """Build the L{streamd.interfaces.IStore} the validated settings describe."""
     conf = settings.store
-    common = dict(max_events=conf.max_events, max_age=conf.max_age)
     backend = conf.backend
     if backend == "memory":
         from streamd.store.memory import MemoryStore
 
-        return MemoryStore(conf.keys, reactor, **common)
+        return MemoryStore(conf.keys, reactor, max_events=conf.max_events,
+                           max_age=conf.max_age)
     if backend == "redis":
         from streamd.store.redis import RedisStore
 
-        return RedisStore(conf.keys, reactor, conf.redis_url,
-                          prefix=conf.redis_prefix, **common)
+        return RedisStore.from_settings(settings, reactor, max_events=conf.max_events,
+                                        max_age=conf.max_age)
     from streamd.store.sqlite import SQLiteStore
 
     path = os.path.join(settings.data_dir, "events.sqlite3")
-    return SQLiteStore(conf.keys, reactor, path, **common)
+    return SQLiteStore(conf.keys, reactor, path, max_events=conf.max_events,
+                       max_age=conf.max_age)

@@ -33,7 +33,10 @@ class QueryError(ValueError):
 
 
 class StoreUnavailable(Exception):
-    """The store cannot be reached or opened right now (a 503 over HTTP)."""
+    """
+    The store cannot be reached or opened right now: the same call may succeed later
+    (the web layer answers it as L{streamd.errors.Unavailable}).
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,12 @@ from streamd.store.base import Event, Notice
 
 log = Logger()
 
+#: Called with the events inserted through this store, or a L{Notice} of inserts
+#: made elsewhere.
+Listener = Callable[[list[Event] | Notice], None]
 
-class Listeners:
+
+class InsertListeners:
     """
     The insert listeners of a store (the live tails): each is called with the list of
     L{Event}s inserted through this store, or with a L{Notice} of inserts made
@@ -19,9 +23,9 @@ class Listeners:
     """
 
     def __init__(self) -> None:
-        self._callbacks: list[Callable[[list[Event]], None]] = []
+        self._callbacks: list[Listener] = []
 
-    def listen(self, callback: Callable[[list[Event]], None]) -> Callable[[], None]:
+    def listen(self, callback: Listener) -> Callable[[], None]:
         self._callbacks.append(callback)
 
         def stop() -> None:

@@ -24,7 +24,7 @@ from streamd.store.base import (
     horizon,
     matches,
 )
-from streamd.store.listeners import Listeners
+from streamd.store.listeners import InsertListeners
 
 
 class _Postings:
@@ -74,7 +74,7 @@ class MemoryStore:
         self.all = _Postings()
         self.ids = IdClock(clock)
         self.pruned_through = 0
-        self.listeners = Listeners()
+        self.listeners = InsertListeners()
         self.listen = self.listeners.listen
 
     def start(self) -> None:
@@ -116,7 +116,7 @@ class MemoryStore:
         if not dropped:
             return
         last = self.pruned_through = dropped[-1]
-        touched = set()
+        touched: set[tuple[str, str]] = set()
         for eid in dropped:
             touched.update(self.events.pop(eid).pairs)
         self.all.drop_through(last)

@@ -23,22 +23,26 @@ from the store (their own instance's inserts reach them directly). After that
 connection comes back from an outage, every tail checks the store once, since
 notices sent meanwhile are lost.
 
-On a Redis Cluster (C{cluster=True}, C{url} and C{urls} the seed nodes) the prefix
-becomes a hash tag (C{{streamd:events}:}), so that every key of the store is in one
-slot and the scripts run on one node: the store lives on one shard.
+On a Redis Cluster (C{[store] connection} names a C{[redis.NAME]} with C{cluster =
+true}; or C{cluster=True}, with C{url} and C{urls} the seed nodes) the prefix becomes a
+hash tag (C{{streamd:events}:}), so that every key of the store is in one slot and the
+scripts run on one node: the store lives on one shard.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 
 from zope.interface import implementer
 
 from streamd.interfaces import IStore
+from streamd.keys import ConfigError
 from streamd.redis.cluster import open_connection
 from streamd.redis.connection import RedisConnection, address, connection_settings
 from streamd.redis.hub import Hub
+from streamd.redis.settings import RedisConnectionSettings
 from streamd.redis.slots import hash_tag
 from streamd.store.base import (
     Event,
@@ -49,7 +53,7 @@ from streamd.store.base import (
     StoreUnavailable,
     horizon,
 )
-from streamd.store.listeners import Listeners
+from streamd.store.listeners import InsertListeners
 
 INSERT = r"""
 local p = KEYS[1]
@@ -199,6 +203,8 @@ class RedisStore:
     @param url: C{redis://[[user]:password@]host[:port][/db]}, or C{rediss://} for TLS
         (the server's certificate checked against C{tls_ca}, a PEM file, or the
         system's CAs).
+    @param connection: a validated C{[redis.NAME]} table to use instead of C{url},
+        C{tls_ca}, C{cluster} and C{urls} (L{from_settings}: C{[store] connection}).
     @ivar conn: the store's connection (one for commands, one for the insert notices),
         open between L{start} and L{stop}.
     """
@@ -207,24 +213,47 @@ class RedisStore:
 
     def __init__(self, keys, reactor, url: str, max_events: int = 0, max_age: float = 0.0,
                  prefix: str = "streamd:events:", tls_ca: str = "", cluster: bool = False,
-                 urls=()) -> None:
+                 urls=(), connection: RedisConnectionSettings | None = None) -> None:
         self.keys = tuple(keys)
         self.reactor = reactor
         self.url = url
-        self.settings = connection_settings(
-            # A lost connection comes back within a second or so: clients are waiting.
-            url, name="store", connect_timeout=5.0, reconnect_max=1.0, tls_ca=tls_ca,
-            cluster=cluster, urls=tuple(urls))
+        if connection is not None:
+            # The store's own connections, with the table's settings (its timeouts
+            # included), named "store" in the logs like those from a URL.
+            self.settings = dataclasses.replace(connection, name="store")
+            cluster = connection.cluster
+        else:
+            self.settings = connection_settings(
+                # A lost connection comes back within a second or so: clients are waiting.
+                url, name="store", connect_timeout=5.0, reconnect_max=1.0, tls_ca=tls_ca,
+                cluster=cluster, urls=tuple(urls))
         self.max_events = max_events
         self.max_age = max_age
         if cluster and "{" not in prefix:
             prefix = hash_tag(prefix.rstrip(":")) + ":"
         self.prefix = prefix
-        self.listeners = Listeners()
+        self.listeners = InsertListeners()
         self.listen = self.listeners.listen
         self.conn: RedisConnection | None = None
         self.hub: Hub | None = None
         self.token = secrets.token_hex(8)  # tells our own insert notices from others'
+
+    @classmethod
+    def from_settings(cls, settings, reactor, **common) -> RedisStore:
+        """
+        The store the C{[store]} table describes: on C{redis_url}, or on the
+        C{[redis.NAME]} connection that C{connection} names (the only way to a Redis
+        Cluster, or to a server that needs C{tls_ca}, from the config).
+        """
+        conf = settings.store
+        named = None
+        if conf.connection:
+            named = settings.redis.get(conf.connection)
+            if named is None:
+                raise ConfigError("store.connection", f"no Redis connection named "
+                                  f"{conf.connection!r} (declare [redis.{conf.connection}])")
+        return cls(conf.keys, reactor, named.url if named else conf.redis_url,
+                   prefix=conf.redis_prefix, connection=named, **common)
 
     def start(self) -> None:
         self.conn = open_connection(self.settings, self.reactor)
@@ -237,9 +266,16 @@ class RedisStore:
             await conn.close()
 
     def status(self):
-        if self.conn is not None and self.conn.up and self.hub.up:
+        if self.conn is not None and self.hub is not None and self.conn.up and self.hub.up:
             return ("ok", None)
+        if self.conn is not None and self.conn.clustered and self.conn.status()[1]:
+            return self.conn.status()  # which slots have no live primary
         return ("down", f"not connected to {address(self.settings)}")
+
+    def _connection(self) -> RedisConnection:
+        """The connection, open between L{start} and L{stop}."""
+        assert self.conn is not None, "the store is not started"
+        return self.conn
 
     def _check(self) -> None:
         # Commands sent while disconnected wait for the reconnect instead of failing:
@@ -258,7 +294,7 @@ class RedisStore:
         for e in events:
             args.append(e.data)
             args.append(json.dumps(sorted(index_name(k, v) for k, v in e.pairs)))
-        reply = await self.conn.eval(INSERT, [self.prefix], args)
+        reply = await self._connection().eval(INSERT, [self.prefix], args)
         ts = float(reply[0])
         stored = [
             Event(int(sid), ts, e.data, e.pairs)
@@ -278,7 +314,7 @@ class RedisStore:
         for key, values in filters:
             args.append(len(values))
             args.extend(index_name(key, v) for v in values)
-        reply = await self.conn.eval(SELECT, [self.prefix], args)
+        reply = await self._connection().eval(SELECT, [self.prefix], args)
         out = []
         for i in range(0, len(reply), 2):
             if reply[i + 1] is None:  # pruned between the walk and the read: impossible
@@ -305,8 +341,8 @@ class RedisStore:
 
     async def pruned(self) -> int:
         self._check()
-        return int(await self.conn.command("GET", self.prefix + "pruned") or 0)
+        return int(await self._connection().command("GET", self.prefix + "pruned") or 0)
 
     async def count(self) -> int:
         self._check()
-        return int(await self.conn.command("ZCARD", self.prefix + "all"))
+        return int(await self._connection().command("ZCARD", self.prefix + "all"))

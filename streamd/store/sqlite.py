@@ -36,7 +36,7 @@ from streamd.store.base import (
     horizon,
     index_pairs,
 )
-from streamd.store.listeners import Listeners
+from streamd.store.listeners import InsertListeners
 
 log = Logger()
 
@@ -70,7 +70,7 @@ class SQLiteStore:
         self.max_age = max_age
         self.pool = pool or ThreadPool(0, 1, name="streamd-events-sqlite")
         self._own_pool = pool is None
-        self.listeners = Listeners()
+        self.listeners = InsertListeners()
         self.listen = self.listeners.listen
         # Touched only on the pool's thread:
         self._db: sqlite3.Connection | None = None
@@ -179,7 +179,7 @@ class SQLiteStore:
         """The indexed keys changed since the last run: rebuild the index tables."""
         log.info("events: re-indexing for keys {keys} (were {old})", keys=self.keys,
                  old=old_keys)
-        db = self._db
+        db = self._connection()
         db.execute("BEGIN IMMEDIATE")
         for key in set(old_keys) - set(self.keys):
             db.execute(f"DROP TABLE IF EXISTS {_table(key)}")
@@ -194,13 +194,18 @@ class SQLiteStore:
                 db.execute(f"INSERT OR IGNORE INTO {_table(key)} VALUES (?, ?)", (value, eid))
         db.execute("COMMIT")
 
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection: L{_call} opens it before any operation runs."""
+        assert self._db is not None, "used before _call opened the database"
+        return self._db
+
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
 
     def _insert(self, events: list[NewEvent], now: float) -> list[Event]:
-        db = self._db
+        db = self._connection()
         first = max(int(now * 1000) * SEQ, self._last + 1)
         stored = [Event(first + i, now, e.data, e.pairs) for i, e in enumerate(events)]
         by_key: dict[str, list[tuple[str, int]]] = {k: [] for k in self.keys}
@@ -230,7 +235,7 @@ class SQLiteStore:
 
     def _prune(self, now: float) -> None:
         """Retention, inside the insert's transaction: oldest first."""
-        db = self._db
+        db = self._connection()
         cut = horizon(now, self.max_age)
         while True:
             excess = self._count - self.max_events if self.max_events else 0
@@ -263,11 +268,12 @@ class SQLiteStore:
 
     def _estimate(self, key: str, values: tuple[str, ...]) -> int:
         sql = f"SELECT count(*) FROM (SELECT 1 FROM {_table(key)} WHERE value = ? LIMIT ?)"
-        return sum(self._db.execute(sql, (v, ESTIMATE_CAP)).fetchone()[0] for v in values)
+        db = self._connection()
+        return sum(db.execute(sql, (v, ESTIMATE_CAP)).fetchone()[0] for v in values)
 
     def _select(self, filters: Filters, below: int | None, above: int, limit: int,
                 newest_first: bool) -> list[Event]:
-        db = self._db
+        db = self._connection()
         order = "DESC" if newest_first else "ASC"
         below = (1 << 63) - 1 if below is None else below
         if limit <= 0:

@@ -83,6 +83,7 @@ class TailSubscription:
         self._fetch = None
         if self.cancelled:
             return
+        assert self.last is not None, "only a tail given a since checks retention"
         if pruned > self.last:
             self.consumer.gap({"since": str(self.last), "missed": None,
                                "reason": "removed by retention"})
@@ -208,6 +209,9 @@ class TailSubscription:
     def nack(self, messages) -> None:
         pass
 
+    def skip(self, messages) -> None:
+        pass  # filtered out: nothing to give back, as for nack
+
     def cancel(self) -> None:
         self.cancelled = True
         self._unlisten()
@@ -221,6 +225,7 @@ class EventTail:
 
     name = "events"
     kind = "events"
+    resumes_by_id = True  # ISource: a Last-Event-ID is passed on as C{since}
     durable = False
 
     def __init__(self, store, filters: Filters, page: int | None = None) -> None:

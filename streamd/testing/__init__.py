@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from streamd.interfaces import IConsumer, ISource, ISubscription
 from streamd.message import Message
-from streamd.outbox import Listeners
+from streamd.outbox import WaitingStreams
 
 
 class _Channel:
@@ -34,10 +34,11 @@ class FakeRequest:
         self.headers: dict[bytes, bytes] = {}
         self.writes: list[bytes] = []
         self.producer = None
-        self.streaming = None
+        self.streaming: bool | None = None
         self.channel = _Channel()
         self.transport = self.channel.transport
         self.finished = False
+        self.outbox: FakeOutbox | None = None  # counts what is written while it is set
 
     def setHeader(self, name: bytes, value: bytes) -> None:
         self.headers[name] = value
@@ -46,6 +47,8 @@ class FakeRequest:
         if self.finished:
             raise RuntimeError("write after finish")
         self.writes.append(data)
+        if self.outbox is not None:
+            self.outbox.wrote(data)
 
     def registerProducer(self, producer, streaming: bool) -> None:
         self.producer = producer
@@ -101,6 +104,7 @@ class FakeSource:
     """A durable source whose messages a test hands out with L{push}."""
 
     kind = "fake"
+    resumes_by_id = True  # ISource: a Last-Event-ID is passed on as C{since}
     durable = True
 
     def __init__(self, name: str = "fake") -> None:
@@ -187,7 +191,7 @@ class Recorder:
         return [m.data for m in self.messages]
 
 
-class FakeOutbox(Listeners):
+class FakeOutbox(WaitingStreams):
     """
     A stand-in for a connection's L{streamd.outbox.Outbox}, over a L{FakeRequest}:
     the "kernel" takes what is written at once while C{open}; when not, the bytes wait
@@ -198,14 +202,12 @@ class FakeOutbox(Listeners):
         self.waiting = 0  # bytes still "in the process"
         self.open = open
         self.listeners: list = []
-        write = request.write
+        request.outbox = self
 
-        def counting_write(data: bytes) -> None:
-            write(data)
-            if not self.open:
-                self.waiting += len(data)
-
-        request.write = counting_write
+    def wrote(self, data: bytes) -> None:
+        """The stream wrote C{data}: while not C{open}, it waits "in the process"."""
+        if not self.open:
+            self.waiting += len(data)
 
     def buffered(self) -> int:
         return self.waiting
@@ -224,7 +226,7 @@ class FakeOutbox(Listeners):
         if not self.waiting:
             self.drained()
 
-    lose = Listeners.lost  # the connection died
+    lose = WaitingStreams.lost  # the connection died
 
 
 def memory_kib(pid: int) -> dict[str, int]:

@@ -36,12 +36,17 @@ import ssl
 import subprocess
 import threading
 import time
+from typing import Any
 
 import pytest
 
 #: None where it is not on PATH: the tests that need it are then skipped (L{require})
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
+
+#: A parsed RESP2 reply: bytes, an int, None, or a list of replies. Which one depends
+#: on the command, which the caller knows and the type checker cannot: so C{Any}.
+Reply = Any
 
 #: Seconds a server may take to say it is ready before the test fails.
 START_TIMEOUT = 10.0
@@ -155,7 +160,7 @@ class RedisServer:
         self.stop()
         self.start()
 
-    def command(self, *args) -> object:
+    def command(self, *args) -> Reply:
         """Send one command over a fresh connection and return the parsed reply."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT) as s:
             if self.ca:
@@ -165,14 +170,14 @@ class RedisServer:
             reader = s.makefile("rb")
             return read_reply(reader)
 
-    def commands(self, *commands) -> list:
+    def commands(self, *commands) -> list[Reply]:
         """Several commands on one fresh connection (say RPUSH, then WAIT 1 1000)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT) as s:
             s.sendall(b"".join(encode_command(*c) for c in commands))
             reader = s.makefile("rb")
             return [read_reply(reader) for _ in commands]
 
-    def command_asking(self, *args) -> object:
+    def command_asking(self, *args) -> Reply:
         """ASKING then one command, on one fresh connection (after an ASK redirection)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT) as s:
             s.sendall(encode_command("ASKING") + encode_command(*args))
@@ -229,7 +234,7 @@ class RedisReplyError(Exception):
     pass
 
 
-def read_reply(reader):
+def read_reply(reader) -> Reply:
     """Parse one RESP2 reply from a binary file object (bulk strings stay bytes)."""
     line = reader.readline()
     if not line:

@@ -22,7 +22,9 @@ from streamd.redis.slots import command_slot, key_slot
 from streamd.testing.redis import (
     RedisReplyError,
     RedisServer,
+    Reply,
     free_port,
+    make_certificates,
     require,
     served,
 )
@@ -49,17 +51,28 @@ class RedisCluster:
     replicas; C{cluster-node-timeout} 1 s and C{cluster-replica-validity-factor 0}, so
     that a replica takes over about 2 s after its primary dies). L{command} follows
     MOVED and ASK, as a cluster client would.
+
+    With C{tls=True} every node speaks TLS only, to clients, to its replicas and on the
+    cluster bus, with a certificate for localhost and 127.0.0.1 signed by one CA made
+    in C{directory} (C{ca}, the C{tls_ca} of a streamd that uses the cluster); the
+    URLs are C{rediss://localhost:PORT}, while C{CLUSTER SLOTS} names the nodes by IP.
     """
 
-    def __init__(self, directory: str, nodes: int = 6) -> None:
+    def __init__(self, directory: str, nodes: int = 6, tls: bool = False) -> None:
         self.dir = directory
+        self.tls = tls
+        self.ca = make_certificates(directory) if tls else None
         self.nodes: list[RedisServer] = []
         for _ in range(nodes):
             port = cluster_port()
-            self.nodes.append(RedisServer(port, extra=(
+            node = RedisServer(port, extra=(
                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                 "--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
-                "--dir", directory)))
+                "--dir", directory,
+                *(("--tls-cluster", "yes", "--tls-replication", "yes") if tls else ())))
+            if tls:  # the one CA's certificates, not a CA per node (RedisServer's own)
+                node.tls_dir, node.ca = directory, self.ca
+            self.nodes.append(node)
 
     @property
     def url(self) -> str:
@@ -72,18 +85,23 @@ class RedisCluster:
     @property
     def table(self) -> dict:
         """The C{[redis]} table of a streamd that uses this cluster."""
-        return {"url": self.url, "cluster": True, "urls": self.urls}
+        return {"url": self.url, "cluster": True, "urls": self.urls,
+                **({"tls_ca": self.ca} if self.tls else {})}
 
-    def toml(self) -> str:
+    def toml(self, name: str = "") -> str:
+        """The C{[redis]} table (C{[redis.NAME]} for a C{name}) of this cluster, as TOML."""
         urls = ", ".join(f'"{u}"' for u in self.urls)
-        return f'[redis]\nurl = "{self.url}"\ncluster = true\nurls = [{urls}]\n'
+        table = f"redis.{name}" if name else "redis"
+        ca = f'tls_ca = "{self.ca}"\n' if self.tls else ""
+        return f'[{table}]\nurl = "{self.url}"\ncluster = true\nurls = [{urls}]\n{ca}'
 
     def start(self) -> None:
         try:
             for node in self.nodes:
                 node.start()
             subprocess.run(
-                [require("redis-cli"), "--cluster", "create",
+                [require("redis-cli"), *(("--tls", "--cacert", self.ca) if self.tls else ()),
+                 "--cluster", "create",
                  *[f"127.0.0.1:{n.port}" for n in self.nodes],
                  "--cluster-replicas", "1", "--cluster-yes"],
                 capture_output=True, timeout=60, check=True)
@@ -146,16 +164,19 @@ class RedisCluster:
 
     def keys_on_each_shard(self, prefix: str) -> list[str]:
         """One key per primary, each C{prefix} plus a number, in L{primaries} order."""
-        out: dict[int, str] = {}
+        shards = self.shards()  # one reading of the map, not one per key tried
         want = self.primaries()
+        out: dict[int, str] = {}
         n = 0
         while len(out) < len(want):
             key = f"{prefix}{n}"
-            out.setdefault(want.index(self.primary_of(key)), key)
+            slot = key_slot(key)
+            primary = next(p for first, last, p in shards if first <= slot <= last)
+            out.setdefault(want.index(primary), key)
             n += 1
         return [out[i] for i in range(len(want))]
 
-    def command(self, *args) -> object:
+    def command(self, *args) -> Reply:
         """One command on the node that serves its key, following MOVED and ASK."""
         slot = command_slot(args)
         node = self.primary_of_slot(slot) if slot is not None else self.live()[0]
@@ -237,6 +258,18 @@ class RedisCluster:
             self.end_migration(self.begin_migration(slot, target))
 
 
+class _Shared:
+    """
+    The session's cluster, and how many fixture definitions hold it: each test module
+    that imports L{redis_cluster_fixture} gets a definition of its own, so a session
+    fixture alone would start one cluster per module (six servers and several seconds
+    each).
+    """
+
+    cluster: RedisCluster | None = None
+    holders = 0
+
+
 @pytest.fixture(scope="session", name="redis_cluster")
 def redis_cluster_fixture(tmp_path_factory):
     """
@@ -244,7 +277,19 @@ def redis_cluster_fixture(tmp_path_factory):
     every test keeps to its own keys. A test that kills a node should use
     C{redis_cluster_private} instead.
     """
-    yield from _cluster(str(tmp_path_factory.mktemp("cluster")))
+    if _Shared.cluster is None:
+        require("redis-cli")
+        cluster = RedisCluster(str(tmp_path_factory.mktemp("cluster")))
+        cluster.start()
+        _Shared.cluster = cluster
+    _Shared.holders += 1
+    try:
+        yield _Shared.cluster
+    finally:
+        _Shared.holders -= 1
+        if _Shared.holders == 0:
+            cluster, _Shared.cluster = _Shared.cluster, None
+            cluster.stop()
 
 
 @pytest.fixture(name="redis_cluster_private")
@@ -291,7 +336,7 @@ class ClusterView:
     def table(self) -> dict:
         return self.cluster.table
 
-    def command(self, *args) -> object:
+    def command(self, *args) -> Reply:
         if [str(a).upper() for a in args[:2]] == ["PUBSUB", "NUMSUB"]:
             # Classic subscriptions are per node: count them on every node.
             return [args[2], sum(n.command(*args)[1] for n in self.cluster.live())]

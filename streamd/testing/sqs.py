@@ -107,7 +107,7 @@ class FakeSQS:
             d.callback(self._take(n))
 
     def _take(self, n: int) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         while self.visible and len(out) < n:
             raw = self.visible.popleft()
             raw["count"] += 1
@@ -226,7 +226,9 @@ class MotoServer:
         self.sqs = self.boto3_client()
 
     def _drain(self) -> None:
-        for line in self.proc.stderr:  # type: ignore[union-attr]
+        stderr = self.proc.stderr
+        assert stderr is not None  # opened with stderr=PIPE
+        for line in stderr:
             if b"Running on" in line:
                 self._ready.set()
             if len(self.log) < 200:
@@ -247,7 +249,7 @@ class MotoServer:
 
     def send(self, queue_url: str, bodies, **extra) -> list[str]:
         """Send C{bodies} (strings) in batches of 10; returns the MessageIds in order."""
-        ids = []
+        ids: list[str] = []
         bodies = list(bodies)
         for start in range(0, len(bodies), 10):
             entries = [{"Id": str(i), "MessageBody": b, **extra}

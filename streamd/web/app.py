@@ -7,8 +7,10 @@ module-level functions in the route modules, all registered on one klein app
 
 from __future__ import annotations
 
-from streamd.auth import Auth
-from streamd.errors import HTTPError
+from typing import overload
+
+from streamd.auth import Auth, Identity
+from streamd.errors import Forbidden, Unauthorized
 from streamd.service import Service
 
 # Each route module registers its routes on the one app as it is imported.
@@ -25,6 +27,8 @@ class StreamdApp:
     """
 
     app = routes
+    # Assigned after the Activity whose lambda reads it: declared here for mypy.
+    open_streams: OpenStreams
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -59,8 +63,17 @@ class StreamdApp:
         self.open_streams.end_all("shutdown")
         await self.service.stop(timeout)
 
-    def identify(self, request, action: str | None = None, name: str | None = None):
-        """Who is asking (401 if that cannot be told); with C{action}, 403 unless allowed."""
+    @overload
+    def identify(self, request) -> Identity: ...
+
+    @overload
+    def identify(self, request, action: str, name: str) -> Identity: ...
+
+    def identify(self, request, action: str | None = None, name: str = "") -> Identity:
+        """
+        Who is asking (401 if that cannot be told); with C{action} on stream C{name}
+        (the two go together), 403 unless allowed.
+        """
         identity = self.auth.identify(request)
         if action is not None:
             identity.require(action, name)
@@ -74,7 +87,7 @@ class StreamdApp:
         """Whether the caller is an admin (no error if it cannot be told)."""
         try:
             return self.identify(request).admin
-        except HTTPError:
+        except (Unauthorized, Forbidden):
             return False
 
     def published(self, name: str, kind: str, count: int, started: float) -> None:

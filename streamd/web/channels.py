@@ -1,11 +1,11 @@
 """
 Routes for value channels and channel subscriptions.
 
-- C{PUT /channels/NAME} sets a value (JSON), C{GET /channels/NAME} reads it.
-- C{POST /subscriptions} C{{"channels": [...]}} creates a subscription (201, and a
-  cookie carrying its id); C{GET /subscriptions/ID/stream}, or C{GET /subscription} with
-  the cookie, streams a snapshot line then one line per change; C{PATCH} adds and
-  removes channels on the open stream; C{DELETE} ends it.
+  - C{PUT /channels/NAME} sets a value (JSON), C{GET /channels/NAME} reads it.
+  - C{POST /subscriptions} C{{"channels": [...]}} creates a subscription (201, and a
+    cookie carrying its id); C{GET /subscriptions/ID/stream}, or C{GET /subscription} with
+    the cookie, streams a snapshot line then one line per change; C{PATCH} adds and
+    removes channels on the open stream; C{DELETE} ends it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 from twisted.internet.defer import maybeDeferred
 
 from streamd import framing
-from streamd.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from streamd.errors import InvalidRequest, TooLarge, Unknown, UnsupportedMediaType
 from streamd.message import InvalidPayload, normalize_json
 from streamd.service import STREAM_NAME
 from streamd.web.common import (
@@ -34,7 +34,7 @@ COOKIE = b"streamd_subscription"
 
 def _channel_name(name: str) -> str:
     if not STREAM_NAME.match(name):
-        raise BadRequest(f"channel name {name!r}: use 1-200 letters, digits and . _ : -")
+        raise InvalidRequest(f"channel name {name!r}: use 1-200 letters, digits and . _ : -")
     return name
 
 
@@ -43,16 +43,16 @@ def _json_body(web, request):
         raise UnsupportedMediaType("send application/json")
     body = request.content.read(web.settings.max_body_bytes + 1)
     if len(body) > web.settings.max_body_bytes:
-        raise PayloadTooLarge("body over max_body_bytes")
+        raise TooLarge("body over max_body_bytes")
     return json_body(body, web.settings.max_json_depth)
 
 
 def _channel_list(web, value, key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise BadRequest(f"{key}: expected a list of channel names")
+        raise InvalidRequest(f"{key}: expected a list of channel names")
     limit = web.settings.channels.max_channels
     if len(value) > limit:
-        raise BadRequest(f"{key}: at most {limit} channels")
+        raise InvalidRequest(f"{key}: at most {limit} channels")
     return [_channel_name(c) for c in value]
 
 
@@ -65,11 +65,11 @@ async def put_channel(web, request, name):
     limit = web.settings.max_message_bytes
     body = request.content.read(limit + 1)
     if len(body) > limit:
-        raise PayloadTooLarge(f"value over max_message_bytes ({limit} bytes)")
+        raise TooLarge(f"value over max_message_bytes ({limit} bytes)")
     try:
         value = normalize_json(body, max_depth=web.settings.max_json_depth)
     except InvalidPayload as e:
-        raise BadRequest(f"body: {e.reason}") from None
+        raise InvalidRequest(f"body: {e.reason}") from None
     await maybeDeferred(web.service.channels.set, name, value)
     return json_response(request, 200, {"channel": name, "value": json.loads(value)})
 
@@ -80,7 +80,7 @@ def get_channel(web, request, name):
     web.identify(request, "read", name)
     value = web.service.channels.get(name)
     if value is None:
-        raise NotFound(f"channel {name!r} has no value")
+        raise Unknown(f"channel {name!r} has no value")
     return json_response(request, 200, {"channel": name, "value": json.loads(value)})
 
 
@@ -89,7 +89,7 @@ def create_subscription(web, request):
     identity = web.identify(request)
     body = _json_body(web, request)
     if not isinstance(body, dict):
-        raise BadRequest('body: expected {"channels": [...]}')
+        raise InvalidRequest('body: expected {"channels": [...]}')
     channels = _channel_list(web, body.get("channels"), "channels")
     for c in channels:
         identity.require("read", c)
@@ -97,17 +97,17 @@ def create_subscription(web, request):
     request.addCookie(COOKIE, sub.id.encode(), path=b"/", httpOnly=True,
                       sameSite="lax")
     request.setHeader(b"Location", f"/subscriptions/{sub.id}".encode())
-    announced = getattr(sub, "announced", None)  # several workers: every one knows it
-    if announced is not None:
-        return announced.addCallback(lambda _: json_response(request, 201, _describe(sub)))
+    if sub.announced is not None:  # several workers: every one knows it
+        return sub.announced.addCallback(
+            lambda _: json_response(request, 201, _describe(sub)))
     return json_response(request, 201, _describe(sub))
 
 
 def _owned(web, request, sub_id: str):
     identity = web.identify(request)
     sub = web.service.subscriptions.get(sub_id)
-    if getattr(sub, "owner", identity.name) != identity.name and web.auth.mode != "none":
-        raise NotFound(f"no subscription {sub_id!r} (it may have expired)")
+    if sub.owner is not None and sub.owner != identity.name and web.auth.mode != "none":
+        raise Unknown(f"no subscription {sub_id!r} (it may have expired)")
     return identity, sub
 
 
@@ -122,11 +122,11 @@ def patch_subscription(web, request, sub_id):
     identity, sub = _owned(web, request, sub_id)
     body = _json_body(web, request)
     if not isinstance(body, dict) or not set(body) <= {"add", "remove", "channels"}:
-        raise BadRequest('body: expected {"add": [...], "remove": [...]} or '
-                         '{"channels": [...]}')
+        raise InvalidRequest('body: expected {"add": [...], "remove": [...]} or '
+                             '{"channels": [...]}')
     if "channels" in body and len(body) > 1:
-        raise BadRequest('body: "channels" replaces the list: send it alone, or '
-                         '"add" and "remove"')
+        raise InvalidRequest('body: "channels" replaces the list: send it alone, or '
+                             '"add" and "remove"')
     if "channels" in body:
         wanted = _channel_list(web, body["channels"], "channels")
         add = [c for c in wanted if c not in sub.channels]
@@ -137,7 +137,7 @@ def patch_subscription(web, request, sub_id):
     for c in add:
         identity.require("read", c)
     if len(set(sub.channels) - set(remove) | set(add)) > web.settings.channels.max_channels:
-        raise BadRequest(f"channels: at most {web.settings.channels.max_channels}")
+        raise InvalidRequest(f"channels: at most {web.settings.channels.max_channels}")
     sub.change(add, remove)
     return json_response(request, 200, _describe(sub))
 
@@ -160,7 +160,7 @@ def stream_subscription(web, request, sub_id):
 def stream_cookie_subscription(web, request):
     sub_id = request.getCookie(COOKIE)
     if not sub_id:
-        raise NotFound("no subscription cookie: POST /subscriptions first")
+        raise Unknown("no subscription cookie: POST /subscriptions first")
     identity, sub = _owned(web, request, sub_id.decode("latin-1"))
     return _stream(web, request, identity, sub)
 

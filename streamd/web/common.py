@@ -1,7 +1,8 @@
 """
-What every HTTP module shares: JSON answers, query-parameter parsing, the one error
-renderer (every error is C{{"error": {"status": ..., "message": ...}}}, never a page or a
-traceback), and what a streaming route does when its source is down (L{readable}).
+What every HTTP module shares: JSON answers and the error body (every error is
+C{{"error": {"status": ..., "message": ...}}}; L{streamd.web.errors} maps streamd's
+errors to it), query-parameter parsing, and what a streaming route does when its source
+is down (L{readable}).
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES
 from werkzeug.datastructures import MIMEAccept
-from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_accept_header
 
 from streamd import framing
 from streamd.errors import (
-    BadRequest,
-    HTTPError,
-    PayloadTooLarge,
+    InvalidRequest,
+    SourceDown,
+    StreamdError,
+    TooLarge,
     Unavailable,
     UnsupportedMediaType,
 )
@@ -54,7 +55,7 @@ def json_body(body: bytes, max_depth: int) -> Any:
     try:
         return parse(body, max_depth)
     except InvalidJSON as e:
-        raise BadRequest(f"body: {e}") from None
+        raise InvalidRequest(f"body: {e}") from None
 
 
 def query(request) -> dict[str, list[str]]:
@@ -64,7 +65,7 @@ def query(request) -> dict[str, list[str]]:
         try:
             out[k.decode()] = [v.decode() for v in values]
         except UnicodeDecodeError:
-            raise BadRequest(f"{k.decode('utf-8', 'replace')}: not valid UTF-8") from None
+            raise InvalidRequest(f"{k.decode('utf-8', 'replace')}: not valid UTF-8") from None
     return out
 
 
@@ -81,20 +82,20 @@ def _parsed_arg(params: dict[str, list[str]], name: str, parse, what: str):
     try:
         return parse(text), text
     except ValueError:
-        raise BadRequest(f"{name}: expected {what}, got {text!r}") from None
+        raise InvalidRequest(f"{name}: expected {what}, got {text!r}") from None
 
 
 def int_arg(params: dict[str, list[str]], name: str, minimum: int) -> int | None:
     value, _ = _parsed_arg(params, name, int, "an integer")
     if value is not None and value < minimum:
-        raise BadRequest(f"{name}: must be at least {minimum}, got {value}")
+        raise InvalidRequest(f"{name}: must be at least {minimum}, got {value}")
     return value
 
 
 def number_arg(params: dict[str, list[str]], name: str, minimum: float) -> float | None:
     value, text = _parsed_arg(params, name, float, "a number")
     if value is not None and (not value >= minimum or value == float("inf")):
-        raise BadRequest(f"{name}: must be a number of at least {minimum:g}, got {text}")
+        raise InvalidRequest(f"{name}: must be a number of at least {minimum:g}, got {text}")
     return value
 
 
@@ -107,7 +108,7 @@ def bool_arg(params: dict[str, list[str]], name: str) -> bool:
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise BadRequest(f"{name}: expected true or false, got {text!r}")
+    raise InvalidRequest(f"{name}: expected true or false, got {text!r}")
 
 
 def content_type(request) -> str:
@@ -136,7 +137,7 @@ def negotiate(request, fmt: str | None):
     if fmt is not None:
         chosen = framing.FRAMINGS.get(fmt)
         if chosen is None:
-            raise BadRequest(f"format: expected ndjson or sse, got {fmt!r}")
+            raise InvalidRequest(f"format: expected ndjson or sse, got {fmt!r}")
         return chosen
     accept = accepted(request)
     if "text/event-stream" in accept.values():
@@ -144,36 +145,6 @@ def negotiate(request, fmt: str | None):
         if sse and sse >= accept["application/x-ndjson"]:
             return framing.SSE
     return framing.NDJSON
-
-
-def install_error_handler(app) -> None:
-    """Render every failure of C{app}'s routes as a JSON error."""
-
-    @app.handle_errors
-    def errors(instance, request, failure):
-        return render_error(request, failure)
-
-
-def render_error(request, failure) -> bytes:
-    err = failure.value
-    if isinstance(err, HTTPError):
-        status, message = err.status, err.message
-        for k, v in err.headers.items():
-            request.setHeader(k, v)
-    elif isinstance(err, HTTPException):
-        status = err.code or 500
-        message = err.description or err.name
-        if status == 404:
-            message = "no such resource"
-        elif status == 405:
-            allowed = sorted(err.valid_methods or [])  # werkzeug's order follows a set's
-            request.setHeader(b"Allow", ", ".join(allowed).encode())
-            message = f"method not allowed (allowed: {', '.join(allowed)})"
-    else:
-        log.failure("Unhandled error for {method} {uri}", failure,
-                    method=request.method, uri=request.uri)
-        status, message = 500, "internal error"
-    return json_response(request, status, error_body(status, message))
 
 
 def stream_options(request, params: dict[str, list[str]], default_heartbeat: float):
@@ -188,7 +159,7 @@ def stream_options(request, params: dict[str, list[str]], default_heartbeat: flo
     if heartbeat is None:
         heartbeat = default_heartbeat
     elif 0 < heartbeat < 0.05:
-        raise BadRequest("heartbeat: must be 0 (off) or at least 0.05 seconds")
+        raise InvalidRequest("heartbeat: must be 0 (off) or at least 0.05 seconds")
     since = arg(params, "since")
     if since is None:
         last = request.getHeader(b"last-event-id")
@@ -211,10 +182,10 @@ def read_body(request, types: tuple[str, ...], limit: int, what: str) -> bytes:
         )
     length = request.getHeader(b"content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"body over max_body_bytes ({limit} bytes)")
+        raise TooLarge(f"body over max_body_bytes ({limit} bytes)")
     body = request.content.read(limit + 1)
     if len(body) > limit:
-        raise PayloadTooLarge(f"body over max_body_bytes ({limit} bytes)")
+        raise TooLarge(f"body over max_body_bytes ({limit} bytes)")
     return body
 
 
@@ -225,9 +196,9 @@ def read_body(request, types: tuple[str, ...], limit: int, what: str) -> bytes:
 SOURCE_CHECK = 0.25
 
 
-def retry_after(settings) -> dict[bytes, bytes]:
+def retry_after(settings) -> int:
     """A 503's C{Retry-After}: the stream's C{retry} hint, in whole seconds (at least 1)."""
-    return {b"Retry-After": b"%d" % max(1, -(-settings.retry // 1000))}
+    return max(1, -(-settings.retry // 1000))
 
 
 def readable(source, settings, request, framing, clock, refusal: str):
@@ -242,7 +213,7 @@ def readable(source, settings, request, framing, clock, refusal: str):
     if state == "ok":
         return source
     if settings.on_source_down == "refuse":
-        raise Unavailable(f"{refusal}: {reason}", headers=retry_after(settings))
+        raise SourceDown(f"{refusal}: {reason}", retry_after(settings))
     return WaitingSource(source, reason, request, framing, clock)
 
 
@@ -361,19 +332,21 @@ class WaitingSubscription:
         except Exception as e:
             # Refused for good (a C{since} this source cannot read, say): the stream
             # ends, saying why, as a source that ended would.
-            if not isinstance(e, HTTPError):
+            if not isinstance(e, StreamdError):
                 log.failure("subscribing a waiting reader of {name} failed",
                             name=getattr(self.source, "name", "?"))
             self._release_held()
             self.ended = True
-            self.consumer.source_ended(e.message if isinstance(e, HTTPError)
+            self.consumer.source_ended(e.message if isinstance(e, StreamdError)
                                        else "internal error")
             return True
         self.real = real
-        # From now on the stream's calls go straight to the source's subscription.
-        self.pause, self.resume = real.pause, real.resume
-        self.ack, self.nack, self.cancel = real.ack, real.nack, real.cancel
-        self.skip = getattr(real, "skip", None) or real.nack
+        # From now on the stream's calls go straight to the source's subscription: the
+        # methods are rebound on the instance on purpose, which mypy refuses in general.
+        self.pause, self.resume = real.pause, real.resume  # type: ignore[method-assign]
+        self.ack, self.nack, self.cancel = (  # type: ignore[method-assign]
+            real.ack, real.nack, real.cancel)
+        self.skip = getattr(real, "skip", None) or real.nack  # type: ignore[method-assign]
         held, self.held = self.held, None
         if self.paused:
             real.pause()

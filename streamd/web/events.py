@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import ensureDeferred
 
-from streamd.errors import BadRequest, PayloadTooLarge, Unavailable
+from streamd.errors import InvalidRequest, TooLarge, Unavailable
 from streamd.message import InvalidPayload, decode_body
 from streamd.store.base import (
     RESERVED,
@@ -53,7 +53,7 @@ async def call_store(call):
     try:
         return await ensureDeferred(call)
     except QueryError as e:
-        raise BadRequest(str(e)) from None
+        raise InvalidRequest(str(e)) from None
     except StoreUnavailable as e:
         raise Unavailable(f"event store unavailable: {e}") from None
 
@@ -74,11 +74,11 @@ def _filters(request, keys, skip) -> tuple:
         try:
             raw[key] = [v.decode() for v in values]
         except UnicodeDecodeError:
-            raise BadRequest(f"{key}: not valid UTF-8") from None
+            raise InvalidRequest(f"{key}: not valid UTF-8") from None
     try:
         return make_filters(raw, keys)
     except QueryError as e:
-        raise BadRequest(str(e)) from None
+        raise InvalidRequest(str(e)) from None
 
 
 # strict_slashes=False: "/events/" is "/events" too.
@@ -90,19 +90,19 @@ async def insert_events(web, request):
     try:
         payloads = decode_body(body, content_type(request), settings.max_json_depth)
     except InvalidPayload as e:
-        raise BadRequest(f"line {e.line}: {e.reason}") from None
+        raise InvalidRequest(f"line {e.line}: {e.reason}") from None
     if not payloads:
-        raise BadRequest("no event in the body")
+        raise InvalidRequest("no event in the body")
     max_message = settings.max_message_bytes
     events = []
     for n, raw in enumerate(payloads, 1):
         if len(raw) > max_message:
-            raise PayloadTooLarge(
+            raise TooLarge(
                 f"line {n}: event over max_message_bytes ({max_message} bytes)")
         try:
             events.append(new_event(raw, store.keys))
         except QueryError as e:
-            raise BadRequest(f"line {n}: {e}") from None
+            raise InvalidRequest(f"line {n}: {e}") from None
     check_up(store)
     stored = await call_store(store.insert(events))
     return json_response(request, 201, {"ids": [str(e.id) for e in stored]})
@@ -125,7 +125,7 @@ async def query_events(web, request):
             None if before is None else parse_id(before, "before"),
         )
     except QueryError as e:
-        raise BadRequest(str(e)) from None
+        raise InvalidRequest(str(e)) from None
     check_up(store)
     found = await call_store(store.query(q))
     return json_response(request, 200, [e.envelope() for e in found])
@@ -142,7 +142,7 @@ def stream_events(web, request):
     try:
         since_id = None if since is None else parse_id(since, "since")
     except QueryError as e:
-        raise BadRequest(str(e)) from None
+        raise InvalidRequest(str(e)) from None
     # Pages no bigger than max_pending: a paused stream holds at most one.
     tail = EventTail(store, filters, settings.max_pending)
     # The store down: 503, or (on_source_down = "wait") the tail all the same.

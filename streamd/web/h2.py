@@ -38,11 +38,12 @@ last bytes the client does not take, because it opens no window for them, is res
 (C{RST_STREAM}, CANCEL) once C{cutOffGrace} seconds pass with none of its bytes sent:
 HTTP/1.1's cut-off of a reader that reads nothing, for one stream of the connection.
 
-This is the one module that knows Twisted's HTTP/2 internals: the private module, its
-queues (C{_outboundStreamQueues} and its end-of-stream sentinel), C{_consumerBlocked},
-C{_bufferedControlFrames}, C{_requestDone}, C{_tryToWriteControlData}, and the switch in
-C{http._GenericHTTPChannelProtocol.dataReceived}, copied in L{HTTPChannelSwitch}.
-tests/test_h2_flow.py pins them, and fails on Twisted's own class.
+What it needs of Twisted's private HTTP/2 connection (the per-stream queues, whether the
+socket paused it, the hooks it overrides) it reads through
+L{streamd.twisted_internals.H2ConnectionHooks}, and the switch to HTTP/2 is
+L{streamd.twisted_internals.ChannelSwitch}. tests/unit/test_h2_flow.py shows what the
+subclass changes (its tests fail on Twisted's own class), and
+tests/unit/test_twisted_internals.py pins what it relies on.
 """
 
 from __future__ import annotations
@@ -51,17 +52,15 @@ import contextlib
 
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
-from twisted.web import http
 
 from streamd.slow import SLOW_CLOSE_GRACE
+from streamd.twisted_internals import END_STREAM, ChannelSwitch, H2ConnectionHooks
 
 try:  # the http2 extra (twisted[http2]: h2, priority)
     import h2.errors
     import h2.exceptions
-    from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 except ImportError:  # pragma: no cover - without it ALPN never offers h2
-    H2Connection = object
-    _END_STREAM_SENTINEL = object()
+    pass
 
 __all__ = ["FlowControlledH2Connection", "HTTPChannelSwitch"]
 
@@ -70,7 +69,7 @@ __all__ = ["FlowControlledH2Connection", "HTTPChannelSwitch"]
 WRITE_BYTES = 64 * 1024
 
 
-class FlowControlledH2Connection(H2Connection):
+class FlowControlledH2Connection(H2ConnectionHooks):
     """
     An HTTP/2 connection whose streams are paused when their window or the socket is
     full, and whose data goes out in as few frames and writes as the windows allow.
@@ -94,11 +93,11 @@ class FlowControlledH2Connection(H2Connection):
 
     # -- the hooks Twisted's streams and transport call --------------------------------
 
-    def _sendPrioritisedData(self, *args) -> None:
+    def send_loop(self, *args) -> None:
         """Twisted's one-frame-per-turn send loop: not used, data goes out as written."""
 
     def writeDataToStream(self, streamID: int, data: bytes) -> None:
-        queue = self._outboundStreamQueues.get(streamID)
+        queue = self.outbound_queue(streamID)
         if queue is None or not data:
             return  # the stream is gone (reset): its request is told separately
         queue.append(data)
@@ -108,10 +107,10 @@ class FlowControlledH2Connection(H2Connection):
         self._write()
 
     def endRequest(self, streamID: int) -> None:
-        queue = self._outboundStreamQueues.get(streamID)
+        queue = self.outbound_queue(streamID)
         if queue is None:
             return
-        queue.append(_END_STREAM_SENTINEL)
+        queue.append(END_STREAM)
         self._send(streamID)
         self._write()
         if streamID in self.streams:  # its last bytes wait for a window
@@ -124,30 +123,29 @@ class FlowControlledH2Connection(H2Connection):
         queue holds bytes or the socket is full. Twisted's streams resume their producer
         only when this is above 0 (C{H2Stream.windowUpdated}).
         """
-        if self._consumerBlocked is not None or self._outboundStreamQueues.get(streamID):
+        if self.socket_blocked or self.outbound_queue(streamID):
             return 0
         try:
             return self.conn.local_flow_control_window(streamID)
         except h2.exceptions.ProtocolError:
             return 0
 
-    def _handleWindowUpdate(self, event) -> None:
+    def window_update(self, event) -> None:
         # Handled once all of a read's frames are in (L{dataReceived}): a SETTINGS
         # frame that raises the initial window opens windows too, with no event here.
         pass
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
-        if self._waiting and self._stillProducing:
+        if self._waiting and self.still_producing:
             self._wake()
 
     def resumeProducing(self) -> None:
         super().resumeProducing()  # control frames held meanwhile go first
-        if self._consumerBlocked is None and self._stillProducing:
+        if not self.socket_blocked and self.still_producing:
             self._wake()
 
-    def _requestDone(self, streamID: int) -> None:
-        super()._requestDone(streamID)
+    def stream_done(self, streamID: int) -> None:
         self._waiting.pop(streamID, None)
         self._sent.pop(streamID, None)
         self._offsets.pop(streamID, None)
@@ -167,7 +165,7 @@ class FlowControlledH2Connection(H2Connection):
         producers of streams with nothing queued and room in their window.
         """
         for streamID in list(self._waiting):
-            if self._consumerBlocked is not None or not self._stillProducing:
+            if self.socket_blocked or not self.still_producing:
                 break
             if streamID not in self._waiting:
                 continue  # done meanwhile
@@ -176,7 +174,7 @@ class FlowControlledH2Connection(H2Connection):
             if stream is None:
                 continue
             del self._waiting[streamID]
-            if self._outboundStreamQueues[streamID] or self._consumerBlocked is not None:
+            if self.outbound_queue(streamID) or self.socket_blocked:
                 self._waiting[streamID] = None  # still waiting: behind the others now
             elif self.remainingOutboundWindow(streamID) > 0:
                 stream.windowUpdated()  # resumes its producer, which may write at once
@@ -186,33 +184,33 @@ class FlowControlledH2Connection(H2Connection):
 
     def _send(self, streamID: int) -> None:
         """Frame as much of C{streamID}'s queue as its window (and the socket) allows."""
-        if self._consumerBlocked is not None or self._bufferedControlFrames:
+        if self.socket_blocked or self.control_frames_held:
             return  # frames must not overtake control frames held for the socket
-        queue = self._outboundStreamQueues[streamID]
+        queue = self.outbound_queue(streamID)
         conn = self.conn
         try:
             while queue:
-                if queue[0] is _END_STREAM_SENTINEL:
+                if queue[0] is END_STREAM:
                     conn.end_stream(streamID)
                     self._write()
-                    self._requestDone(streamID)
+                    self.forget_stream(streamID)
                     return
                 room = min(conn.local_flow_control_window(streamID),
                            conn.max_outbound_frame_size)
                 if room <= 0:
                     return
                 frame = self._take(streamID, queue, room)
-                end = len(queue) == 1 and queue[0] is _END_STREAM_SENTINEL
+                end = len(queue) == 1 and queue[0] is END_STREAM
                 conn.send_data(streamID, frame, end_stream=end)
                 self._sent[streamID] = self._sent.get(streamID, 0) + len(frame)
                 self._unwritten += len(frame)
                 if end:
                     self._write()
-                    self._requestDone(streamID)
+                    self.forget_stream(streamID)
                     return
                 if self._unwritten >= WRITE_BYTES:
                     self._write()
-                    if self._consumerBlocked is not None:
+                    if self.socket_blocked:
                         return
         except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
             # Closed under us (by the client): nothing more can go on it.
@@ -220,14 +218,14 @@ class FlowControlledH2Connection(H2Connection):
             stream = self.streams.get(streamID)
             if stream is not None:
                 stream.connectionLost(Failure(ConnectionLost("stream closed")))
-                self._requestDone(streamID)
+                self.forget_stream(streamID)
 
     def _take(self, streamID: int, queue, room: int) -> bytes:
         """Up to C{room} bytes from the front of C{queue}: small chunks joined, a large one cut."""
         parts = []
         size = 0
         offset = self._offsets.get(streamID, 0)
-        while queue and size < room and queue[0] is not _END_STREAM_SENTINEL:
+        while queue and size < room and queue[0] is not END_STREAM:
             chunk = queue[0]
             left = len(chunk) - offset
             if left <= room - size:
@@ -246,10 +244,10 @@ class FlowControlledH2Connection(H2Connection):
     def _write(self) -> None:
         """Hand what h2 has framed to the transport, in one write."""
         self._unwritten = 0
-        if self._consumerBlocked is not None or self._bufferedControlFrames:
+        if self.socket_blocked or self.control_frames_held:
             # No DATA is framed meanwhile (L{_send}): control frames only, in order
             # behind those already waiting for the socket.
-            self._tryToWriteControlData()
+            self.write_control_frames()
             return
         data = self.conn.data_to_send()
         if data:
@@ -258,7 +256,7 @@ class FlowControlledH2Connection(H2Connection):
 
     def _arm_cutoff(self, streamID: int) -> None:
         if streamID not in self._cutoffs:
-            self._cutoffs[streamID] = self._reactor.callLater(
+            self._cutoffs[streamID] = self.reactor.callLater(
                 self.cutOffGrace, self._cut_off_if_stuck, streamID,
                 self._sent.get(streamID, 0))
 
@@ -268,44 +266,19 @@ class FlowControlledH2Connection(H2Connection):
             return
         sent = self._sent.get(streamID, 0)
         if sent > sent_before:  # still reading: look again after another grace period
-            self._cutoffs[streamID] = self._reactor.callLater(
+            self._cutoffs[streamID] = self.reactor.callLater(
                 self.cutOffGrace, self._cut_off_if_stuck, streamID, sent)
             return
         with contextlib.suppress(h2.exceptions.ProtocolError):  # closed meanwhile
             self.conn.reset_stream(streamID, h2.errors.ErrorCodes.CANCEL)
-        if self._tryToWriteControlData():  # False: the connection was aborted
-            self._requestDone(streamID)
+        if self.write_control_frames():  # False: the connection was aborted
+            self.forget_stream(streamID)
 
 
-class HTTPChannelSwitch(http._GenericHTTPChannelProtocol):
+class HTTPChannelSwitch(ChannelSwitch):
     """
-    Twisted's wrapper that serves a connection with HTTP/1.1 or, when ALPN chose
-    C{h2}, with HTTP/2: here with L{FlowControlledH2Connection}. Twisted names its
-    own class inside C{dataReceived}; the switch is copied from there.
+    Twisted's switch between HTTP/1.1 and, when ALPN chose C{h2}, HTTP/2: here served by
+    L{FlowControlledH2Connection}, registered as its TLS transport's producer.
     """
 
     h2Connection = FlowControlledH2Connection
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._negotiatedProtocol is None and H2Connection is not object:
-            channel = self._channel
-            if getattr(channel.transport, "negotiatedProtocol", None) == b"h2":
-                # The HTTP/1.1 channel gives the transport up (its producer, its
-                # timeout) to the HTTP/2 connection.
-                channel._networkProducer.unregisterProducer()
-                channel.setTimeout(None)
-                transport = channel.transport
-                h2c = self.h2Connection(getattr(self._site, "reactor", None))
-                h2c.requestFactory = self._requestFactory
-                h2c.site = self._site
-                h2c.factory = self._factory
-                h2c.timeOut = self._timeOut
-                h2c.callLater = self._callLater
-                self._channel = h2c
-                h2c.makeConnection(transport)
-                # Twisted registers it through the HTTP/1.1 channel's
-                # IPushProducer(transport), which a TLS transport does not provide:
-                # a no-op, and a full socket then never paused the connection.
-                transport.registerProducer(h2c, True)
-                self._negotiatedProtocol = b"h2"
-        super().dataReceived(data)

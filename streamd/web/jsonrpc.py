@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 
-from streamd.errors import BadRequest, Unavailable
+from streamd.errors import InvalidRequest, Unavailable
 from streamd.json_input import InvalidJSON, parse
 from streamd.json_input import compact_json as _dumps
 from streamd.store import base
@@ -59,9 +60,10 @@ async def _call(web, request):
                        "error": {"code": -32700, "message": f"parse error: {e}"}}) + b"\n"
     identity = web.identify(request)  # 401 without credentials
     methods = _Methods(web.service.store, settings.max_message_bytes)
+    answers: list[dict[str, Any]] | dict[str, Any] | None
     if isinstance(call, list) and call:
-        answers = [await _one(methods, c, identity) for c in call]
-        answers = [a for a in answers if a is not None]
+        each = [await _one(methods, c, identity) for c in call]
+        answers = [a for a in each if a is not None]
     else:
         answers = await _one(methods, call, identity)
     request.setHeader(b"Content-Type", b"application/json")
@@ -89,7 +91,9 @@ async def _one(methods: _Methods, call: Any, identity) -> dict[str, Any] | None:
             args, kwargs = call.get("args", []), call.get("kwargs", {})
             if not isinstance(args, list) or not isinstance(kwargs, dict):
                 raise RPCError(-32600, "args: expected an array; kwargs: an object")
-        method = {"insert": methods.insert, "items": methods.items}.get(call["method"])
+        by_name: dict[str, Callable[..., Awaitable[Any]]] = {
+            "insert": methods.insert, "items": methods.items}
+        method = by_name.get(call["method"])
         if method is None:
             raise RPCError(-32601, f"no method {call['method']!r} (insert, items)")
         # A 403 for the whole request, as on the other routes.
@@ -98,7 +102,7 @@ async def _one(methods: _Methods, call: Any, identity) -> dict[str, Any] | None:
         result = await method(*args, **kwargs)
     except RPCError as e:
         return _rpc_error(v2, cid, e.code, e.message)
-    except (QueryError, BadRequest) as e:
+    except (QueryError, InvalidRequest) as e:
         return _rpc_error(v2, cid, -32602, str(e))
     except (StoreUnavailable, Unavailable) as e:
         return _rpc_error(v2, cid, -32000, f"event store unavailable: {e}")

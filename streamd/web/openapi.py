@@ -1,7 +1,7 @@
 """
 The published API: an OpenAPI 3.1 description of every route, served at
 C{GET /openapi.json}. It is built here as plain data next to nothing else, and
-C{tests/test_openapi.py} keeps it true (every klein route and method is described,
+C{tests/integration/test_openapi.py} keeps it true (every klein route and method is described,
 and nothing else is; a fuzz run against the served document finds no 5xx).
 
 Streams are documented with their two media types, C{application/x-ndjson} (one

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from klein import Klein
 
-from streamd.web.common import install_error_handler
+from streamd.web.errors import install_error_handler
 
 routes = Klein()
 install_error_handler(routes)

@@ -10,8 +10,9 @@ import json
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from streamd.outbox import StreamingChannel
-from streamd.web.access import open_access_log
+from streamd.twisted_internals import BadRequestHook, header_bytes_received, headers_received
+from streamd.web.access import AccessLog, open_access_log
+from streamd.web.channel import StreamingChannel
 from streamd.web.common import REASONS, error_body, json_response
 from streamd.web.h2 import HTTPChannelSwitch
 
@@ -47,13 +48,14 @@ class HeadFirstRequest(Request):
 class StreamdSite(Site):
     """
     The Site: Twisted's, less two costs that every request paid, and with streaming
-    responses written through an outbox (L{streamd.outbox}). It does not parse form
+    responses written through an outbox (L{streamd.outbox}, by its channel
+    L{streamd.web.channel.StreamingChannel}). It does not parse form
     bodies (Twisted runs the stdlib's e-mail header parser on the Content-Type of every
     request with a body for that; the one route that takes a form parses it itself), and
     its access log is gathered and written once a second (L{streamd.web.access}).
     """
 
-    access = None
+    access: AccessLog | None = None
     requestFactory = HeadFirstRequest
 
     def log(self, request) -> None:
@@ -121,7 +123,7 @@ class UTF8URLs(Resource):
         return self.inner.render(request)
 
 
-class JSONErrorChannel(StreamingChannel):
+class JSONErrorChannel(BadRequestHook, StreamingChannel):
     """
     Twisted's HTTP/1.1 parser, answering what it refuses the way streamd answers every
     error: a JSON body. Twisted itself sends an empty-bodied 400 for a malformed
@@ -129,42 +131,38 @@ class JSONErrorChannel(StreamingChannel):
     raw 0xFF in the request line, an HTTP/0.9 request), and drops the
     connection without a word when the request line or a header line is over
     C{MAX_LENGTH}. Only those error paths are overridden: a well-formed request costs
-    nothing more.
-
-    This is the one place that leans on Twisted's private names: the hook through which
-    every refusal goes, the header counters it keeps (documented C{@ivar}s of
-    L{http.HTTPChannel}); the wrapper that switches a TLS connection to HTTP/2 is in
-    L{streamd.web.h2}.
+    nothing more. Twisted's refusals reach L{refuse_malformed} through its private
+    hook, and the header counters are read, in L{streamd.twisted_internals}.
     """
 
     @classmethod
     def for_site(cls):
         """
-        A new channel for C{Site.protocol}, inside the wrapper Twisted's own default
-        (C{http._genericHTTPChannelProtocolFactory}) uses, so that a connection on which
-        TLS negotiated C{h2} is still handed to HTTP/2: to streamd's flow-controlled
-        HTTP/2 connection (L{streamd.web.h2}).
+        A new channel for C{Site.protocol}, inside the switch Twisted's own default
+        protocol uses, so that a connection on which TLS negotiated C{h2} is still
+        handed to HTTP/2: to streamd's flow-controlled HTTP/2 connection
+        (L{streamd.web.h2}).
         """
         return HTTPChannelSwitch(cls())
 
     def lineLengthExceeded(self, line):
         # Nothing of this request counted yet: the over-long line is the request line.
-        if self._receivedHeaderSize == 0:
-            self._refuse(414, f"request line (URI) over {self.MAX_LENGTH} bytes")
+        if header_bytes_received(self) == 0:
+            self.send_refusal(414, f"request line (URI) over {self.MAX_LENGTH} bytes")
         else:
-            self._refuse(431, f"a header line over {self.MAX_LENGTH} bytes")
+            self.send_refusal(431, f"a header line over {self.MAX_LENGTH} bytes")
 
-    def _respondToBadRequestAndDisconnect(self):
-        # Private in Twisted: every refusal of a request line, header or chunked body.
-        if self._receivedHeaderSize > self.totalHeadersSize:
-            self._refuse(431, f"headers over {self.totalHeadersSize} bytes")
-        elif self._receivedHeaderCount > self.maxHeaders:
-            self._refuse(431, f"more than {self.maxHeaders} headers")
+    def refuse_malformed(self) -> None:
+        """Every refusal of a request line, header or chunked body by Twisted's parser."""
+        if header_bytes_received(self) > self.totalHeadersSize:
+            self.send_refusal(431, f"headers over {self.totalHeadersSize} bytes")
+        elif headers_received(self) > self.maxHeaders:
+            self.send_refusal(431, f"more than {self.maxHeaders} headers")
         else:
-            self._refuse(400, "malformed HTTP request: request line, header or chunked "
+            self.send_refusal(400, "malformed HTTP request: request line, header or chunked "
                               "body not valid HTTP/1.1")
 
-    def _refuse(self, status: int, message: str) -> None:
+    def send_refusal(self, status: int, message: str) -> None:
         body = json.dumps(error_body(status, message)).encode() + b"\n"
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nServer: %s\r\nContent-Type: application/json\r\n"
@@ -173,15 +171,17 @@ class JSONErrorChannel(StreamingChannel):
         self.loseConnection()
 
 
-def make_site(app, reactor=None) -> Site:
+def make_site(app, reactor=None) -> StreamdSite:
     """The Site for C{app} (a L{streamd.web.StreamdApp})."""
-    resource = UTF8URLs(app.app.resource())
+    resource: Resource = UTF8URLs(app.app.resource())
     if app.settings.cors_origins:
         resource = CORS(resource, app.settings.cors_origins)
     kwargs = {"reactor": reactor} if reactor is not None else {}
     site = StreamdSite(resource, parsePOSTFormSubmission=False, **kwargs)
     site.displayTracebacks = False
-    site.protocol = JSONErrorChannel.for_site
+    # Twisted's HTTPFactory.protocol is a function in its class body, which mypy takes
+    # for a method: the ignore.
+    site.protocol = JSONErrorChannel.for_site  # type: ignore[method-assign]
     settings = app.settings
     site.access = open_access_log(settings.access_log, settings.access_log_file,
                                   site.reactor, settings.log_format == "json")

@@ -15,8 +15,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from streamd.config import StreamKeys
-from streamd.errors import HTTPError
-from streamd.stream import Stream
+from streamd.errors import TooManyStreams
+from streamd.stream import Stream, StreamOptions
 
 log = Logger()
 
@@ -63,53 +63,37 @@ class OpenStreams:
         limit_open = self.max_per_identity
         if limit_open and self.per_identity[identity.name] >= limit_open:
             raise self._too_many(identity.name)
-        args = (request, source, framing, identity, settings)
-        kw = dict(name=name, metrics=metrics, limit=limit, heartbeat=heartbeat, since=since,
-                  ack=ack, session=session, filter=filter, stall_warnings=stall_warnings)
+        options = StreamOptions(
+            limit=limit, heartbeat=heartbeat, max_pending=settings.max_pending,
+            max_pending_bytes=settings.max_pending_bytes, send_buffer=settings.send_buffer,
+            slow_policy=settings.slow_policy, ack=ack, max_unacked=settings.max_unacked,
+            retry=settings.retry, session=session, filter=filter,
+            stall_warnings=stall_warnings, name=name)
+        args = (request, source, framing, identity, options, metrics, since)
         if self.reserve is None:
-            return self._open(*args, **kw)
+            return self._open(*args)
         # Several workers: the parent counts the identity's streams on all of them.
         d = self.reserve(identity.name, 1, limit_open)
-        return d.addCallback(self._reserved, args, kw)
+        return d.addCallback(self._reserved, args)
 
-    def _reserved(self, allowed: bool, args, kw):
+    def _reserved(self, allowed: bool, args):
         if not allowed:
             raise self._too_many(args[3].name)
         try:
-            return self._open(*args, **kw)
+            return self._open(*args)
         except Exception:
-            self.reserve(args[3].name, -1, 0)
+            if self.reserve is not None:  # always: only a reservation gets here
+                self.reserve(args[3].name, -1, 0)
             raise
 
-    def _too_many(self, identity: str) -> HTTPError:
-        return HTTPError(f"{identity!r} already has {self.max_per_identity} open streams",
-                         429, {b"Retry-After": b"10"})
+    def _too_many(self, identity: str) -> TooManyStreams:
+        return TooManyStreams(f"{identity!r} already has {self.max_per_identity} open streams",
+                              retry_after=10)
 
-    def _open(self, request, source, framing, identity, settings: StreamKeys, *,
-              name: str, metrics, limit: int | None, heartbeat: float,
-              since: str | None, ack: str, session: str | None, filter,
-              stall_warnings: bool):
-        stream = Stream(
-            request,
-            source,
-            framing,
-            self.reactor,
-            limit=limit,
-            heartbeat=heartbeat,
-            max_pending=settings.max_pending,
-            max_pending_bytes=settings.max_pending_bytes,
-            send_buffer=settings.send_buffer,
-            slow_policy=settings.slow_policy,
-            ack=ack,
-            max_unacked=settings.max_unacked,
-            retry=settings.retry,
-            session=session,
-            on_end=self._ended,
-            filter=filter,
-            stall_warnings=stall_warnings,
-            name=name,
-            metrics=metrics,
-        )
+    def _open(self, request, source, framing, identity, options: StreamOptions, metrics,
+              since: str | None):
+        stream = Stream(request, source, framing, self.reactor, options, on_end=self._ended,
+                        metrics=metrics)
         stream.identity = identity.name
         done = stream.start(since)
         if not stream.ended:

@@ -13,10 +13,10 @@ from twisted.web.http import parse_qs
 
 from streamd import filters
 from streamd.errors import (
-    BadRequest,
-    NotFound,
-    PayloadTooLarge,
-    Unavailable,
+    InvalidRequest,
+    SourceDown,
+    TooLarge,
+    Unknown,
     UnsupportedMediaType,
 )
 from streamd.message import InvalidPayload, decode_body
@@ -50,18 +50,18 @@ def publish(web, request, name):
     try:
         payloads = decode_body(body, content_type(request), top.max_json_depth)
     except InvalidPayload as e:
-        raise BadRequest(f"line {e.line}: {e.reason}") from None
+        raise InvalidRequest(f"line {e.line}: {e.reason}") from None
     max_message = settings.max_message_bytes
     for n, payload in enumerate(payloads, 1):
         if len(payload) > max_message:
-            raise PayloadTooLarge(
+            raise TooLarge(
                 f"line {n}: message over max_message_bytes ({max_message} bytes)"
             )
     if not payloads:
-        raise BadRequest("no message in the body")
+        raise InvalidRequest("no message in the body")
     state, reason = source.status()
     if state != "ok":
-        raise Unavailable(f"stream {name!r} is down: {reason}", headers=retry_after(settings))
+        raise SourceDown(f"stream {name!r} is down: {reason}", retry_after(settings))
     params = {k: v[-1] for k, v in query(request).items()} if request.args else {}
     started = web.reactor.seconds()
     ids = source.publish(payloads, params)
@@ -112,11 +112,17 @@ def _open(web, request, name: str, params: dict[str, list[str]], sample: bool = 
     identity = web.identify(request, "read", name)
     source, settings = web.service.source(name)
     chosen, limit, heartbeat, since = stream_options(request, params, settings.heartbeat)
+    if since is not None and arg(params, "since") is None and \
+            not getattr(source, "resumes_by_id", True):
+        # Last-Event-ID, which a browser's EventSource sends by itself on reconnecting,
+        # and after any answer but a 200 it never tries again: a queue has nothing to
+        # resume (what was not acknowledged comes back), so it is no error (?since= is).
+        since = None
     ack = arg(params, "ack")
     if ack is None:
         ack = settings.ack
     if ack not in ("write", "client"):
-        raise BadRequest(f"ack: expected write or client, got {ack!r}")
+        raise InvalidRequest(f"ack: expected write or client, got {ack!r}")
     stream_filter = filters.parse(params, settings, settings.sample if sample else None)
     stall_warnings = bool_arg(params, "stall_warnings")
     # A source that is down: 503, or (on_source_down = "wait") the stream all the same.
@@ -150,14 +156,14 @@ def ack(web, request, name):
     body = json_body(request.content.read(web.settings.max_body_bytes),
                      web.settings.max_json_depth)
     if not isinstance(body, dict):
-        raise BadRequest('body: expected {"session": ..., "ids": [...]}')
+        raise InvalidRequest('body: expected {"session": ..., "ids": [...]}')
     session, ids = body.get("session"), body.get("ids")
     if not isinstance(session, str):
-        raise BadRequest("session: expected the Streamd-Session header's value")
+        raise InvalidRequest("session: expected the Streamd-Session header's value")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise BadRequest("ids: expected a list of message ids (strings)")
+        raise InvalidRequest("ids: expected a list of message ids (strings)")
     stream = web.open_streams.sessions.get(session)
     if stream is None or stream.name != name:
-        raise NotFound(f"no open client-ack session {session!r} on stream {name!r}")
+        raise Unknown(f"no open client-ack session {session!r} on stream {name!r}")
     acked, unknown = stream.client_acked(ids)
     return json_response(request, 200, {"acked": acked, "unknown": unknown})

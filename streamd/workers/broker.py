@@ -17,9 +17,10 @@ from collections import Counter
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from streamd.channels import MemoryChannels
 from streamd.config import Settings
@@ -130,8 +131,8 @@ class Broker:
 
     def joined(self, worker: BrokerProtocol, index: int, pid: int) -> None:
         old = self.workers.get(index)
-        if old is not None and old is not worker:
-            old.transport.loseConnection()
+        if old is not None and old is not worker and old.transport is not None:
+            old.transport.loseConnection()  # a restarted worker's stale connection
         self.workers[index] = worker
         self.pids[index] = pid
         worker.index = index
@@ -216,7 +217,7 @@ class BrokerProtocol(amp.AMP):
         self.index = -1
         self.readers: dict[str, Any] = {}  # stream name -> its subscription here
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.broker.left(self)
 

@@ -9,9 +9,8 @@ every socket open, connections that arrive while a worker restarts wait in its q
 instead of being refused. A C{unix:} endpoint is one socket that every worker accepts on.
 
 Twisted parses the endpoint string as for one process, so every option it documents
-means the same; reading the parsed endpoint's fields (C{_interface}, C{_port},
-C{_backlog}, C{_sslContextFactory}, C{_address}: private, stable since Twisted 10) is
-the one use of Twisted internals here. A listener's backlog is 4,096 unless the string
+means the same; the parsed endpoint keeps them in private fields, read through
+L{streamd.twisted_internals.endpoint_fields}. A listener's backlog is 4,096 unless the string
 sets C{backlog=} (Twisted's default of 50 overflows in a reconnect storm, and so did 1,024
 for 15,000 readers connecting at once to one process: bench/RESULTS.md, (h); the kernel
 caps it at C{net.core.somaxconn}).
@@ -30,7 +29,25 @@ from twisted.internet.abstract import isIPv6Address
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from streamd.twisted_internals import endpoint_fields
+
 DEFAULT_BACKLOG = 4096
+
+#: The endpoint kinds served from one C{SO_REUSEPORT} socket per worker (and, with one
+#: worker, from L{QUEUES} sockets in the one process).
+REUSE_PORT_KINDS = ("tcp", "tcp6", "ssl")
+
+#: Listen queues of a TCP or TLS endpoint in one process: a burst waits in up to
+#: 4 x 4,096 connections' worth of kernel queues while the process serves the first.
+QUEUES = 4
+
+
+class CannotListen(Exception):
+    """
+    An endpoint cannot be listened on (a port in use, a socket path not writable).
+    Raised from a service's C{privilegedStartService}: twistd then removes its pid file,
+    reports the error to the shell that started a daemon, and exits 1.
+    """
 
 
 @dataclass
@@ -59,26 +76,27 @@ def bind(reactor, desc: str, workers: int, shared: bool = False) -> Listener:
     """
     endpoint = endpoints.serverFromString(reactor, desc)
     if isinstance(endpoint, endpoints.UNIXServerEndpoint):
-        endpoint._backlog = backlog_of(desc, endpoint._backlog)
-        port = endpoint._reactor.listenUNIX(
-            endpoint._address, Factory(), backlog=endpoint._backlog, mode=endpoint._mode,
-            wantPID=endpoint._wantPID)
+        fields = endpoint_fields(endpoint)
+        port = reactor.listenUNIX(
+            fields.path, Factory(), backlog=backlog_of(desc, fields.backlog),
+            mode=fields.mode, wantPID=fields.want_pid)
         port.stopReading()  # the workers accept; the parent only holds it
         return Listener(desc, "unix", socket.AF_UNIX, [port.fileno()],
-                        f"unix:{endpoint._address}", port)
+                        f"unix:{fields.path}", port)
     if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
         kind = "ssl"
     elif isinstance(endpoint, (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint)):
         kind = "tcp"
     else:
         raise ValueError(f"{desc!r}: workers serve tcp:, ssl: and unix: endpoints")
-    interface = endpoint._interface
+    fields = endpoint_fields(endpoint)
+    interface = fields.interface
     family = socket.AF_INET6 if isIPv6Address(interface) else socket.AF_INET
     if isinstance(endpoint, endpoints.TCP6ServerEndpoint) and not interface:
         interface, family = "::", socket.AF_INET6
     listener = Listener(desc, kind, family)
-    port = endpoint._port
-    backlog = backlog_of(desc, endpoint._backlog)
+    port = fields.port
+    backlog = backlog_of(desc, fields.backlog)
     try:
         for _ in range(1 if shared else workers):
             s = socket.socket(family, socket.SOCK_STREAM)
@@ -114,7 +132,7 @@ def adopt(reactor, desc: str, kind: str, family: int, fd: int, site):
     factory = site
     if kind == "ssl":
         endpoint = endpoints.serverFromString(reactor, desc)
-        factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, site)
+        factory = TLSMemoryBIOFactory(endpoint_fields(endpoint).context_factory, False, site)
     port = reactor.adoptStreamPort(fd, family, factory)
     os.close(fd)  # adoptStreamPort took a duplicate
     return port

@@ -2,12 +2,12 @@
 A worker's side of the broker (L{streamd.workers.broker} is the parent's): the same
 interfaces as in one process, across a socket.
 
-- L{RemoteMemorySource} is a memory stream to the service and the web layer: publishing
-  asks the parent for ids; the first reader of a stream on this worker subscribes it to
-  the parent's batches, which this worker then fans out to its own readers.
-- L{RemoteChannels} keeps a copy of the channel values, changed by the parent's news.
-- L{SharedSubscriptions} keeps a copy of every channel subscription, so that one made or
-  changed on any worker is read, streamed, changed or deleted on any other.
+  - L{RemoteMemorySource} is a memory stream to the service and the web layer: publishing
+    asks the parent for ids; the first reader of a stream on this worker subscribes it to
+    the parent's batches, which this worker then fans out to its own readers.
+  - L{RemoteChannels} keeps a copy of the channel values, changed by the parent's news.
+  - L{SharedSubscriptions} keeps a copy of every channel subscription, so that one made or
+    changed on any worker is read, streamed, changed or deleted on any other.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from streamd.channels import ChannelSubscription, Subscriptions, Watched
+from streamd.channels import Subscriptions, SubscriptionSource, Watched
 from streamd.coalesce import Coalescer
 from streamd.interfaces import ISource, ISubscription
 from streamd.message import Message, SharedBatch
@@ -35,14 +37,23 @@ log = Logger()
 
 @implementer(ISubscription)
 class RemoteSubscription(Unacknowledged):
-    """One reader of a memory stream on this worker."""
+    """
+    One reader of a memory stream on this worker.
 
-    __slots__ = ("source", "consumer", "cancelled")
+    @ivar ready: fires once the parent answered this reader's C{Subscribe}: from then on
+        every batch reaches it. The stream sends its head only then (L{Stream.start}):
+        a client that saw its stream open, and a publish answered after that on any
+        worker, must not miss each other (tests/integration/test_backlog.py saw 70 of 15,000
+        readers miss the message published once all had their head, before this).
+    """
+
+    __slots__ = ("source", "consumer", "cancelled", "ready")
 
     def __init__(self, source: RemoteMemorySource, consumer) -> None:
         self.source = source
         self.consumer = consumer
         self.cancelled = False
+        self.ready: defer.Deferred[None] = defer.Deferred()
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -60,6 +71,7 @@ class RemoteMemorySource:
     """
 
     kind = "memory"
+    resumes_by_id = True  # ISource: a Last-Event-ID is passed on as C{since}
     durable = False
     recent = ()  # the resume buffer is the parent's
 
@@ -111,6 +123,8 @@ class RemoteMemorySource:
         # What came before the answer is not for this reader (the replay has it).
         self.incoming.flush()
         if not sub.cancelled:
+            sub.ready.callback(None)  # the head: before the replay, as in one process
+        if not sub.cancelled:
             if answer["gap"] is not None:
                 sub.consumer.gap(answer["gap"])
             replay = wire.split(answer["payloads"])
@@ -125,6 +139,7 @@ class RemoteMemorySource:
         self.waiting -= 1
         if not sub.cancelled:
             log.failure("the parent refused a reader of {name}", failure, name=self.name)
+            sub.ready.callback(None)
             sub.consumer.source_ended("the stream is gone")
 
     def unsubscribe_if_unread(self) -> None:
@@ -153,7 +168,7 @@ class RemoteChannels(Watched):
         self.notify(name, value)
 
 
-class SharedChannelSubscription(ChannelSubscription):
+class SharedSubscriptionSource(SubscriptionSource):
     """A channel subscription whose changes and open streams the parent hears of."""
 
     def __init__(self, id: str, channels: Iterable[str], store, clock,
@@ -167,12 +182,12 @@ class SharedChannelSubscription(ChannelSubscription):
         self.client.callRemote(wire.ChangeSubscription, id=self.id, add=add, remove=remove)
 
     def subscribe(self, consumer, since=None):
-        feed = super().subscribe(consumer, since)
+        reader = super().subscribe(consumer, since)
         self.client.callRemote(wire.SubscriptionUsed, id=self.id, delta=1)
-        return feed
+        return reader
 
-    def _feed_ended(self, feed) -> None:
-        super()._feed_ended(feed)
+    def _reader_ended(self, reader) -> None:
+        super()._reader_ended(reader)
         if self.client.connected:
             self.client.callRemote(wire.SubscriptionUsed, id=self.id, delta=-1)
 
@@ -192,13 +207,13 @@ class SharedSubscriptions(Subscriptions):
         for sub_id, sub in client.initial_subscriptions.items():
             self.created(sub_id, sub["channels"], sub["owner"])
 
-    def make(self, id: str, channels: Iterable[str]) -> ChannelSubscription:
-        return SharedChannelSubscription(id, channels, self.store, self.clock, self.client)
+    def make(self, id: str, channels: Iterable[str]) -> SubscriptionSource:
+        return SharedSubscriptionSource(id, channels, self.store, self.clock, self.client)
 
-    def create(self, channels: Iterable[str], owner: str | None = None) -> ChannelSubscription:
+    def create(self, channels: Iterable[str], owner: str | None = None) -> SubscriptionSource:
         sub = super().create(channels, owner)
         # The 201 waits for this, so that the next request may land on any worker.
-        sub.announced = self.client.callRemote(  # type: ignore[attr-defined]
+        sub.announced = self.client.callRemote(
             wire.CreateSubscription, id=sub.id, channels=sub.channels, owner=owner or "")
         return sub
 
@@ -219,7 +234,7 @@ class SharedSubscriptions(Subscriptions):
     def changed(self, id: str, add: list[str], remove: list[str]) -> None:
         sub = self.by_id.get(id)
         if sub is not None:
-            ChannelSubscription.change(sub, add, remove)
+            SubscriptionSource.change(sub, add, remove)
 
     def ended(self, id: str, deleted: bool) -> None:
         sub = self.by_id.pop(id, None)
@@ -254,7 +269,7 @@ class BrokerClient(amp.AMP):
         super().connectionMade()
         self.connected = True
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         super().connectionLost(reason)
         self.lost.callback(None)

@@ -19,7 +19,7 @@ import pickle
 from typing import Any
 
 from streamd.store.base import Notice
-from streamd.store.listeners import Listeners
+from streamd.store.listeners import InsertListeners
 from streamd.workers import wire
 
 #: The store methods a worker may call.
@@ -33,7 +33,7 @@ class RemoteStore:
         self.client = client
         self.backend = backend
         self.keys = tuple(keys)
-        self.listeners = Listeners()
+        self.listeners = InsertListeners()
         self.listen = self.listeners.listen
         client.store = self
 

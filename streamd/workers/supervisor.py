@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -51,7 +50,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.supervisor = supervisor
         self.index = index
         self.partial = {1: b"", 2: b""}
-        self.ended = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         lines = (self.partial.get(fd, b"") + data).split(b"\n")
@@ -92,12 +91,10 @@ class Supervisor(service.Service):
     @ivar options: the command line's options, for the workers to read the same settings.
     """
 
-    def __init__(self, settings, options: dict[str, Any], reactor,
-                 on_fatal: Callable[[int], None] = lambda status: None, stderr=None) -> None:
+    def __init__(self, settings, options: dict[str, Any], reactor, stderr=None) -> None:
         self.settings = settings
         self.options = options
         self.reactor = reactor
-        self.on_fatal = on_fatal
         self.stderr = stderr if stderr is not None else sys.stderr
         self.count = settings.workers
         self.broker = Broker(settings, reactor)
@@ -111,6 +108,26 @@ class Supervisor(service.Service):
         self.stopping = False
         self.dir = ""
 
+    def privilegedStartService(self) -> None:
+        """
+        Bind every endpoint before twistd sheds privileges and before the reactor runs;
+        one that cannot be bound raises L{listening.CannotListen}: twistd then removes
+        its pid file and exits 1.
+        """
+        super().privilegedStartService()
+        for desc in self.settings.listen:
+            try:
+                self.listeners.append(listening.bind(self.reactor, desc, self.count,
+                                                     shared=SHARED_SOCKET in os.environ))
+            except Exception as e:
+                message = f"cannot listen on {desc}: {e}"
+                log.critical("streamd {message}", message=message)
+                self.stderr.write(f"streamd: {message}\n")
+                self.stderr.flush()
+                for bound in self.listeners:
+                    listening.close(bound)
+                raise listening.CannotListen(message) from None
+
     def startService(self) -> None:
         super().startService()
         self.dir = tempfile.mkdtemp(prefix="streamd-workers-")
@@ -118,26 +135,8 @@ class Supervisor(service.Service):
         defer.ensureDeferred(self.broker.start())
         self.broker_port = self.reactor.listenUNIX(self.broker_path, BrokerFactory(self.broker),
                                                    mode=0o600)
-        for desc in self.settings.listen:
-            try:
-                self.listeners.append(listening.bind(self.reactor, desc, self.count,
-                                                     shared=SHARED_SOCKET in os.environ))
-            except Exception as e:
-                self.fatal(f"cannot listen on {desc}: {e}")
-                return
         for index in range(self.count):
             self.spawn(index)
-
-    def fatal(self, message: str) -> None:
-        log.critical("streamd {message}", message=message)
-        self.stderr.write(f"streamd: {message}\n")
-        self.stderr.flush()
-        self.on_fatal(1)
-        self.reactor.callWhenRunning(self._stop_reactor)
-
-    def _stop_reactor(self) -> None:
-        with contextlib.suppress(error.ReactorNotRunning):
-            self.reactor.stop()
 
     def spawn(self, index: int) -> None:
         self.pending.pop(index, None)
@@ -213,5 +212,7 @@ class Supervisor(service.Service):
 
     @staticmethod
     def _signal(worker: WorkerProcess, name: str) -> None:
+        if worker.transport is None:  # not started
+            return
         with contextlib.suppress(error.ProcessExitedAlready):
             worker.transport.signalProcess(name)

@@ -69,7 +69,7 @@ class BrokerError(Exception):
     """A request the broker refused; C{args[0]} is the kind, C{args[1]} the message."""
 
 
-_ERRORS = {BrokerError: b"BROKER"}
+_ERRORS: dict[type[Exception], bytes] = {BrokerError: b"BROKER"}
 
 # -- worker -> parent ------------------------------------------------------------------
 
@@ -115,26 +115,26 @@ class Unsubscribe(amp.Command):
 
 class SetChannel(amp.Command):
     arguments = [(b"name", amp.Unicode()), (b"value", Blob())]
-    response: list = []
+    response = []
 
 
 class CreateSubscription(amp.Command):
     """A channel subscription made on a worker: every other worker learns of it."""
 
     arguments = [(b"id", amp.Unicode()), (b"channels", Json()), (b"owner", amp.Unicode())]
-    response: list = []
+    response = []
 
 
 class ChangeSubscription(amp.Command):
     arguments = [(b"id", amp.Unicode()), (b"add", Json()), (b"remove", Json())]
-    response: list = []
+    response = []
 
 
 class EndSubscription(amp.Command):
     """Deleted (C{DELETE}), or forgotten after C{expire} seconds without a stream."""
 
     arguments = [(b"id", amp.Unicode()), (b"deleted", amp.Boolean())]
-    response: list = []
+    response = []
 
 
 class SubscriptionUsed(amp.Command):

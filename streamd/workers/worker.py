@@ -21,6 +21,7 @@ from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
 
 from streamd.service import Service
 from streamd.tap import StreamdService, settings_from_options
+from streamd.twisted_internals import accept_eagerly
 from streamd.web import StreamdApp
 from streamd.workers import listening
 from streamd.workers.remote import BrokerClient, status_report
@@ -38,7 +39,9 @@ class WorkerService(StreamdService):
 
     def listen(self) -> None:
         for desc, kind, family, fd in self.listeners:
-            self.ports.append(listening.adopt(self.reactor, desc, kind, family, fd, self.site))
+            port = listening.adopt(self.reactor, desc, kind, family, fd, self.site)
+            accept_eagerly(port)
+            self.ports.append(port)
 
 
 async def run(reactor, spec: dict) -> None:
