@@ -95,7 +95,7 @@ def bind(reactor, desc: str, workers: int, shared: bool = False) -> Listener:
     if isinstance(endpoint, endpoints.TCP6ServerEndpoint) and not interface:
         interface, family = "::", socket.AF_INET6
     listener = Listener(desc, kind, family)
-    port = fields.port
+    port = claim(family, interface, fields.port)
     backlog = backlog_of(desc, fields.backlog)
     try:
         for _ in range(1 if shared else workers):
@@ -115,6 +115,19 @@ def bind(reactor, desc: str, workers: int, shared: bool = False) -> Listener:
     host = f"[{interface}]" if family == socket.AF_INET6 else interface
     listener.address = f"{kind}:{host or '0.0.0.0'}:{port}"
     return listener
+
+
+def claim(family: int, interface: str, port: int) -> int:
+    """
+    Fail (C{EADDRINUSE}) if anything listens on C{(interface, port)} already, even
+    another streamd: C{SO_REUSEPORT} alone would let it share the port, and a second
+    instance started by mistake would silently take half of the connections. Returns
+    the port (the one the kernel picked, for port 0).
+    """
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not REUSEPORT
+        probe.bind((interface, port))
+        return probe.getsockname()[1]
 
 
 def close(listener: Listener) -> None:

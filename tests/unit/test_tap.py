@@ -6,6 +6,7 @@ shutdown that waits on the connections' loss, not a poll.
 
 from __future__ import annotations
 
+import errno
 import io
 import re
 import socket
@@ -157,3 +158,16 @@ def test_twistd_listens_before_the_reactor_runs_and_start_does_not_listen_again(
     assert len(reactor.adoptedPorts) == listening.QUEUES
     service.startService()
     assert len(reactor.adoptedPorts) == listening.QUEUES
+
+
+def test_a_port_another_streamd_listens_on_is_in_use(tmp_path):
+    # SO_REUSEPORT lets sockets of one user share a port: a second streamd started by
+    # mistake on the port of a running one must fail, not take half of its connections.
+    first = listening.bind(MemoryReactorClock(), "tcp:0:interface=127.0.0.1", listening.QUEUES)
+    try:
+        port = int(first.address.rsplit(":", 1)[1])
+        with pytest.raises(OSError) as e:
+            listening.bind(MemoryReactorClock(), f"tcp:{port}:interface=127.0.0.1", 2)
+        assert e.value.errno == errno.EADDRINUSE
+    finally:
+        listening.close(first)
