@@ -15,6 +15,7 @@ checks are plain coroutines too (L{CHECKS}), for another test runner.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from typing import Any
@@ -76,15 +77,26 @@ async def next_turns(n: int = 3) -> None:
         await d
 
 
-async def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll C{predicate} on the reactor until true; AssertionError after C{seconds}."""
+async def wait_until(predicate: Callable[[], Any], seconds: float = 10.0,
+                     what: str = "the condition", *, interval: float = 0.01) -> None:
+    """
+    Poll C{predicate} on the reactor every C{interval} seconds until it is true;
+    AssertionError naming C{what} after C{seconds}. The one wait of streamd's tests
+    (C{tests.support.web} re-exports it). C{predicate} may return an awaitable (an
+    HTTP request, say), which is awaited.
+    """
     reactor = _reactor()
     deadline = reactor.seconds() + seconds
-    while not predicate():
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if reactor.seconds() > deadline:
             raise AssertionError(f"not within {seconds} s: {what}")
         d: Deferred = Deferred()
-        reactor.callLater(0.01, d.callback, None)
+        reactor.callLater(interval, d.callback, None)
         await d
 
 

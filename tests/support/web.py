@@ -5,7 +5,6 @@ unbuffered) that reads a stream line by line; waits on events with a bound.
 
 from __future__ import annotations
 
-import inspect
 import json
 from typing import Any
 
@@ -17,6 +16,7 @@ from twisted.internet.task import Clock
 
 from streamd import config
 from streamd.service import Service
+from streamd.testing.conformance import wait_until
 from streamd.web import StreamdApp
 
 TIMEOUT = 10.0
@@ -63,31 +63,6 @@ class Server:
     async def wait_open_streams(self, n: int, seconds: float = TIMEOUT) -> None:
         """Wait until exactly C{n} streams are open on the server."""
         await wait_until(lambda: len(self.app.open_streams) == n, seconds)
-
-
-async def wait_until(predicate, seconds: float = TIMEOUT, interval: float = 0.01) -> None:
-    """
-    Poll C{predicate} on the reactor until true, or fail after C{seconds}; it may be
-    a coroutine function or return a Deferred (an HTTP request, say).
-    """
-    deadline = reactor.seconds() + seconds
-
-    async def met() -> bool:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        return bool(result)
-
-    while not await met():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {seconds} s")
-        await defer.Deferred.fromCoroutine(_tick(interval))
-
-
-async def _tick(interval: float) -> None:
-    d = defer.Deferred()
-    reactor.callLater(interval, d.callback, None)
-    await d
 
 
 class StreamReader:
