@@ -2,17 +2,19 @@
 The listening sockets of several workers: bound once by the parent, served by every
 worker (L{bind} in the parent, L{adopt} in a worker).
 
-A C{tcp:} or C{ssl:} endpoint gets one socket per worker, all bound to the same address
-with C{SO_REUSEPORT}: the kernel spreads new connections evenly over them (a shared
-socket lets whichever worker wakes first take a whole burst), and since the parent keeps
-every socket open, connections that arrive while a worker restarts wait in its queue
-instead of being refused. A C{unix:} endpoint is one socket that every worker accepts on.
+A C{tcp:} or C{ssl:} endpoint gets L{QUEUES} sockets shared out among the workers (at
+least one each; one process serves all of them), all bound to the same address with
+C{SO_REUSEPORT}: the kernel spreads new connections evenly over them (a shared socket lets
+whichever worker wakes first take a whole burst), each has a listen queue of its own (a
+burst of readers waits in all of them), and since the parent keeps every socket open,
+connections that arrive while a worker restarts wait in its queues instead of being
+refused. A C{unix:} endpoint is one socket that every worker accepts on.
 
 Twisted parses the endpoint string as for one process, so every option it documents
 means the same; the parsed endpoint keeps them in private fields, read through
 L{streamd.twisted_internals.endpoint_fields}. A listener's backlog is 4,096 unless the string
 sets C{backlog=} (Twisted's default of 50 overflows in a reconnect storm, and so did 1,024
-for 15,000 readers connecting at once to one process: bench/RESULTS.md, (h); the kernel
+for 15,000 readers connecting at once: bench/RESULTS.md, "A reconnect storm"; the kernel
 caps it at C{net.core.somaxconn}).
 """
 
@@ -37,8 +39,9 @@ DEFAULT_BACKLOG = 4096
 #: worker, from L{QUEUES} sockets in the one process).
 REUSE_PORT_KINDS = ("tcp", "tcp6", "ssl")
 
-#: Listen queues of a TCP or TLS endpoint in one process: a burst waits in up to
-#: 4 x 4,096 connections' worth of kernel queues while the process serves the first.
+#: Listen queues of a TCP or TLS endpoint, in one process or spread over the workers: a
+#: burst waits in up to 4 x 4,096 connections' worth of kernel queues while the first
+#: are served.
 QUEUES = 4
 
 
@@ -61,8 +64,21 @@ class Listener:
     address: str = ""  # what the log says it listens on
     port: Any = None  # the parent's own Twisted port of a unix socket (it unlinks the path)
 
-    def fd_for(self, worker: int) -> int:
-        return self.fds[worker % len(self.fds)]
+    def fds_for(self, worker: int, workers: int) -> list[int]:
+        """The sockets worker C{worker} of C{workers} accepts on (its share of them)."""
+        if len(self.fds) < workers:  # one socket they all accept on (unix:, or shared)
+            return [self.fds[worker % len(self.fds)]]
+        share = len(self.fds) // workers
+        return self.fds[worker * share:(worker + 1) * share]
+
+
+def per_worker(workers: int) -> int:
+    """
+    Sockets per worker for a TCP or TLS endpoint: L{QUEUES} listen queues in all, at
+    least one each. Two workers with one queue of 4,096 each overflowed 13,614-14,428
+    times when 15,000 readers connected at once on a quiet machine (bench/storm.py).
+    """
+    return max(1, -(-QUEUES // workers))
 
 
 def backlog_of(desc: str, parsed: int) -> int:

@@ -117,8 +117,9 @@ class Supervisor(service.Service):
         super().privilegedStartService()
         for desc in self.settings.listen:
             try:
-                self.listeners.append(listening.bind(self.reactor, desc, self.count,
-                                                     shared=SHARED_SOCKET in os.environ))
+                self.listeners.append(listening.bind(
+                    self.reactor, desc, self.count * listening.per_worker(self.count),
+                    shared=SHARED_SOCKET in os.environ))
             except Exception as e:
                 message = f"cannot listen on {desc}: {e}"
                 log.critical("streamd {message}", message=message)
@@ -146,12 +147,13 @@ class Supervisor(service.Service):
             "index": index,
             "broker": self.broker_path,
             "options": self.options,
-            "listen": [[lst.desc, lst.kind, lst.family, lst.fd_for(index)]
-                       for lst in self.listeners],
+            "listen": [[lst.desc, lst.kind, lst.family, fd] for lst in self.listeners
+                       for fd in lst.fds_for(index, self.count)],
         }
         fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         for lst in self.listeners:
-            fds[lst.fd_for(index)] = lst.fd_for(index)
+            for fd in lst.fds_for(index, self.count):
+                fds[fd] = fd
         env = dict(os.environ, **{SPEC: json.dumps(spec)})
         worker = WorkerProcess(self, index)
         self.processes[index] = worker
