@@ -43,25 +43,16 @@ import sys
 import tempfile
 import time
 
+from common import cpu_seconds, free_port, percentile, wait_for
+
 HOST = "127.0.0.1"
 SEQ_RE = re.compile(rb'"seq":(\d+),"t":([0-9.]+)')
 CONTROL_RE = re.compile(rb'^\{"(gap|dropped|error|shutdown)"', re.M)
 LISTENING_RE = re.compile(rb"streamd listening on tcp:[0-9.]+:(\d+)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
-def wait_for(predicate, seconds: float, what: str) -> None:
-    """Poll C{predicate} (bounded); the benchmark's processes start asynchronously."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def start_redis(port: int) -> subprocess.Popen:
@@ -132,10 +123,6 @@ def numsub(port: int, channel: bytes) -> int:
         return int(s.recv(4096).split(b"\r\n")[-2][1:])
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Subscriber(asyncio.Protocol):
@@ -317,8 +304,6 @@ async def publish_http(port: int, total: int, size: int, batch: int, rate: float
     writer.close()
 
 
-def percentile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
 async def scenario(name: str, path: str, publisher, args, streamd, sport, ready=None) -> dict:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import signal
 import subprocess
 import sys
 
-from common import ROOT, accepts, free_port, twistd_command, wait_for
+from common import ROOT, accepts, free_port, raise_nofile, tcp_ext, twistd_command, wait_for
 
 sys.path.insert(0, ROOT)  # tests.support.storm: the same storm the test opens
-from tests.support.storm import listen_overflows, storm  # noqa: E402
+from tests.support.storm import storm  # noqa: E402
 
 
 def run(backlog: int, workers: int, readers: int) -> tuple[int, int, int]:
@@ -33,9 +32,9 @@ def run(backlog: int, workers: int, readers: int) -> tuple[int, int, int]:
                             start_new_session=True)
     try:
         wait_for(lambda: accepts(port), 30, "streamd listening", proc)
-        before = listen_overflows()
+        before = sum(tcp_ext().values())
         answered, reached = storm(port, readers)
-        return answered, reached, listen_overflows() - before
+        return answered, reached, sum(tcp_ext().values()) - before
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -48,8 +47,7 @@ def main() -> None:
     p.add_argument("--readers", type=int, default=15_000)
     p.add_argument("--repeat", type=int, default=1)
     args = p.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # and so for streamd too
+    raise_nofile()  # and so for streamd too
     print("backlog workers  answered  got it  overflows")
     for _ in range(args.repeat):
         for backlog in map(int, args.backlog.split(",")):

@@ -184,15 +184,13 @@ class StreamdService(service.Service):
         except (OSError, ValueError) as e:
             raise self._cannot_listen(desc, Failure(e)) from None
         for fd in listener.fds:
-            port = listening.adopt(self.reactor, desc, listener.kind, listener.family, fd,
-                                   self.site)
-            accept_eagerly(port)
-            self.ports.append(port)
+            self.ports.append(listening.adopt(self.reactor, desc, listener.kind,
+                                              listener.family, fd, self.site))
         listener.fds.clear()  # adopted: each port owns its socket now
         log.info("streamd listening on {address}", address=listener.address)
 
     def _listening(self, port, desc: str) -> None:
-        accept_eagerly(port)
+        accept_eagerly(port, getattr(port, "backlog", 0))
         self.ports.append(port)
         host = port.getHost()
         kind = desc.split(":", 1)[0]
@@ -204,13 +202,7 @@ class StreamdService(service.Service):
         log.info("streamd listening on {address}", address=f"{kind}:{where}")
 
     def _cannot_listen(self, desc: str, failure) -> CannotListen:
-        """Say why C{desc} cannot be listened on, in the log and on stderr, in one line."""
-        why = failure.getErrorMessage()
-        log.critical("streamd cannot listen on {desc}: {error}", desc=desc, error=why)
-        # The log may be a file: say it on stderr too, in one line, as config errors do.
-        self.stderr.write(f"streamd: cannot listen on {desc}: {why}\n")
-        self.stderr.flush()
-        return CannotListen(f"cannot listen on {desc}: {why}")
+        return listening.cannot_listen(desc, failure.getErrorMessage(), self.stderr)
 
     def _listen_failed_later(self, failure, desc: str) -> None:
         """

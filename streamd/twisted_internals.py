@@ -367,14 +367,15 @@ def endpoint_fields(endpoint) -> EndpointFields:
 # queue is empty" (and at most the listen queue's length per turn).
 
 
-def accept_eagerly(port) -> None:
+def accept_eagerly(port, queue: int) -> None:
     """
-    Let C{port} (a TCP, TLS or UNIX listening port) accept up to its listen queue's
-    length of waiting connections on every wake-up, instead of ramping up from one.
+    Let C{port} (a TCP, TLS or UNIX listening port) accept up to C{queue} (its listen
+    queue's length: an adopted port does not know it) waiting connections on every
+    wake-up, instead of ramping up from one.
     """
     if not hasattr(port, "numberAccepts"):  # another kind of port
         return
-    at_least = max(int(getattr(port, "backlog", 0) or 0), 100)
+    at_least = max(queue, 100)
     read = port.doRead
 
     def doRead():

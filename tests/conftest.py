@@ -1,8 +1,7 @@
 """
-Shared test helpers: a streamd app served in-process on a real TCP port, and a real
-HTTP client (treq, unbuffered) that reads a stream line by line.
-
-Integration helpers wait on events with a bound (C{within}), never on fixed delays.
+What every test may ask for: the C{serve} fixture (a streamd app served in-process on a
+real TCP port) and the report header naming the programs that are missing. The helpers
+are in L{tests.support}.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from streamd import config
 from streamd.service import Service
 from streamd.web import StreamdApp
 from streamd.web.site import make_site
-from tests.support.web import TIMEOUT, Server, settings  # noqa: F401
+from tests.support.web import TIMEOUT, Server, settings
 
 #: Programs some tests drive; where one is not on PATH its tests are skipped, with the reason.
 PROGRAMS = ("redis-server", "redis-cli", "chromium")
@@ -29,18 +28,6 @@ def pytest_report_header(config) -> str | None:
         return (f"not on PATH: {', '.join(missing)}: the tests that need them are skipped "
                 "(README.md, Development)")
     return None
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 @pytest_twisted.async_yield_fixture
@@ -75,15 +62,3 @@ async def serve():
         await server.port.stopListening()
         if server.tls_port is not None:
             await server.tls_port.stopListening()
-
-
-
-
-
-
-
-
-
-
-
-

@@ -43,19 +43,27 @@ def instance_name(table: Mapping[str, Any], services: Services) -> str:
     return instance if worker is None else f"{instance}-w{worker}"
 
 
+def declared(settings, name: str, key: str):
+    """
+    The settings of the C{[redis.NAME]} named C{name} by the config key C{key};
+    L{ConfigError} naming C{key} if there is none.
+    """
+    if name not in settings.redis:
+        raise ConfigError(key, f"no Redis connection named {name!r} (declare [redis.{name}])")
+    return settings.redis[name]
+
+
 def acquire(services: Services, name: str, key: str) -> RedisConnection:
     """
     The shared connection to the C{[redis.NAME]} named C{name} (by the config key
     C{key}, named in the error if there is none), created on first use. Release it
     with L{release} when the source stops.
     """
-    declared = services.settings.redis
-    if name not in declared:
-        raise ConfigError(key, f"no Redis connection named {name!r} (declare [redis.{name}])")
+    table = declared(services.settings, name, key)
     shared = services.shared.setdefault("redis", {})
     conn = shared.get(name)
     if conn is None:
-        conn = shared[name] = open_connection(declared[name], services.reactor)
+        conn = shared[name] = open_connection(table, services.reactor)
     conn.users += 1
     return conn
 

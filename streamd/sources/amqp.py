@@ -148,13 +148,12 @@ class AMQPSource:
         self.exchange_type: str = settings.get("exchange_type", "topic")
         self.prefetch: int = settings.get("prefetch", 100)
         self.max_length: int = settings.get("max_length", 10000)
-        self.reconnect_max: float = settings.get("reconnect_max", 5.0)
         self.connection = BrokerConnection(
             name, params, reactor, tls=self.url.startswith("amqps://"),
             tls_ca=settings.get("tls_ca", ""),
             connect_timeout=settings.get("connect_timeout", 5.0),
             reconnect_initial=settings.get("reconnect_initial", 0.1),
-            reconnect_max=self.reconnect_max, setup=self._setup,
+            reconnect_max=settings.get("reconnect_max", 5.0), setup=self._setup,
             on_up=self._connected, on_lost=self._lost, count=self._count_series)
         self.publisher: Any = None
         self.subscribers: list[AMQPSubscription] = []

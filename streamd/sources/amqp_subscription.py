@@ -194,7 +194,7 @@ class AMQPSubscription:
 
     def _reopen_later(self) -> None:
         if not self.cancelled:
-            self.reactor.callLater(self.source.reconnect_max, self.open)
+            self.reactor.callLater(self.source.connection.reconnect_max, self.open)
 
     def _closed(self, link: _Link, reason) -> None:
         link.closed = True

@@ -161,8 +161,9 @@ class RedisListSource(RedisKind):
         self.processing = self.processing_of(instance)
         self.alive = f"{self.base}:streamd:alive:{instance}"
         self.registry = f"{self.base}:streamd:instances"
-        #: values (with repeats) delivered to clients or parked, not settled yet
-        self.held: Counter[bytes] = Counter()
+        #: values (with repeats) delivered to clients or parked, not settled yet: what a
+        #: failover gives back; kept on a cluster only (None elsewhere)
+        self.held: Counter[bytes] | None = Counter() if conn.clustered else None
         self.was_down = False
         self.seq = 0
         self.subscribers: set[ListSubscription] = set()
@@ -200,7 +201,7 @@ class RedisListSource(RedisKind):
             self.was_down = True
         elif self.was_down:
             self.was_down = False
-            held = list(self.held.elements())
+            held = list(self.held.elements()) if self.held is not None else []
             self._track(self.conn.eval(RECONCILE, [self.key, self.processing], held)
                         ).addCallback(self._recovered, self.processing).addErrback(
                             self._lost, "reconcile")
@@ -246,6 +247,8 @@ class RedisListSource(RedisKind):
     def release(self, handles: list[bytes]) -> None:
         """No client holds these values any more."""
         held = self.held
+        if held is None:
+            return
         for h in handles:
             if held[h] > 1:
                 held[h] -= 1
@@ -299,7 +302,8 @@ class RedisListSource(RedisKind):
 
     def message(self, value: bytes) -> Message:
         self.seq += 1
-        self.held[value] += 1
+        if self.held is not None:
+            self.held[value] += 1
         return Message(str(self.seq), self.name, as_json(value), None, value)
 
     async def _stop(self) -> None:

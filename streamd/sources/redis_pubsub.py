@@ -103,10 +103,10 @@ class RedisPubSubSource(RedisKind):
         self.on_stop = on_stop
         self.seq = 0
         self.subscribers: set[PubSubSubscription] = set()
-        self.hub: Hub | None = None
         self.sharded = sharded
-        #: sharded: (hub, member) per slot of our channels
-        self.parts: list[tuple[Hub | SlotHub, _Part]] = []
+        #: (hub, member) per subscriber connection: sharded, one per slot of our channels
+        #: (a L{_Part} each); classic, the connection's hub with this source as member
+        self.parts: list[tuple[Hub | SlotHub, Any]] = []
         # Reads of one reactor turn (or of coalesce seconds) reach a stream together.
         self.outgoing = Coalescer(clock, self._deliver, coalesce)
 
@@ -134,29 +134,21 @@ class RedisPubSubSource(RedisKind):
                 by_slot.setdefault(key_slot(channel), []).append(channel)
             self.parts = [(Hub.sharded(self.conn, self.clock, slot), _Part(self, channels))
                           for slot, channels in sorted(by_slot.items())]
-            return self.conn.wait_for(lambda: self.conn.up and self._hubs_up())
-        hub = self.hub = Hub.of(self.conn, self.clock)
-        return self.conn.wait_for(lambda: self.conn.up and hub.up)
+        else:
+            self.parts = [(Hub.of(self.conn, self.clock), self)]
+        return self.conn.wait_for(lambda: self.conn.up and self._hubs_up())
 
     def _hubs_up(self) -> bool:
-        if self.sharded:
-            return bool(self.parts) and all(hub.up for hub, _ in self.parts)
-        return self.hub is not None and self.hub.up
+        return bool(self.parts) and all(hub.up for hub, _ in self.parts)
 
     def _join(self) -> None:
-        if self.sharded:
-            for hub, part in self.parts:
-                hub.add(part)
-        else:
-            assert self.hub is not None, "joined before start()"
-            self.hub.add(self)
+        assert self.parts, "joined before start()"
+        for hub, member in self.parts:
+            hub.add(member)
 
     def _part(self) -> None:
-        if self.sharded:
-            for hub, part in self.parts:
-                hub.remove(part)
-        elif self.hub is not None:
-            self.hub.remove(self)
+        for hub, member in self.parts:
+            hub.remove(member)
 
     def stop(self):
         self.outgoing.flush()

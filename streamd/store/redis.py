@@ -38,11 +38,11 @@ import secrets
 from zope.interface import implementer
 
 from streamd.interfaces import IStore
-from streamd.keys import ConfigError
 from streamd.redis.cluster import open_connection
 from streamd.redis.connection import RedisConnection, address, connection_settings
 from streamd.redis.hub import Hub
 from streamd.redis.settings import RedisConnectionSettings
+from streamd.redis.shared import declared
 from streamd.redis.slots import hash_tag
 from streamd.store.base import (
     Event,
@@ -246,12 +246,8 @@ class RedisStore:
         Cluster, or to a server that needs C{tls_ca}, from the config).
         """
         conf = settings.store
-        named = None
-        if conf.connection:
-            named = settings.redis.get(conf.connection)
-            if named is None:
-                raise ConfigError("store.connection", f"no Redis connection named "
-                                  f"{conf.connection!r} (declare [redis.{conf.connection}])")
+        named = declared(settings, conf.connection, "store.connection") \
+            if conf.connection else None
         return cls(conf.keys, reactor, named.url if named else conf.redis_url,
                    prefix=conf.redis_prefix, connection=named, **common)
 

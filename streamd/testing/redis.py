@@ -162,28 +162,21 @@ class RedisServer:
 
     def command(self, *args) -> Reply:
         """Send one command over a fresh connection and return the parsed reply."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT) as s:
-            if self.ca:
-                s = ssl.create_default_context(cafile=self.ca).wrap_socket(
-                    s, server_hostname="localhost")
-            s.sendall(encode_command(*args))
-            reader = s.makefile("rb")
-            return read_reply(reader)
+        return self.commands(args)[0]
 
     def commands(self, *commands) -> list[Reply]:
         """Several commands on one fresh connection (say RPUSH, then WAIT 1 1000)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT) as s:
+            if self.ca:
+                s = ssl.create_default_context(cafile=self.ca).wrap_socket(
+                    s, server_hostname="localhost")
             s.sendall(b"".join(encode_command(*c) for c in commands))
             reader = s.makefile("rb")
             return [read_reply(reader) for _ in commands]
 
     def command_asking(self, *args) -> Reply:
         """ASKING then one command, on one fresh connection (after an ASK redirection)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=START_TIMEOUT) as s:
-            s.sendall(encode_command("ASKING") + encode_command(*args))
-            reader = s.makefile("rb")
-            read_reply(reader)
-            return read_reply(reader)
+        return self.commands(("ASKING",), args)[1]
 
     def cli(self, *args: str) -> str:
         """Run C{redis-cli} against this server, as an operator or script would."""

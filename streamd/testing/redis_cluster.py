@@ -152,8 +152,7 @@ class RedisCluster:
         raise RuntimeError("no cluster node answers")
 
     def primary_of(self, key) -> RedisServer:
-        slot = key_slot(key)
-        return next(p for first, last, p in self.shards() if first <= slot <= last)
+        return self.primary_of_slot(key_slot(key))
 
     def primaries(self) -> list[RedisServer]:
         seen: list[RedisServer] = []
@@ -170,9 +169,7 @@ class RedisCluster:
         n = 0
         while len(out) < len(want):
             key = f"{prefix}{n}"
-            slot = key_slot(key)
-            primary = next(p for first, last, p in shards if first <= slot <= last)
-            out.setdefault(want.index(primary), key)
+            out.setdefault(want.index(self.primary_of_slot(key_slot(key), shards)), key)
             n += 1
         return [out[i] for i in range(len(want))]
 
@@ -198,8 +195,9 @@ class RedisCluster:
                 asking = kind == "ASK"
         raise RuntimeError(f"too many redirections for {args!r}")
 
-    def primary_of_slot(self, slot: int) -> RedisServer:
-        return next(p for first, last, p in self.shards() if first <= slot <= last)
+    def primary_of_slot(self, slot: int, shards=None) -> RedisServer:
+        """The primary serving C{slot}, in C{shards} (a reading of L{shards}) or now."""
+        return next(p for first, last, p in shards or self.shards() if first <= slot <= last)
 
     def kill_primary_of(self, key) -> RedisServer:
         """SIGKILL the primary that serves C{key} (its replica takes over)."""

@@ -266,8 +266,7 @@ class FlowControlledH2Connection(H2ConnectionHooks):
             return
         sent = self._sent.get(streamID, 0)
         if sent > sent_before:  # still reading: look again after another grace period
-            self._cutoffs[streamID] = self.reactor.callLater(
-                self.cutOffGrace, self._cut_off_if_stuck, streamID, sent)
+            self._arm_cutoff(streamID)
             return
         with contextlib.suppress(h2.exceptions.ProtocolError):  # closed meanwhile
             self.conn.reset_stream(streamID, h2.errors.ErrorCodes.CANCEL)

@@ -29,9 +29,12 @@ from typing import Any
 from twisted.internet import endpoints
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from streamd.twisted_internals import endpoint_fields
+from streamd.twisted_internals import accept_eagerly, endpoint_fields
+
+log = Logger()
 
 DEFAULT_BACKLOG = 4096
 
@@ -51,6 +54,16 @@ class CannotListen(Exception):
     Raised from a service's C{privilegedStartService}: twistd then removes its pid file,
     reports the error to the shell that started a daemon, and exits 1.
     """
+
+
+def cannot_listen(desc: str, why: str, stderr) -> CannotListen:
+    """Say why C{desc} cannot be listened on, in the log and on stderr, in one line."""
+    message = f"cannot listen on {desc}: {why}"
+    log.critical("streamd {message}", message=message)
+    # The log may be a file: say it on stderr too, in one line, as config errors do.
+    stderr.write(f"streamd: {message}\n")
+    stderr.flush()
+    return CannotListen(message)
 
 
 @dataclass
@@ -157,11 +170,15 @@ def close(listener: Listener) -> None:
 
 
 def adopt(reactor, desc: str, kind: str, family: int, fd: int, site):
-    """Serve C{site} on descriptor C{fd} that the parent bound; TLS as C{desc} says."""
+    """
+    Serve C{site} on descriptor C{fd} that L{bind} bound, TLS as C{desc} says,
+    accepting every waiting connection at each wake-up (L{accept_eagerly}).
+    """
+    fields = endpoint_fields(endpoints.serverFromString(reactor, desc))
     factory = site
     if kind == "ssl":
-        endpoint = endpoints.serverFromString(reactor, desc)
-        factory = TLSMemoryBIOFactory(endpoint_fields(endpoint).context_factory, False, site)
+        factory = TLSMemoryBIOFactory(fields.context_factory, False, site)
     port = reactor.adoptStreamPort(fd, family, factory)
     os.close(fd)  # adoptStreamPort took a duplicate
+    accept_eagerly(port, backlog_of(desc, fields.backlog))
     return port

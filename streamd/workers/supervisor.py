@@ -121,13 +121,9 @@ class Supervisor(service.Service):
                     self.reactor, desc, self.count * listening.per_worker(self.count),
                     shared=SHARED_SOCKET in os.environ))
             except Exception as e:
-                message = f"cannot listen on {desc}: {e}"
-                log.critical("streamd {message}", message=message)
-                self.stderr.write(f"streamd: {message}\n")
-                self.stderr.flush()
                 for bound in self.listeners:
                     listening.close(bound)
-                raise listening.CannotListen(message) from None
+                raise listening.cannot_listen(desc, str(e), self.stderr) from None
 
     def startService(self) -> None:
         super().startService()

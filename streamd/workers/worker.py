@@ -21,7 +21,6 @@ from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
 
 from streamd.service import Service
 from streamd.tap import StreamdService, settings_from_options
-from streamd.twisted_internals import accept_eagerly
 from streamd.web import StreamdApp
 from streamd.workers import listening
 from streamd.workers.remote import BrokerClient, status_report
@@ -39,9 +38,7 @@ class WorkerService(StreamdService):
 
     def listen(self) -> None:
         for desc, kind, family, fd in self.listeners:
-            port = listening.adopt(self.reactor, desc, kind, family, fd, self.site)
-            accept_eagerly(port)
-            self.ports.append(port)
+            self.ports.append(listening.adopt(self.reactor, desc, kind, family, fd, self.site))
 
 
 async def run(reactor, spec: dict) -> None:

@@ -34,20 +34,6 @@ def redis_fixture(request):
     yield from either(request)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 async def ack(server, reader, ids):
     session = reader.response.headers.getRawHeaders("streamd-session")[0]
     resp = await within(treq.post(
@@ -144,10 +130,6 @@ async def test_paused_client_issues_no_reads_and_gives_back_when_killed(redis, s
     await wait_until(lambda: llen(redis, processing(redis)) == 0)
     assert llen(redis) + stream.sent == 3000
     assert stream.sent < stream.written  # some were written, never sent, and given back
-
-
-
-
 
 
 @ensure

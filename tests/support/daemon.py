@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from streamd.testing.redis import redis_fixture  # noqa: F401
-
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 

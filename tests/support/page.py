@@ -5,7 +5,6 @@ from __future__ import annotations
 from twisted.internet import defer, reactor
 
 from tests.support import browser
-from tests.support.browser import chromium_fixture  # noqa: F401  (fixture)
 
 
 async def _tick(seconds: float) -> None:

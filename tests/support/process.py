@@ -14,7 +14,6 @@ import pytest
 from twisted.internet.threads import deferToThread
 
 from streamd.testing.sqs import free_port
-from tests.support.sqs_server import moto  # noqa: F401  (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -2,7 +2,6 @@
 
 import pytest
 
-from streamd.testing.redis_cluster import PARAMS, either, redis_cluster_fixture  # noqa: F401
 from tests.support.web import (
     settings,
 )
