@@ -295,6 +295,11 @@ def load_settings(file_values: dict[str, Any], cli_values: dict[str, Any]) -> Se
         if name not in TABLES:
             raise ConfigError(name, "unknown table")
     read = {name: check(tables.get(name, {}), name) for name, check in TABLES.items()}
+    for name in ("store", "channels"):
+        conf = read[name]
+        if conf.backend == "redis" and conf.connection and conf.connection not in read["redis"]:
+            raise ConfigError(f"{name}.connection", f"no Redis connection named "
+                              f"{conf.connection!r} (declare [redis.{conf.connection}])")
     if not isinstance(streams_table, dict):
         raise ConfigError("streams", "expected tables [streams.NAME]")
     streams = {name: _stream(name, table, top) for name, table in streams_table.items()}

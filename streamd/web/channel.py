@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import defer, tcp
 from twisted.internet.protocol import connectionDone
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
@@ -131,8 +133,24 @@ class StreamingChannel(OutboxOwner, HTTPChannel):
         """
         lost = self.when_lost()
         if not self.gone and self.transport is not None:
-            self.transport.loseConnection()
+            # HTTPChannel's own: it unregisters the channel as the transport's producer
+            # first, without which a TLS layer does not even send its close_notify.
+            self.loseConnection()
+            if close_notify_sent(self.transport):
+                # Over TLS, Twisted keeps the TCP connection until the peer answers our
+                # close_notify, and a reader that never does (one that reads to the end
+                # and keeps its socket) held a SIGTERM for the whole shutdown_timeout.
+                # The side that closes need not wait for the answer (RFC 8446, 6.1): the
+                # TCP connection closes once the alert and all before it have gone.
+                self.transport.transport.loseConnection()
         return lost
+
+
+def close_notify_sent(transport) -> bool:
+    """C{transport} is a TLS layer that has sent its close_notify (public pyOpenSSL)."""
+    if not isinstance(transport, TLSMemoryBIOProtocol):
+        return False
+    return bool(transport.getHandle().get_shutdown() & SSL.SENT_SHUTDOWN)
 
 
 def close_connection(channel) -> defer.Deferred:

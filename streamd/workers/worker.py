@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
 
 from streamd.service import Service
-from streamd.tap import StreamdService, settings_from_options
+from streamd.tap import StreamdService, freeze_now, settings_from_options
 from streamd.web import StreamdApp
 from streamd.workers import listening
 from streamd.workers.remote import BrokerClient, status_report
@@ -60,6 +60,7 @@ async def run(reactor, spec: dict) -> None:
     server = WorkerService(app, reactor, spec["listen"])
     server.startService()
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    freeze_now()
 
 
 def main() -> None:

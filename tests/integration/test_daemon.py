@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from streamd.testing.redis import redis_fixture  # noqa: F401
+from streamd.testing.redis import free_port, redis_fixture  # noqa: F401
 from tests.support.daemon import TWISTD, start, wait_for_line  # noqa: F401
+from tests.support.h2 import certificate
 
 # twistd as installed beside this Python (what `twistd` on PATH runs).
 
@@ -50,6 +52,36 @@ def test_serves_and_exits_cleanly_on_sigterm(tmp_path):
             urllib.request.urlopen(base + "/", timeout=5)
         # And the process exits 0 within shutdown_timeout (default 10 s).
         assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_over_tls_does_not_wait_for_a_reader_that_never_answers_close_notify(
+        tmp_path, workers):
+    # A reader that reads to the end of its stream and keeps its socket (Python's ssl
+    # module does not answer a close_notify by itself): the process used to wait the
+    # whole shutdown_timeout for the answer.
+    key, cert = certificate()
+    port = free_port()
+    proc, _ = start(tmp_path, "--listen",
+                    f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+                    "--workers", workers, "--shutdown-timeout", "60")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port), 10)) as tls:
+            tls.settimeout(20)
+            tls.sendall(b"GET /streams/demo HTTP/1.1\r\nHost: streamd\r\n\r\n")
+            received = tls.recv(65536)
+            assert received.startswith(b"HTTP/1.1 200 ")
+            proc.send_signal(signal.SIGTERM)
+            while chunk := tls.recv(65536):  # to the close_notify
+                received += chunk
+            assert received.endswith(b'{"shutdown":true}\n\r\n0\r\n\r\n')
+            assert proc.wait(20) == 0  # not after 60 s: the socket is still open here
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -169,3 +169,14 @@ HELD_AS = {"int": "int", "number": "float", "bool": "bool", "str": "str", "enum"
 
 
 
+
+
+@pytest.mark.parametrize("table", ["store", "channels"])
+def test_a_redis_backend_on_an_undeclared_connection_is_one_config_error(table):
+    # Before: a traceback from deep in the service's build, after the settings passed.
+    values = {table: {"backend": "redis", "connection": "nope"}}
+    with pytest.raises(config.ConfigError) as e:
+        config.load_settings(values, {})
+    assert str(e.value).startswith(f"{table}.connection: no Redis connection named 'nope'")
+    declared = {**values, "redis": {"nope": {"url": "redis://127.0.0.1:6379/0"}}}
+    assert getattr(config.load_settings(declared, {}), table).connection == "nope"
