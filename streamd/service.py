@@ -168,10 +168,18 @@ class Service:
         return out
 
     def store_status(self) -> dict[str, Any]:
-        """The event store's backend, indexed keys, status and reason."""
+        """
+        The event store's backend, indexed keys, status and reason; on a Redis Cluster
+        also the shards, redirections and map readings of the store's own connection.
+        """
         state, reason = self.store.status()
-        return {"backend": self.store.backend, "keys": list(self.store.keys),
-                "status": state, "reason": reason}
+        out = {"backend": self.store.backend, "keys": list(self.store.keys),
+               "status": state, "reason": reason}
+        conn = getattr(self.store, "conn", None)
+        if conn is not None and hasattr(conn, "shards"):  # its own cluster connection
+            out.update(shards=conn.shards(), redirections=conn.redirections,
+                       map_refreshes=conn.refreshes)
+        return out
 
     # -- start and stop ----------------------------------------------------------------
 

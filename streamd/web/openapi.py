@@ -120,6 +120,12 @@ _LINE_SCHEMA = {
         {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "properties": {"message": {"type": "string"},
                                              "max_pending": {"type": "integer"}}}}},
+        {"type": "object", "required": ["status"], "properties": {"status": {
+            "type": "object", "required": ["source"],
+            "description": "The source is down (the stream stays open, with heartbeats) "
+                           "or up again (its messages follow).",
+            "properties": {"source": {"enum": ["down", "up"]},
+                           "reason": {"type": "string"}}}}},
         {"type": "object", "required": ["shutdown"],
          "properties": {"shutdown": {"const": True}}},
         {"type": "object", "required": ["end"], "properties": {"end": {
@@ -131,8 +137,8 @@ _SSE_SCHEMA = {
     "type": "string",
     "description": "Server-Sent Events: a `retry:` hint first, then `id: ID` / `data: JSON` "
                    "per message; notices are the named events `gap`, `dropped`, `warning`, "
-                   "`stream-error`, `shutdown` and `end` (data: the same JSON as the NDJSON "
-                   "notice's value); heartbeats are `: heartbeat` comments.",
+                   "`stream-error`, `status`, `shutdown` and `end` (data: the same JSON as "
+                   "the NDJSON notice's value); heartbeats are `: heartbeat` comments.",
 }
 
 

@@ -20,7 +20,7 @@ from streamd import __version__
 from streamd.testing import FakeSource
 from tests.support.browser import chromium_fixture  # noqa: F401  (fixture)
 from tests.support.page import _tick, eventually  # noqa: F401
-from tests.support.web import open_stream, publish, settings, within
+from tests.support.web import open_stream, publish, settings, wait_until, within
 
 BROWSER_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,"
                   "image/webp,*/*;q=0.8")
@@ -134,6 +134,25 @@ async def test_page_explains_a_refused_stream(serve, chromium):
         text = await eventually(
             page, "document.getElementById('state').textContent.startsWith('failed: 404')")
         assert text
+
+
+@pytest_twisted.ensureDeferred
+async def test_page_says_the_source_is_down_then_back(serve, chromium):
+    # The stream opens while its source is down (issue 20): the page must not look stuck.
+    server = await serve(settings())
+    source = FakeSource("jobs")
+    server.service.add("jobs", source, server.service.settings.dynamic_stream("jobs"))
+    source.state = ("down", "queue missing")
+    state = "(e => e && e.textContent)(document.getElementById('state'))"
+    async with chromium.running("test_page_says_the_source_is_down_then_back") as page:
+        await page.open(server.url + "/#jobs")
+        await eventually(page, state, "open: source down (queue missing)")
+        source.state = ("ok", None)
+        await eventually(page, state, "open")
+        await wait_until(lambda: source.subscriptions)
+        source.push(1, b'{"job":1}')
+        await eventually(page, STATE, ["open", 1, 0])
+        assert await page.evaluate("streamd.notices") == 2  # down, up
 
 
 def _row(name: str, expression: str) -> str:

@@ -47,8 +47,13 @@ async def test_two_daemons_share_an_event_store_on_the_cluster(
         return [(await json_of(p.url + "/health"))[0] for p in (a, b)] == [200, 200]
     await wait_until(healthy, seconds=20)
     code, status = await json_of(b.url + "/health")
-    assert status["events"] == {"backend": "redis", "keys": ["kind", "user"],
-                                "status": "ok", "reason": None}
+    events = status["events"]
+    assert {k: events[k] for k in ("backend", "keys", "status", "reason")} == {
+        "backend": "redis", "keys": ["kind", "user"], "status": "ok", "reason": None}
+    # The store's own cluster connection: each shard, as redis_clusters shows a source's.
+    assert sorted(s["primary"] for s in events["shards"]) == sorted(
+        f"127.0.0.1:{p.port}" for p in cluster.primaries())
+    assert all(s["up"] for s in events["shards"]) and events["map_refreshes"] >= 1
 
     tail = await open_stream(b.url + "/events/stream?kind=friend")
     r = await within(treq.post(a.url + "/events", data=b"".join(

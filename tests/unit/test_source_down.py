@@ -14,6 +14,7 @@ import dataclasses
 import json
 import shutil
 
+import jsonschema
 import pytest
 import pytest_twisted
 import treq
@@ -28,6 +29,7 @@ from streamd.testing import FakeRequest, FakeSource
 from streamd.testing.redis import free_port, redis_fixture  # noqa: F401  (fixture)
 from streamd.web.common import SOURCE_CHECK, opened, readable
 from streamd.web.errors import answer
+from streamd.web.openapi import document
 from tests.support.amqp_broker import broker  # noqa: F401  (fixture)
 from tests.support.browser import chromium_fixture  # noqa: F401  (fixture)
 from tests.support.sqs_server import moto  # noqa: F401  (fixture)
@@ -91,6 +93,26 @@ def test_waits_says_down_then_up_then_delivers():
     assert [n["id"] for n in notices(request)[2:]] == [m.id for m in sent]
     assert sub.acked == sent  # written: acked to the source, straight through
     assert clock.getDelayedCalls() == []  # nothing left looking at the source
+
+
+def test_the_notices_are_lines_the_openapi_document_describes():
+    # A client generated from /openapi.json must be able to read them.
+    doc = document()
+    line = doc["paths"]["/streams/{name}"]["get"]["responses"]["200"]["content"][
+        "application/x-ndjson"]["schema"]
+    check = jsonschema.Draft202012Validator({**line, "components": doc["components"]})
+    source = DownableSource()
+    source.state = ("down", "queue missing")
+    stream, request, clock = waiting_stream(source)
+    source.state = ("ok", None)
+    clock.advance(SOURCE_CHECK)
+    source.push(1)
+    lines = notices(request)
+    assert [next(iter(n)) for n in lines] == ["status", "status", "id"]
+    for n in lines:
+        check.validate(n)
+    with pytest.raises(jsonschema.ValidationError):  # the schema does tell them apart
+        check.validate({"status": {"source": "sideways"}})
 
 
 def test_sse_notice_is_a_status_event():
