@@ -51,8 +51,9 @@ async def test_two_daemons_share_an_event_store_on_the_cluster(
     assert {k: events[k] for k in ("backend", "keys", "status", "reason")} == {
         "backend": "redis", "keys": ["kind", "user"], "status": "ok", "reason": None}
     # The store's own cluster connection: each shard, as redis_clusters shows a source's.
-    assert sorted(s["primary"] for s in events["shards"]) == sorted(
-        f"127.0.0.1:{p.port}" for p in cluster.primaries())
+    # (a primary may hold several slot ranges once an earlier test migrated one)
+    assert {s["primary"] for s in events["shards"]} == {
+        f"127.0.0.1:{p.port}" for p in cluster.primaries()}
     assert all(s["up"] for s in events["shards"]) and events["map_refreshes"] >= 1
 
     tail = await open_stream(b.url + "/events/stream?kind=friend")
