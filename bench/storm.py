@@ -12,32 +12,23 @@ backlogs and worker counts:
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 
-from common import ROOT, accepts, free_port, raise_nofile, tcp_ext, twistd_command, wait_for
+from common import ROOT, Streamd, raise_nofile, tcp_ext
 
 sys.path.insert(0, ROOT)  # tests.support.storm: the same storm the test opens
 from tests.support.storm import storm  # noqa: E402
 
 
 def run(backlog: int, workers: int, readers: int) -> tuple[int, int, int]:
-    port = free_port()
-    cmd = twistd_command() + ["-n", "--pidfile=", "streamd", "--workers", str(workers), "--listen",
-                              f"tcp:{port}:interface=127.0.0.1:backlog={backlog}"]
-    proc = subprocess.Popen(cmd, cwd="/tmp", env=dict(os.environ, PYTHONPATH=ROOT),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    server = Streamd()  # returns once it logged that it listens: its workers up
+    server.start(workers=workers, backlog=backlog, config="")  # streamd's own defaults
     try:
-        wait_for(lambda: accepts(port), 30, "streamd listening", proc)
         before = sum(tcp_ext().values())
-        answered, reached = storm(port, readers)
+        answered, reached = storm(server.port, readers)
         return answered, reached, sum(tcp_ext().values()) - before
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        server.stop()
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from typing import Any
 from streamd.auth import AuthSettings
 from streamd.json_input import DEFAULT_MAX_DEPTH
 from streamd.keys import ConfigError, Key, Table, frozen, keys_of, setting
-from streamd.redis.settings import RedisConnectionSettings, read_redis_table
+from streamd.redis.settings import RedisConnectionSettings, declared_in, read_redis_table
 from streamd.redis.url import parse_url
 from streamd.store.base import RESERVED
 
@@ -297,9 +297,8 @@ def load_settings(file_values: dict[str, Any], cli_values: dict[str, Any]) -> Se
     read = {name: check(tables.get(name, {}), name) for name, check in TABLES.items()}
     for name in ("store", "channels"):
         conf = read[name]
-        if conf.backend == "redis" and conf.connection and conf.connection not in read["redis"]:
-            raise ConfigError(f"{name}.connection", f"no Redis connection named "
-                              f"{conf.connection!r} (declare [redis.{conf.connection}])")
+        if conf.backend == "redis" and conf.connection:
+            declared_in(read["redis"], conf.connection, f"{name}.connection")
     if not isinstance(streams_table, dict):
         raise ConfigError("streams", "expected tables [streams.NAME]")
     streams = {name: _stream(name, table, top) for name, table in streams_table.items()}

@@ -139,7 +139,7 @@ class ClusterCounters:
             "streamd_redis_map_refreshes", "Readings of a Redis Cluster's slot map",
             labels=["connection"])
         for name, conn in self.shared.get("redis", {}).items():
-            if hasattr(conn, "shards"):
+            if conn.clustered:
                 redirections.add_metric([name], conn.redirections)
                 refreshes.add_metric([name], conn.refreshes)
         yield redirections

@@ -160,11 +160,9 @@ class Service:
         """Each Redis Cluster connection in use: its status and its shards."""
         out = {}
         for name, conn in self.services.shared.get("redis", {}).items():
-            if hasattr(conn, "shards"):
+            if conn.clustered:
                 state, reason = conn.status()
-                out[name] = {"status": state, "reason": reason, "shards": conn.shards(),
-                             "redirections": conn.redirections,
-                             "map_refreshes": conn.refreshes}
+                out[name] = {"status": state, "reason": reason, **conn.figures()}
         return out
 
     def store_status(self) -> dict[str, Any]:
@@ -176,9 +174,8 @@ class Service:
         out = {"backend": self.store.backend, "keys": list(self.store.keys),
                "status": state, "reason": reason}
         conn = getattr(self.store, "conn", None)
-        if conn is not None and hasattr(conn, "shards"):  # its own cluster connection
-            out.update(shards=conn.shards(), redirections=conn.redirections,
-                       map_refreshes=conn.refreshes)
+        if conn is not None and conn.clustered:  # its own cluster connection
+            out.update(conn.figures())
         return out
 
     # -- start and stop ----------------------------------------------------------------

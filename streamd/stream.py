@@ -33,9 +33,9 @@ from streamd.interfaces import IConsumer
 from streamd.message import Message, SharedBatch
 from streamd.pending import Pending
 from streamd.slow import SlowReader, close_when_read
-from streamd.writer import WRITE_BATCH_BYTES, Writer
+from streamd.writer import Writer
 
-__all__ = ["WRITE_BATCH_BYTES", "Stream", "StreamOptions"]
+__all__ = ["Stream", "StreamOptions"]
 
 
 @attrs.frozen
@@ -225,8 +225,7 @@ class Stream:
                 or self.acks is not None) and self.can_write():
             encoded = getattr(messages, "encoded", None)
             if encoded is not None and writer.shared(messages, encoded):
-                if not self.ended:
-                    self._maybe_finish()
+                self._maybe_finish()
                 if not self.ended:
                     self._update_demand()
                 return
@@ -292,8 +291,7 @@ class Stream:
     def _update_demand(self) -> None:
         intake, acks = self.intake, self.acks
         want = self.can_write() and not (
-            intake.limit is not None and intake.accepted >= intake.limit
-            or acks is not None and acks.room() <= self.pending.queued)
+            intake.full() or acks is not None and acks.room() <= self.pending.queued)
         if want == self.source_paused:  # a change of demand
             self.source_paused = not want
             if want:
@@ -309,8 +307,7 @@ class Stream:
             self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        intake = self.intake
-        if (intake.limit is not None and intake.accepted >= intake.limit and not self.pending
+        if (self.intake.full() and not self.pending
                 and not self.acks and not self.ended and not self._starting
                 and self.subscription is not None):
             self.end("limit")

@@ -251,10 +251,10 @@ def with_backlog(desc: str) -> str:
     """
     C{desc} with a listen queue of 4,096 (Twisted's default is 50, which overflows when
     thousands of readers reconnect at once; the kernel caps it at somaxconn), unless
-    it says otherwise or is not a TCP, TLS or UNIX endpoint.
+    it says otherwise or is not a UNIX endpoint (TCP and TLS ones are bound by
+    L{streamd.workers.listening}, with the same default).
     """
-    kind = desc.split(":", 1)[0]
-    if kind not in ("tcp", "tcp6", "ssl", "unix") or "backlog=" in desc:
+    if not desc.startswith("unix:") or "backlog=" in desc:
         return desc
     return f"{desc}:backlog={DEFAULT_BACKLOG}"
 

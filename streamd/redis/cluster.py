@@ -338,11 +338,10 @@ class ClusterConnection(RedisConnection):
                 attempt += 1
                 if redirect is not None:
                     kind, moved, addr = redirect
-                    self.redirections += 1
                     if kind == "MOVED":
-                        self.slots[moved] = addr
-                        self._pool(addr)
-                        self.refresh_soon()
+                        self.redirected(moved, addr)
+                    else:
+                        self.redirections += 1
                     target, asking = addr, kind == "ASK"
                     continue
                 if text.startswith(("TRYAGAIN", "CLUSTERDOWN")):
@@ -379,7 +378,7 @@ class ClusterConnection(RedisConnection):
         return self._factory(1, None, protocol, host=addr[0], port=addr[1])
 
     def redirected(self, slot: int, addr: Address) -> None:
-        """A MOVED met outside L{run} (an SSUBSCRIBE): note it, as L{run} does."""
+        """A MOVED (in L{run}, or met by an SSUBSCRIBE): note it, read the map again."""
         self.redirections += 1
         self.slots[slot] = addr
         self._pool(addr)
@@ -396,6 +395,11 @@ class ClusterConnection(RedisConnection):
     def up(self) -> bool:
         """Every slot has a live primary."""
         return self._served_all()
+
+    def figures(self) -> dict[str, Any]:
+        """What C{GET /} shows of this connection: shards, redirections, map readings."""
+        return {"shards": self.shards(), "redirections": self.redirections,
+                "map_refreshes": self.refreshes}
 
     def shards(self) -> list[dict[str, Any]]:
         """Each slot range, its primary, and whether that primary is connected."""

@@ -121,6 +121,17 @@ def read_redis_table(table: Any, where: str) -> Mapping[str, RedisConnectionSett
     return MappingProxyType(out)
 
 
+def declared_in(tables: Mapping[str, RedisConnectionSettings], name: str,
+                key: str) -> RedisConnectionSettings:
+    """
+    The C{[redis.NAME]} of C{tables} named C{name} by the config key C{key};
+    L{ConfigError} naming C{key} if there is none.
+    """
+    if name not in tables:
+        raise ConfigError(key, f"no Redis connection named {name!r} (declare [redis.{name}])")
+    return tables[name]
+
+
 def _required(what: str):
     def check(value: Any) -> str | None:
         if value is None or value == "":

@@ -12,9 +12,9 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from streamd.keys import ConfigError
 from streamd.redis.cluster import open_connection
 from streamd.redis.connection import RedisConnection
+from streamd.redis.settings import declared_in
 
 if TYPE_CHECKING:  # streamd.config imports streamd.redis.settings
     from streamd.config import Settings
@@ -46,11 +46,9 @@ def instance_name(table: Mapping[str, Any], services: Services) -> str:
 def declared(settings, name: str, key: str):
     """
     The settings of the C{[redis.NAME]} named C{name} by the config key C{key};
-    L{ConfigError} naming C{key} if there is none.
+    L{streamd.keys.ConfigError} naming C{key} if there is none.
     """
-    if name not in settings.redis:
-        raise ConfigError(key, f"no Redis connection named {name!r} (declare [redis.{name}])")
-    return settings.redis[name]
+    return declared_in(settings.redis, name, key)
 
 
 def acquire(services: Services, name: str, key: str) -> RedisConnection:

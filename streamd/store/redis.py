@@ -264,8 +264,10 @@ class RedisStore:
     def status(self):
         if self.conn is not None and self.hub is not None and self.conn.up and self.hub.up:
             return ("ok", None)
-        if self.conn is not None and self.conn.clustered and self.conn.status()[1]:
-            return self.conn.status()  # which slots have no live primary
+        if self.conn is not None and self.conn.clustered:
+            state = self.conn.status()
+            if state[1]:
+                return state  # which slots have no live primary
         return ("down", f"not connected to {address(self.settings)}")
 
     def _connection(self) -> RedisConnection:

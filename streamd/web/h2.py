@@ -24,7 +24,7 @@ to bound what it holds from outside:
 Here a stream's write goes out at once, in as few frames as the windows allow (one per
 C{max_outbound_frame_size}; many small writes that waited, joined), and what the window
 or the socket will not take waits in the stream's queue and pauses the stream's
-producer: the queue holds about one write (L{streamd.stream.WRITE_BATCH_BYTES}) and a
+producer: the queue holds about one write (L{streamd.writer.WRITE_BATCH_BYTES}) and a
 notice or two, the rest waits in the L{streamd.stream.Stream}, whose bounds then apply
 as over HTTP/1.1. A closed window pauses its own stream only; a full socket, each stream
 that writes meanwhile. When the client opens a window (C{WINDOW_UPDATE}, or C{SETTINGS}
